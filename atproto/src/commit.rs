@@ -1,0 +1,350 @@
+//! Signed repo commits (version 3), a repository writer that produces sync 1.1 commit events,
+//! and the verification a relay runs on each `#commit`: signature, then MST inversion using
+//! only the blocks the event carries.
+
+use cid::Cid;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::car::{read_car, write_car, BlockMap, CarError, CarLimits};
+use crate::crypto::{CryptoError, Keypair, PublicKey};
+use crate::data::{encode_block, from_cbor, DataError};
+use crate::frame::{CommitEvent, RepoOp};
+use crate::mst::{Mst, MstError, NoBlocks};
+use crate::syntax::{Tid, TidClock};
+
+/// The repo format version written and accepted.
+pub const COMMIT_VERSION: u64 = 3;
+/// Most ops accepted in one commit event.
+pub const MAX_OPS: usize = 200;
+
+/// A commit as stored in the repo, signature included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    /// The account's DID.
+    pub did: String,
+    /// Repo format version (3).
+    pub version: u64,
+    /// Root of the MST.
+    pub data: Cid,
+    /// Revision: a TID, increasing with every commit.
+    pub rev: String,
+    /// Always null in version 3.
+    pub prev: Option<Cid>,
+    /// Signature over the DAG-CBOR of the other fields.
+    #[serde(with = "serde_bytes")]
+    pub sig: Vec<u8>,
+}
+
+/// The signed part of a commit.
+#[derive(Debug, Serialize)]
+struct UnsignedCommit<'a> {
+    did: &'a str,
+    version: u64,
+    data: Cid,
+    rev: &'a str,
+    prev: Option<Cid>,
+}
+
+impl Commit {
+    /// Builds and signs a commit.
+    pub fn sign(did: &str, data: Cid, rev: &str, key: &Keypair) -> Result<Commit, DataError> {
+        let unsigned = UnsignedCommit { did, version: COMMIT_VERSION, data, rev, prev: None };
+        let sig = key.sign(&crate::data::to_cbor(&unsigned)?);
+        Ok(Commit { did: did.to_string(), version: COMMIT_VERSION, data, rev: rev.to_string(), prev: None, sig })
+    }
+
+    /// The bytes the signature covers.
+    pub fn unsigned_bytes(&self) -> Result<Vec<u8>, DataError> {
+        crate::data::to_cbor(&UnsignedCommit {
+            did: &self.did,
+            version: self.version,
+            data: self.data,
+            rev: &self.rev,
+            prev: self.prev,
+        })
+    }
+
+    /// Checks the version and the signature against `key`.
+    pub fn verify(&self, key: &PublicKey) -> Result<(), CommitError> {
+        if self.version != COMMIT_VERSION {
+            return Err(CommitError::Version(self.version));
+        }
+        key.verify(&self.unsigned_bytes()?, &self.sig).map_err(CommitError::Signature)
+    }
+}
+
+/// Why a commit or commit event was refused.
+#[derive(Debug, Error)]
+pub enum CommitError {
+    /// Unsupported repo version.
+    #[error("unsupported commit version {0}")]
+    Version(u64),
+    /// The signature does not verify.
+    #[error("bad signature: {0}")]
+    Signature(CryptoError),
+    /// The CAR in `blocks` is refused.
+    #[error(transparent)]
+    Car(#[from] CarError),
+    /// A block does not decode.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The MST could not be walked (a missing block means an incomplete proof).
+    #[error(transparent)]
+    Mst(#[from] MstError),
+    /// The event's fields disagree with the signed commit or with each other.
+    #[error("inconsistent commit event: {0}")]
+    Inconsistent(&'static str),
+    /// Undoing the ops does not lead back to `prevData`.
+    #[error("ops do not invert to prevData")]
+    InversionMismatch,
+    /// More ops than allowed.
+    #[error("{0} ops is over the limit")]
+    TooManyOps(usize),
+}
+
+/// What a verified commit event established.
+#[derive(Debug, Clone)]
+pub struct VerifiedCommit {
+    /// The signed commit.
+    pub commit: Commit,
+    /// Root of the MST before the commit, when the inversion could establish it (always, if
+    /// the event carried `prevData`).
+    pub prev_data: Option<Cid>,
+    /// The event's blocks, verified against their CIDs.
+    pub blocks: BlockMap,
+}
+
+/// Verifies a `#commit` event: the CAR, the signature by `key`, that the event agrees with
+/// the signed commit, and that undoing its ops on the partial tree in `blocks` gives
+/// `prevData`. An event without `prevData` (some hosts omit it) is verified as far as it
+/// can be and reports the root the inversion found, for the caller to compare with the
+/// account's stored state.
+pub fn verify_commit_event(
+    event: &CommitEvent,
+    key: &PublicKey,
+    limits: CarLimits,
+) -> Result<VerifiedCommit, CommitError> {
+    if event.ops.len() > MAX_OPS {
+        return Err(CommitError::TooManyOps(event.ops.len()));
+    }
+    let car = read_car(&event.blocks, limits)?;
+    if car.roots.first() != Some(&event.commit) {
+        return Err(CommitError::Inconsistent("CAR root is not the commit"));
+    }
+    let commit_bytes = car
+        .blocks
+        .get(&event.commit)
+        .ok_or(CommitError::Inconsistent("commit block missing"))?;
+    let commit: Commit = from_cbor(commit_bytes)?;
+    if commit.did != event.repo {
+        return Err(CommitError::Inconsistent("commit is for another repo"));
+    }
+    if commit.rev != event.rev {
+        return Err(CommitError::Inconsistent("event rev differs from commit rev"));
+    }
+    commit.verify(key)?;
+    let prev_data = invert_ops(&commit, &event.ops, &car.blocks)?;
+    if let Some(expected) = event.prev_data {
+        if prev_data != expected {
+            return Err(CommitError::InversionMismatch);
+        }
+    }
+    Ok(VerifiedCommit { commit, prev_data: Some(prev_data), blocks: car.blocks })
+}
+
+/// Undoes `ops` on the tree rooted at `commit.data`, reading only `blocks`, and returns
+/// the root before the commit. Each op must match the tree: a create or update's `cid` is
+/// the value present, a delete's key is absent.
+pub fn invert_ops(commit: &Commit, ops: &[RepoOp], blocks: &BlockMap) -> Result<Cid, CommitError> {
+    let mut tree = Mst::load(commit.data, blocks)?;
+    for op in ops.iter().rev() {
+        let key = op.path.as_bytes();
+        let current = tree.get(key, blocks)?;
+        match op.action.as_str() {
+            "create" => {
+                if current.is_none() || current != op.cid {
+                    return Err(CommitError::Inconsistent("create op does not match the tree"));
+                }
+                tree.remove(key, blocks)?;
+            }
+            "update" => {
+                let prev = op.prev.ok_or(CommitError::Inconsistent("update op without prev"))?;
+                if current.is_none() || current != op.cid {
+                    return Err(CommitError::Inconsistent("update op does not match the tree"));
+                }
+                tree.insert(key, prev, blocks)?;
+            }
+            "delete" => {
+                let prev = op.prev.ok_or(CommitError::Inconsistent("delete op without prev"))?;
+                if current.is_some() {
+                    return Err(CommitError::Inconsistent("deleted key still in the tree"));
+                }
+                tree.insert(key, prev, blocks)?;
+            }
+            _ => return Err(CommitError::Inconsistent("unknown op action")),
+        }
+    }
+    Ok(tree.root_cid()?)
+}
+
+/// One write to a repository.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Add a record (the key must be absent).
+    Create {
+        /// Collection NSID.
+        collection: String,
+        /// Record key.
+        rkey: String,
+        /// The record, as DAG-CBOR.
+        record: Vec<u8>,
+    },
+    /// Replace a record (the key must be present).
+    Update {
+        /// Collection NSID.
+        collection: String,
+        /// Record key.
+        rkey: String,
+        /// The record, as DAG-CBOR.
+        record: Vec<u8>,
+    },
+    /// Remove a record.
+    Delete {
+        /// Collection NSID.
+        collection: String,
+        /// Record key.
+        rkey: String,
+    },
+}
+
+/// A repository held in memory that signs commits and emits sync 1.1 `#commit` events:
+/// blocks carry the commit, new records, and the covering proof of every op. Used by the
+/// synthetic PDS fleet and by tests; a PDS would persist the blocks.
+#[derive(Debug)]
+pub struct RepoWriter {
+    did: String,
+    key: Keypair,
+    tree: Mst,
+    blocks: BlockMap,
+    clock: TidClock,
+    rev: Option<String>,
+    data: Cid,
+}
+
+impl RepoWriter {
+    /// An empty repository for `did`, signing with `key`.
+    pub fn new(did: impl Into<String>, key: Keypair) -> Result<Self, CommitError> {
+        let mut tree = Mst::new();
+        let data = tree.root_cid()?;
+        Ok(RepoWriter {
+            did: did.into(),
+            key,
+            tree,
+            blocks: BlockMap::new(),
+            clock: TidClock::new(0),
+            rev: None,
+            data,
+        })
+    }
+
+    /// The repository's DID.
+    pub fn did(&self) -> &str {
+        &self.did
+    }
+
+    /// The signing key.
+    pub fn key(&self) -> &Keypair {
+        &self.key
+    }
+
+    /// The current revision, if any commit was made.
+    pub fn rev(&self) -> Option<&str> {
+        self.rev.as_deref()
+    }
+
+    /// A fresh record key (a TID).
+    pub fn next_rkey(&mut self) -> Tid {
+        self.clock.next()
+    }
+
+    /// Applies the writes, signs a commit, and returns the event (with `seq` 0: the host
+    /// that publishes it assigns the sequence number).
+    pub fn commit(&mut self, writes: &[Write], time: &str) -> Result<CommitEvent, CommitError> {
+        let prev_data = self.data;
+        let mut ops = Vec::with_capacity(writes.len());
+        let mut new_blocks = BlockMap::new();
+        for w in writes {
+            let (collection, rkey, record) = match w {
+                Write::Create { collection, rkey, record }
+                | Write::Update { collection, rkey, record } => (collection, rkey, Some(record)),
+                Write::Delete { collection, rkey } => (collection, rkey, None),
+            };
+            let path = format!("{collection}/{rkey}");
+            let (action, cid, prev) = match record {
+                Some(bytes) => {
+                    let cid = crate::data::cid_for_cbor(bytes);
+                    new_blocks.insert(cid, bytes.clone());
+                    let prev = self.tree.insert(path.as_bytes(), cid, &self.blocks)?;
+                    let is_create = matches!(w, Write::Create { .. });
+                    if is_create != prev.is_none() {
+                        return Err(CommitError::Inconsistent("create of a present key or update of an absent one"));
+                    }
+                    (if is_create { "create" } else { "update" }, Some(cid), prev)
+                }
+                None => {
+                    let prev = self.tree.remove(path.as_bytes(), &self.blocks)?;
+                    if prev.is_none() {
+                        return Err(CommitError::Inconsistent("delete of an absent key"));
+                    }
+                    ("delete", None, prev)
+                }
+            };
+            ops.push(RepoOp { action: action.into(), path, cid, prev });
+        }
+        let (data, tree_blocks) = self.tree.blocks()?;
+        let mut proof = Vec::new();
+        for op in &ops {
+            proof.extend(self.tree.covering_proof(op.path.as_bytes(), &NoBlocks)?);
+        }
+        let rev = self.clock.next().to_string();
+        let commit = Commit::sign(&self.did, data, &rev, &self.key)?;
+        let (commit_cid, commit_bytes) = encode_block(&commit)?;
+
+        let mut car_blocks: Vec<(Cid, &[u8])> = vec![(commit_cid, commit_bytes.as_slice())];
+        let mut seen = std::collections::HashSet::new();
+        seen.insert(commit_cid);
+        for cid in proof {
+            if seen.insert(cid) {
+                if let Some(bytes) = tree_blocks.get(&cid) {
+                    car_blocks.push((cid, bytes));
+                }
+            }
+        }
+        for (cid, bytes) in &new_blocks {
+            if seen.insert(*cid) {
+                car_blocks.push((*cid, bytes));
+            }
+        }
+        let car = write_car(&[commit_cid], car_blocks.iter().map(|(c, b)| (c, *b)))?;
+
+        self.blocks.extend(new_blocks);
+        self.blocks.extend(tree_blocks);
+        self.data = data;
+        let since = self.rev.replace(rev.clone());
+        Ok(CommitEvent {
+            seq: 0,
+            rebase: false,
+            too_big: false,
+            repo: self.did.clone(),
+            commit: commit_cid,
+            rev,
+            since,
+            blocks: car.into(),
+            ops,
+            blobs: Vec::new(),
+            prev_data: Some(prev_data),
+            time: time.to_string(),
+        })
+    }
+}

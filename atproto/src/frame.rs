@@ -1,0 +1,320 @@
+//! `com.atproto.sync.subscribeRepos` frames: a DAG-CBOR header `{op, t}` followed by a
+//! DAG-CBOR body. Encoding is byte-exact: decoding a frame a PDS sent and encoding it again
+//! gives the same bytes (field presence follows the lexicon: nullable fields are written as
+//! null, optional ones are left out when absent).
+
+use bytes::Bytes;
+use cid::Cid;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::data::{cbor_item_len, from_cbor, to_cbor, DataError};
+
+/// Largest frame accepted (the spec's 5 MB).
+pub const MAX_FRAME_BYTES: usize = 5_000_000;
+/// Deepest CBOR nesting accepted in a frame header.
+const MAX_HEADER_DEPTH: usize = 4;
+
+/// Why a frame was refused.
+#[derive(Debug, Error)]
+pub enum FrameError {
+    /// Larger than the limit.
+    #[error("frame of {0} bytes is over the limit")]
+    TooLarge(usize),
+    /// Header or body does not decode.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// Header is not `{op: 1, t}` or `{op: -1}`.
+    #[error("bad frame header")]
+    BadHeader,
+}
+
+/// The frame header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// 1 for a message, -1 for an error.
+    pub op: i64,
+    /// The message type (`#commit`, …), absent on errors.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub t: Option<String>,
+}
+
+/// One op of a `#commit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoOp {
+    /// `create`, `update` or `delete`.
+    pub action: String,
+    /// `collection/rkey`.
+    pub path: String,
+    /// The new record CID; null for deletes.
+    pub cid: Option<Cid>,
+    /// The previous record CID, for updates and deletes (sync 1.1).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub prev: Option<Cid>,
+}
+
+/// `#commit`: a signed change to one repo, with the blocks that prove it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitEvent {
+    /// Sequence number on the stream that carries it.
+    pub seq: i64,
+    /// Deprecated, always false.
+    pub rebase: bool,
+    /// Deprecated, always false.
+    pub too_big: bool,
+    /// The repo's DID.
+    pub repo: String,
+    /// CID of the commit block.
+    pub commit: Cid,
+    /// The commit's revision.
+    pub rev: String,
+    /// The previous revision, null for the first commit.
+    pub since: Option<String>,
+    /// CAR with the commit, new records and the MST proof.
+    #[serde(with = "serde_bytes_bytes")]
+    pub blocks: Bytes,
+    /// The changes.
+    pub ops: Vec<RepoOp>,
+    /// Deprecated, always empty.
+    pub blobs: Vec<Cid>,
+    /// The MST root before this commit (sync 1.1).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub prev_data: Option<Cid>,
+    /// When the event was emitted.
+    pub time: String,
+}
+
+/// `#sync`: the repo's current commit, after which consumers must resynchronize.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncEvent {
+    /// Sequence number.
+    pub seq: i64,
+    /// The repo's DID.
+    pub did: String,
+    /// CAR holding the commit block.
+    #[serde(with = "serde_bytes_bytes")]
+    pub blocks: Bytes,
+    /// The commit's revision.
+    pub rev: String,
+    /// When the event was emitted.
+    pub time: String,
+}
+
+/// `#identity`: the DID document or handle may have changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityEvent {
+    /// Sequence number.
+    pub seq: i64,
+    /// The account's DID.
+    pub did: String,
+    /// When the event was emitted.
+    pub time: String,
+    /// The current handle, if known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub handle: Option<String>,
+}
+
+/// `#account`: hosting status changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountEvent {
+    /// Sequence number.
+    pub seq: i64,
+    /// The account's DID.
+    pub did: String,
+    /// When the event was emitted.
+    pub time: String,
+    /// Whether the account is active.
+    pub active: bool,
+    /// Why it is inactive (`takendown`, `suspended`, `deleted`, `deactivated`, …).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<String>,
+}
+
+/// `#info`: an informational message, such as `OutdatedCursor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoEvent {
+    /// The message name.
+    pub name: String,
+    /// Human-readable detail.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub message: Option<String>,
+}
+
+/// An error frame (header `op: -1`), after which the server closes the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// The error name: `FutureCursor`, `ConsumerTooSlow`, …
+    pub error: String,
+    /// Human-readable detail.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub message: Option<String>,
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// `#commit`.
+    Commit(CommitEvent),
+    /// `#sync`.
+    Sync(SyncEvent),
+    /// `#identity`.
+    Identity(IdentityEvent),
+    /// `#account`.
+    Account(AccountEvent),
+    /// `#info`.
+    Info(InfoEvent),
+    /// An error frame.
+    Error(ErrorFrame),
+    /// A message type this code does not know; consumers skip it.
+    Unknown {
+        /// The header's `t`.
+        t: String,
+        /// The body, undecoded.
+        body: Bytes,
+    },
+}
+
+impl Frame {
+    /// The sequence number, for the types that carry one.
+    pub fn seq(&self) -> Option<i64> {
+        match self {
+            Frame::Commit(e) => Some(e.seq),
+            Frame::Sync(e) => Some(e.seq),
+            Frame::Identity(e) => Some(e.seq),
+            Frame::Account(e) => Some(e.seq),
+            _ => None,
+        }
+    }
+
+    /// The DID the event is about, for the types that carry one.
+    pub fn did(&self) -> Option<&str> {
+        match self {
+            Frame::Commit(e) => Some(&e.repo),
+            Frame::Sync(e) => Some(&e.did),
+            Frame::Identity(e) => Some(&e.did),
+            Frame::Account(e) => Some(&e.did),
+            _ => None,
+        }
+    }
+
+    /// The header's `t` (or the error marker).
+    pub fn kind(&self) -> &str {
+        match self {
+            Frame::Commit(_) => "#commit",
+            Frame::Sync(_) => "#sync",
+            Frame::Identity(_) => "#identity",
+            Frame::Account(_) => "#account",
+            Frame::Info(_) => "#info",
+            Frame::Error(_) => "error",
+            Frame::Unknown { t, .. } => t,
+        }
+    }
+}
+
+/// Splits a frame into its header and the raw body bytes, without decoding the body. The
+/// relay's readers use this to route events cheaply.
+pub fn split_frame(bytes: &[u8]) -> Result<(Header, &[u8]), FrameError> {
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(bytes.len()));
+    }
+    let header_len = cbor_item_len(bytes, MAX_HEADER_DEPTH)?;
+    let header: Header = from_cbor(&bytes[..header_len]).map_err(|_| FrameError::BadHeader)?;
+    if header.op == 1 && header.t.is_none() {
+        return Err(FrameError::BadHeader);
+    }
+    if header.op != 1 && header.op != -1 {
+        return Err(FrameError::BadHeader);
+    }
+    Ok((header, &bytes[header_len..]))
+}
+
+/// Decodes a whole frame.
+pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
+    let (header, body) = split_frame(bytes)?;
+    if header.op == -1 {
+        return Ok(Frame::Error(from_cbor(body)?));
+    }
+    fn body_of<T: DeserializeOwned>(b: &[u8]) -> Result<T, FrameError> {
+        Ok(from_cbor(b)?)
+    }
+    Ok(match header.t.as_deref().unwrap_or_default() {
+        "#commit" => Frame::Commit(body_of(body)?),
+        "#sync" => Frame::Sync(body_of(body)?),
+        "#identity" => Frame::Identity(body_of(body)?),
+        "#account" => Frame::Account(body_of(body)?),
+        "#info" => Frame::Info(body_of(body)?),
+        other => {
+            // Still require a well-formed body, so garbage is not passed along.
+            cbor_item_len(body, 64)?;
+            Frame::Unknown { t: other.to_string(), body: Bytes::copy_from_slice(body) }
+        }
+    })
+}
+
+/// Encodes a frame: header then body.
+pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, FrameError> {
+    let (op, body) = match frame {
+        Frame::Commit(e) => (1, to_cbor(e)?),
+        Frame::Sync(e) => (1, to_cbor(e)?),
+        Frame::Identity(e) => (1, to_cbor(e)?),
+        Frame::Account(e) => (1, to_cbor(e)?),
+        Frame::Info(e) => (1, to_cbor(e)?),
+        Frame::Unknown { body, .. } => (1, body.to_vec()),
+        Frame::Error(e) => (-1, to_cbor(e)?),
+    };
+    let t = (op == 1).then(|| frame.kind().to_string());
+    let mut out = to_cbor(&Header { op, t })?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Serde glue: `Bytes` as a CBOR byte string.
+mod serde_bytes_bytes {
+    use bytes::Bytes;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        let buf: serde_bytes::ByteBuf = serde::Deserialize::deserialize(d)?;
+        Ok(Bytes::from(buf.into_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_and_info_frames_round_trip() {
+        for frame in [
+            Frame::Error(ErrorFrame { error: "FutureCursor".into(), message: Some("ahead".into()) }),
+            Frame::Info(InfoEvent { name: "OutdatedCursor".into(), message: None }),
+            Frame::Account(AccountEvent {
+                seq: 9,
+                did: "did:plc:abc".into(),
+                time: "2026-01-01T00:00:00.000Z".into(),
+                active: false,
+                status: Some("deactivated".into()),
+            }),
+        ] {
+            let bytes = encode_frame(&frame).expect("encode");
+            assert_eq!(decode_frame(&bytes).expect("decode"), frame);
+        }
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert!(decode_frame(&[]).is_err());
+        assert!(decode_frame(&[0xa2, 0x61]).is_err());
+        let header = to_cbor(&Header { op: 1, t: Some("#commit".into()) }).expect("encode");
+        let mut truncated = header.clone();
+        truncated.extend_from_slice(&[0xaa, 0x63]);
+        assert!(decode_frame(&truncated).is_err());
+        let bad_op = to_cbor(&Header { op: 7, t: Some("#commit".into()) }).expect("encode");
+        assert!(matches!(split_frame(&bad_op), Err(FrameError::BadHeader)));
+    }
+}
