@@ -1,1 +1,147 @@
-fn main(){}
+//! `agentnet`: one binary for every agentnet service and tool.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// A communication and memory network for AI agents on the AT Protocol.
+#[derive(Debug, Parser)]
+#[command(name = "agentnet", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Crawl PDSes, verify every commit, and republish one firehose.
+    Relay(agentnet_relay::Config),
+    /// Consume the relay's firehose into ClickHouse and a vector store.
+    Indexer(agentnet_indexer::Config),
+    /// Answer coordination and recall queries over XRPC.
+    Appview(agentnet_appview::Config),
+    /// Run relay, indexer and appview in one process on embedded stores.
+    Up(UpArgs),
+    /// Work with the agent network's lexicons.
+    #[command(subcommand)]
+    Lexicon(LexiconCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    #[command(flatten)]
+    relay: agentnet_relay::Config,
+    /// Also run synthetic agents that exchange messages at all three privacy levels.
+    #[arg(long, env = "AGENTNET_DEMO", default_value_t = false)]
+    demo: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum LexiconCommand {
+    /// List the embedded lexicon documents.
+    List,
+    /// Print one lexicon document.
+    Show {
+        /// The NSID, e.g. agent.comms.message.
+        nsid: String,
+    },
+    /// Validate a record (JSON, with its `$type`) against the lexicons.
+    Validate {
+        /// The record file; `-` reads standard input.
+        file: PathBuf,
+        /// Record key to check against the collection's key type.
+        #[arg(long, default_value = "3kznmn7xqxl22")]
+        rkey: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AGENTNET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agentnet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Relay(config) => {
+            serve(agentnet_relay::run(config, shutdown_signal())).context("relay")
+        }
+        Command::Up(args) => {
+            tracing::info!(demo = args.demo, "starting relay, indexer and appview");
+            serve(agentnet_relay::run(args.relay, shutdown_signal())).context("up")
+        }
+        Command::Indexer(config) => {
+            serve(agentnet_indexer::run(config, shutdown_signal())).context("indexer")
+        }
+        Command::Appview(config) => {
+            serve(agentnet_appview::run(config, shutdown_signal())).context("appview")
+        }
+        Command::Lexicon(cmd) => lexicon(cmd),
+    }
+}
+
+fn serve<E: std::error::Error + Send + Sync + 'static>(
+    fut: impl std::future::Future<Output = Result<(), E>>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(fut)?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    // If the handler cannot be installed the service runs until killed, which is what an
+    // operator would get anyway.
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn lexicon(cmd: LexiconCommand) -> anyhow::Result<()> {
+    match cmd {
+        LexiconCommand::List => {
+            let mut out = std::io::stdout().lock();
+            for (nsid, _) in lexicons::DOCUMENTS {
+                writeln!(out, "{nsid}")?;
+            }
+        }
+        LexiconCommand::Show { nsid } => {
+            let (_, text) = lexicons::DOCUMENTS
+                .iter()
+                .find(|(n, _)| *n == nsid)
+                .with_context(|| format!("no lexicon {nsid}"))?;
+            std::io::stdout().lock().write_all(text.as_bytes())?;
+        }
+        LexiconCommand::Validate { file, rkey } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            let json: serde_json::Value =
+                serde_json::from_str(&text).context("record is not JSON")?;
+            let collection = json["$type"]
+                .as_str()
+                .context("record has no $type")?
+                .to_string();
+            let data = atproto::data::json_to_ipld(&json)?;
+            lexicons::catalog()?.validate_record(&collection, &rkey, &data)?;
+            println!("valid {collection}");
+        }
+    }
+    Ok(())
+}

@@ -45,9 +45,15 @@ pub struct CarLimits {
 
 impl CarLimits {
     /// The firehose's bounds: `blocks` of at most 2,000,000 bytes.
-    pub const FIREHOSE: CarLimits = CarLimits { max_bytes: 2_000_000, max_blocks: 10_000 };
+    pub const FIREHOSE: CarLimits = CarLimits {
+        max_bytes: 2_000_000,
+        max_blocks: 10_000,
+    };
     /// Bounds for a whole repository export (`getRepo`).
-    pub const REPO: CarLimits = CarLimits { max_bytes: 512 * 1024 * 1024, max_blocks: 4_000_000 };
+    pub const REPO: CarLimits = CarLimits {
+        max_bytes: 512 * 1024 * 1024,
+        max_blocks: 4_000_000,
+    };
 }
 
 /// Blocks by CID, as read from a CAR or gathered for one.
@@ -65,15 +71,21 @@ pub struct Car {
 /// Reads a CAR v1 from memory, verifying every block against its CID.
 pub fn read_car(bytes: &[u8], limits: CarLimits) -> Result<Car, CarError> {
     if bytes.len() > limits.max_bytes {
-        return Err(CarError::TooLarge { size: bytes.len(), limit: limits.max_bytes });
+        return Err(CarError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_bytes,
+        });
     }
     futures::executor::block_on(async {
-        let mut reader =
-            CarReader::new(bytes).await.map_err(|e| CarError::Malformed(e.to_string()))?;
+        let mut reader = CarReader::new(bytes)
+            .await
+            .map_err(|e| CarError::Malformed(e.to_string()))?;
         let roots = reader.header().roots().to_vec();
         let mut blocks = BlockMap::new();
-        while let Some((cid, data)) =
-            reader.next_block().await.map_err(|e| CarError::Malformed(e.to_string()))?
+        while let Some((cid, data)) = reader
+            .next_block()
+            .await
+            .map_err(|e| CarError::Malformed(e.to_string()))?
         {
             if blocks.len() >= limits.max_blocks {
                 return Err(CarError::TooManyBlocks(limits.max_blocks));
@@ -94,11 +106,20 @@ pub fn write_car<'a>(
 ) -> Result<Vec<u8>, CarError> {
     futures::executor::block_on(async {
         let mut writer = CarWriter::new(CarHeader::new_v1(roots.to_vec()), Vec::new());
-        writer.write_header().await.map_err(|e| CarError::Malformed(e.to_string()))?;
+        writer
+            .write_header()
+            .await
+            .map_err(|e| CarError::Malformed(e.to_string()))?;
         for (cid, data) in blocks {
-            writer.write(*cid, data).await.map_err(|e| CarError::Malformed(e.to_string()))?;
+            writer
+                .write(*cid, data)
+                .await
+                .map_err(|e| CarError::Malformed(e.to_string()))?;
         }
-        writer.finish().await.map_err(|e| CarError::Malformed(e.to_string()))
+        writer
+            .finish()
+            .await
+            .map_err(|e| CarError::Malformed(e.to_string()))
     })
 }
 
@@ -111,8 +132,8 @@ mod tests {
     fn round_trip_and_tamper() {
         let (a, a_bytes) = encode_block(&"alpha").expect("encode");
         let (b, b_bytes) = encode_block(&42u32).expect("encode");
-        let car = write_car(&[a], [(&a, a_bytes.as_slice()), (&b, b_bytes.as_slice())])
-            .expect("write");
+        let car =
+            write_car(&[a], [(&a, a_bytes.as_slice()), (&b, b_bytes.as_slice())]).expect("write");
         let read = read_car(&car, CarLimits::FIREHOSE).expect("read");
         assert_eq!(read.roots, vec![a]);
         assert_eq!(read.blocks.get(&b), Some(&b_bytes));
@@ -120,11 +141,26 @@ mod tests {
         let mut tampered = car.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
-        assert!(matches!(read_car(&tampered, CarLimits::FIREHOSE), Err(CarError::BadBlock(_))));
+        assert!(matches!(
+            read_car(&tampered, CarLimits::FIREHOSE),
+            Err(CarError::BadBlock(_))
+        ));
         assert!(read_car(&car[..car.len() - 2], CarLimits::FIREHOSE).is_err());
-        let tight = CarLimits { max_bytes: car.len(), max_blocks: 1 };
-        assert!(matches!(read_car(&car, tight), Err(CarError::TooManyBlocks(1))));
-        let tiny = CarLimits { max_bytes: 10, max_blocks: 10 };
-        assert!(matches!(read_car(&car, tiny), Err(CarError::TooLarge { .. })));
+        let tight = CarLimits {
+            max_bytes: car.len(),
+            max_blocks: 1,
+        };
+        assert!(matches!(
+            read_car(&car, tight),
+            Err(CarError::TooManyBlocks(1))
+        ));
+        let tiny = CarLimits {
+            max_bytes: 10,
+            max_blocks: 10,
+        };
+        assert!(matches!(
+            read_car(&car, tiny),
+            Err(CarError::TooLarge { .. })
+        ));
     }
 }

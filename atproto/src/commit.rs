@@ -49,9 +49,22 @@ struct UnsignedCommit<'a> {
 impl Commit {
     /// Builds and signs a commit.
     pub fn sign(did: &str, data: Cid, rev: &str, key: &Keypair) -> Result<Commit, DataError> {
-        let unsigned = UnsignedCommit { did, version: COMMIT_VERSION, data, rev, prev: None };
+        let unsigned = UnsignedCommit {
+            did,
+            version: COMMIT_VERSION,
+            data,
+            rev,
+            prev: None,
+        };
         let sig = key.sign(&crate::data::to_cbor(&unsigned)?);
-        Ok(Commit { did: did.to_string(), version: COMMIT_VERSION, data, rev: rev.to_string(), prev: None, sig })
+        Ok(Commit {
+            did: did.to_string(),
+            version: COMMIT_VERSION,
+            data,
+            rev: rev.to_string(),
+            prev: None,
+            sig,
+        })
     }
 
     /// The bytes the signature covers.
@@ -70,7 +83,8 @@ impl Commit {
         if self.version != COMMIT_VERSION {
             return Err(CommitError::Version(self.version));
         }
-        key.verify(&self.unsigned_bytes()?, &self.sig).map_err(CommitError::Signature)
+        key.verify(&self.unsigned_bytes()?, &self.sig)
+            .map_err(CommitError::Signature)
     }
 }
 
@@ -141,7 +155,9 @@ pub fn verify_commit_event(
         return Err(CommitError::Inconsistent("commit is for another repo"));
     }
     if commit.rev != event.rev {
-        return Err(CommitError::Inconsistent("event rev differs from commit rev"));
+        return Err(CommitError::Inconsistent(
+            "event rev differs from commit rev",
+        ));
     }
     commit.verify(key)?;
     let prev_data = invert_ops(&commit, &event.ops, &car.blocks)?;
@@ -150,7 +166,11 @@ pub fn verify_commit_event(
             return Err(CommitError::InversionMismatch);
         }
     }
-    Ok(VerifiedCommit { commit, prev_data: Some(prev_data), blocks: car.blocks })
+    Ok(VerifiedCommit {
+        commit,
+        prev_data: Some(prev_data),
+        blocks: car.blocks,
+    })
 }
 
 /// Undoes `ops` on the tree rooted at `commit.data`, reading only `blocks`, and returns
@@ -164,19 +184,27 @@ pub fn invert_ops(commit: &Commit, ops: &[RepoOp], blocks: &BlockMap) -> Result<
         match op.action.as_str() {
             "create" => {
                 if current.is_none() || current != op.cid {
-                    return Err(CommitError::Inconsistent("create op does not match the tree"));
+                    return Err(CommitError::Inconsistent(
+                        "create op does not match the tree",
+                    ));
                 }
                 tree.remove(key, blocks)?;
             }
             "update" => {
-                let prev = op.prev.ok_or(CommitError::Inconsistent("update op without prev"))?;
+                let prev = op
+                    .prev
+                    .ok_or(CommitError::Inconsistent("update op without prev"))?;
                 if current.is_none() || current != op.cid {
-                    return Err(CommitError::Inconsistent("update op does not match the tree"));
+                    return Err(CommitError::Inconsistent(
+                        "update op does not match the tree",
+                    ));
                 }
                 tree.insert(key, prev, blocks)?;
             }
             "delete" => {
-                let prev = op.prev.ok_or(CommitError::Inconsistent("delete op without prev"))?;
+                let prev = op
+                    .prev
+                    .ok_or(CommitError::Inconsistent("delete op without prev"))?;
                 if current.is_some() {
                     return Err(CommitError::Inconsistent("deleted key still in the tree"));
                 }
@@ -265,7 +293,7 @@ impl RepoWriter {
 
     /// A fresh record key (a TID).
     pub fn next_rkey(&mut self) -> Tid {
-        self.clock.next()
+        self.clock.next_tid()
     }
 
     /// Applies the writes, signs a commit, and returns the event (with `seq` 0: the host
@@ -276,8 +304,16 @@ impl RepoWriter {
         let mut new_blocks = BlockMap::new();
         for w in writes {
             let (collection, rkey, record) = match w {
-                Write::Create { collection, rkey, record }
-                | Write::Update { collection, rkey, record } => (collection, rkey, Some(record)),
+                Write::Create {
+                    collection,
+                    rkey,
+                    record,
+                }
+                | Write::Update {
+                    collection,
+                    rkey,
+                    record,
+                } => (collection, rkey, Some(record)),
                 Write::Delete { collection, rkey } => (collection, rkey, None),
             };
             let path = format!("{collection}/{rkey}");
@@ -288,7 +324,9 @@ impl RepoWriter {
                     let prev = self.tree.insert(path.as_bytes(), cid, &self.blocks)?;
                     let is_create = matches!(w, Write::Create { .. });
                     if is_create != prev.is_none() {
-                        return Err(CommitError::Inconsistent("create of a present key or update of an absent one"));
+                        return Err(CommitError::Inconsistent(
+                            "create of a present key or update of an absent one",
+                        ));
                     }
                     (if is_create { "create" } else { "update" }, Some(cid), prev)
                 }
@@ -300,14 +338,19 @@ impl RepoWriter {
                     ("delete", None, prev)
                 }
             };
-            ops.push(RepoOp { action: action.into(), path, cid, prev });
+            ops.push(RepoOp {
+                action: action.into(),
+                path,
+                cid,
+                prev,
+            });
         }
-        let (data, tree_blocks) = self.tree.blocks()?;
+        let (data, tree_blocks) = self.tree.new_blocks()?;
         let mut proof = Vec::new();
         for op in &ops {
             proof.extend(self.tree.covering_proof(op.path.as_bytes(), &NoBlocks)?);
         }
-        let rev = self.clock.next().to_string();
+        let rev = self.clock.next_tid().to_string();
         let commit = Commit::sign(&self.did, data, &rev, &self.key)?;
         let (commit_cid, commit_bytes) = encode_block(&commit)?;
 
@@ -316,7 +359,8 @@ impl RepoWriter {
         seen.insert(commit_cid);
         for cid in proof {
             if seen.insert(cid) {
-                if let Some(bytes) = tree_blocks.get(&cid) {
+                // Changed nodes are new; unchanged neighbours come from earlier commits.
+                if let Some(bytes) = tree_blocks.get(&cid).or_else(|| self.blocks.get(&cid)) {
                     car_blocks.push((cid, bytes));
                 }
             }

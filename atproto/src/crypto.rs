@@ -125,11 +125,15 @@ impl PublicKey {
                 compressed.copy_from_slice(point.to_encoded_point(true).as_bytes());
                 let mut uncompressed = [0u8; 65];
                 uncompressed.copy_from_slice(point.to_encoded_point(false).as_bytes());
-                Ok(PublicKey::P256 { compressed, uncompressed })
+                Ok(PublicKey::P256 {
+                    compressed,
+                    uncompressed,
+                })
             }
             Algorithm::Ed25519 => {
-                let raw: [u8; 32] =
-                    bytes.try_into().map_err(|_| CryptoError::InvalidKey("Ed25519 key is 32 bytes"))?;
+                let raw: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| CryptoError::InvalidKey("Ed25519 key is 32 bytes"))?;
                 ed25519_dalek::VerifyingKey::from_bytes(&raw)
                     .map(PublicKey::Ed25519)
                     .map_err(|_| CryptoError::InvalidKey("not an Ed25519 point"))
@@ -139,7 +143,9 @@ impl PublicKey {
 
     /// Parses a `did:key:z…` string.
     pub fn from_did_key(did: &str) -> Result<Self, CryptoError> {
-        let mb = did.strip_prefix("did:key:").ok_or(CryptoError::InvalidKey("not a did:key"))?;
+        let mb = did
+            .strip_prefix("did:key:")
+            .ok_or(CryptoError::InvalidKey("not a did:key"))?;
         Self::from_multikey(mb)
     }
 
@@ -166,7 +172,11 @@ impl PublicKey {
             "EcdsaSecp256k1VerificationKey2019" => Algorithm::K256,
             "EcdsaSecp256r1VerificationKey2019" => Algorithm::P256,
             "Ed25519VerificationKey2020" => Algorithm::Ed25519,
-            _ => return Err(CryptoError::InvalidKey("unsupported verification method type")),
+            _ => {
+                return Err(CryptoError::InvalidKey(
+                    "unsupported verification method type",
+                ))
+            }
         };
         let (_, bytes) =
             multibase::decode(multibase).map_err(|_| CryptoError::InvalidKey("bad multibase"))?;
@@ -225,8 +235,9 @@ impl PublicKey {
                 .map_err(|_| CryptoError::InvalidSignature("does not verify"))
             }
             PublicKey::Ed25519(key) => {
-                let raw: [u8; 64] =
-                    sig.try_into().map_err(|_| CryptoError::InvalidSignature("not 64 bytes"))?;
+                let raw: [u8; 64] = sig
+                    .try_into()
+                    .map_err(|_| CryptoError::InvalidSignature("not 64 bytes"))?;
                 key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&raw))
                     .map_err(|_| CryptoError::InvalidSignature("does not verify"))
             }
@@ -237,7 +248,9 @@ impl PublicKey {
 /// Checks the compact form and the low-S rule, returning the signature bytes.
 fn ecdsa_compact<'a>(sig: &'a [u8], n_half: &[u8; 32]) -> Result<&'a [u8], CryptoError> {
     if sig.len() != 64 {
-        return Err(CryptoError::InvalidSignature("ECDSA signature must be 64-byte compact"));
+        return Err(CryptoError::InvalidSignature(
+            "ECDSA signature must be 64-byte compact",
+        ));
     }
     if sig[32..] > n_half[..] {
         return Err(CryptoError::InvalidSignature("high-S signature"));
@@ -316,8 +329,8 @@ impl Keypair {
         match self {
             Keypair::K256(k) => {
                 let digest: [u8; 32] = Sha256::digest(msg).into();
-                let sig = secp256k1::SECP256K1
-                    .sign_ecdsa(&secp256k1::Message::from_digest(digest), k);
+                let sig =
+                    secp256k1::SECP256K1.sign_ecdsa(&secp256k1::Message::from_digest(digest), k);
                 sig.serialize_compact().to_vec()
             }
             Keypair::P256(k) => {

@@ -134,7 +134,9 @@ fn check_typed_object(value: &Ipld) -> Result<(), DataError> {
         Some(Ipld::String(t)) if t == "blob" => {
             match (map.get("ref"), map.get("mimeType"), map.get("size")) {
                 (Some(Ipld::Link(_)), Some(Ipld::String(_)), Some(Ipld::Integer(_))) => Ok(()),
-                _ => Err(DataError::Invalid("blob needs ref (link), mimeType and size (integer)")),
+                _ => Err(DataError::Invalid(
+                    "blob needs ref (link), mimeType and size (integer)",
+                )),
             }
         }
         Some(Ipld::String(_)) => Ok(()),
@@ -150,7 +152,9 @@ pub fn decode_base64(s: &str) -> Result<Vec<u8>, DataError> {
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
             .with_decode_allow_trailing_bits(true),
     );
-    engine.decode(s).map_err(|_| DataError::Invalid("$bytes is not base64"))
+    engine
+        .decode(s)
+        .map_err(|_| DataError::Invalid("$bytes is not base64"))
 }
 
 /// Converts data-model values back to their JSON form (`$link`, unpadded `$bytes`).
@@ -163,15 +167,19 @@ pub fn ipld_to_json(value: &Ipld) -> serde_json::Value {
             Ok(v) => J::from(v),
             Err(_) => J::String(i.to_string()),
         },
-        Ipld::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+        Ipld::Float(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .unwrap_or(J::Null),
         Ipld::String(s) => J::String(s.clone()),
         Ipld::Bytes(b) => serde_json::json!({
             "$bytes": base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)
         }),
         Ipld::List(items) => J::Array(items.iter().map(ipld_to_json).collect()),
-        Ipld::Map(map) => {
-            J::Object(map.iter().map(|(k, v)| (k.clone(), ipld_to_json(v))).collect())
-        }
+        Ipld::Map(map) => J::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), ipld_to_json(v)))
+                .collect(),
+        ),
         Ipld::Link(cid) => serde_json::json!({ "$link": cid.to_string() }),
     }
 }
@@ -190,9 +198,16 @@ pub fn cbor_item_len(bytes: &[u8], max_depth: usize) -> Result<usize, DataError>
             24..=27 => {
                 let n = 1usize << (info - 24);
                 let raw = b.get(pos + 1..pos + 1 + n).ok_or_else(short)?;
-                (raw.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)), 1 + n)
+                (
+                    raw.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)),
+                    1 + n,
+                )
             }
-            _ => return Err(DataError::Decode("indefinite or reserved CBOR length".into())),
+            _ => {
+                return Err(DataError::Decode(
+                    "indefinite or reserved CBOR length".into(),
+                ))
+            }
         };
         Ok((major, arg, len))
     }
@@ -206,11 +221,15 @@ pub fn cbor_item_len(bytes: &[u8], max_depth: usize) -> Result<usize, DataError>
             0 | 1 | 7 => {}
             2 | 3 => {
                 let n = usize::try_from(arg).map_err(|_| DataError::Decode("length".into()))?;
-                end = end.checked_add(n).ok_or_else(|| DataError::Decode("length".into()))?;
+                end = end
+                    .checked_add(n)
+                    .ok_or_else(|| DataError::Decode("length".into()))?;
             }
             4 | 5 => {
                 let per = if major == 5 { 2 } else { 1 };
-                let count = arg.checked_mul(per).ok_or_else(|| DataError::Decode("length".into()))?;
+                let count = arg
+                    .checked_mul(per)
+                    .ok_or_else(|| DataError::Decode("length".into()))?;
                 for _ in 0..count {
                     end = item(b, end, depth - 1)?;
                 }

@@ -94,14 +94,18 @@ impl EncryptionPublicKey {
 
     /// Parses the multikey form.
     pub fn from_multikey(s: &str) -> Result<Self, EnvelopeError> {
-        let (base, bytes) = multibase::decode(s).map_err(|_| EnvelopeError::Malformed("multibase"))?;
+        let (base, bytes) =
+            multibase::decode(s).map_err(|_| EnvelopeError::Malformed("multibase"))?;
         if base != multibase::Base::Base58Btc {
             return Err(EnvelopeError::Malformed("X25519 key must be base58btc"));
         }
         let raw = bytes
             .strip_prefix(X25519_MULTICODEC.as_slice())
             .ok_or(EnvelopeError::Malformed("not an X25519 multikey"))?;
-        Ok(EncryptionPublicKey(raw.try_into().map_err(|_| EnvelopeError::Malformed("key length"))?))
+        Ok(EncryptionPublicKey(
+            raw.try_into()
+                .map_err(|_| EnvelopeError::Malformed("key length"))?,
+        ))
     }
 }
 
@@ -163,9 +167,19 @@ struct ContentAad<'a> {
     created_at: &'a str,
 }
 
-fn content_aad(uri: &str, collection: &str, recipients: Vec<&str>, created_at: &str) -> Result<Vec<u8>, EnvelopeError> {
-    crate::data::to_cbor(&ContentAad { uri, collection, recipients, created_at })
-        .map_err(|_| EnvelopeError::Malformed("associated data"))
+fn content_aad(
+    uri: &str,
+    collection: &str,
+    recipients: Vec<&str>,
+    created_at: &str,
+) -> Result<Vec<u8>, EnvelopeError> {
+    crate::data::to_cbor(&ContentAad {
+        uri,
+        collection,
+        recipients,
+        created_at,
+    })
+    .map_err(|_| EnvelopeError::Malformed("associated data"))
 }
 
 /// A wrap is bound to the record, to its recipient, and to the exact ephemeral key bytes
@@ -211,7 +225,13 @@ pub fn seal(
     let dids: Vec<&str> = recipients.iter().map(|r| r.did).collect();
     let aad = content_aad(uri, collection, dids, created_at)?;
     let ciphertext = Aes256Gcm::new(&dek.into())
-        .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: &aad })
+        .encrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad: &aad,
+            },
+        )
         .map_err(|_| EnvelopeError::Malformed("encrypt"))?;
 
     let mut wrapped = Vec::with_capacity(recipients.len());
@@ -224,7 +244,13 @@ pub fn seal(
         let mut wnonce = [0u8; 12];
         rng.fill_bytes(&mut wnonce);
         let sealed_dek = wrapping_key(shared.as_bytes(), &salt)
-            .encrypt(&Nonce::from(wnonce), Payload { msg: &dek, aad: &wrap_aad(uri, r.did, eph_pub.as_bytes()) })
+            .encrypt(
+                &Nonce::from(wnonce),
+                Payload {
+                    msg: &dek,
+                    aad: &wrap_aad(uri, r.did, eph_pub.as_bytes()),
+                },
+            )
             .map_err(|_| EnvelopeError::Malformed("wrap"))?;
         let mut key = Vec::with_capacity(WRAP_LEN);
         key.push(WRAP_VERSION);
@@ -232,7 +258,10 @@ pub fn seal(
         key.extend_from_slice(&wnonce);
         key.extend_from_slice(eph_pub.as_bytes());
         key.extend_from_slice(&sealed_dek);
-        wrapped.push(WrappedKey { did: r.did.to_string(), key });
+        wrapped.push(WrappedKey {
+            did: r.did.to_string(),
+            key,
+        });
     }
     Ok(Sealed {
         collection: collection.to_string(),
@@ -244,11 +273,20 @@ pub fn seal(
 }
 
 /// Opens a sealed record found at `uri`, as recipient `did` holding `key`.
-pub fn open(sealed: &Sealed, uri: &str, did: &str, key: &EncryptionKey) -> Result<Vec<u8>, EnvelopeError> {
+pub fn open(
+    sealed: &Sealed,
+    uri: &str,
+    did: &str,
+    key: &EncryptionKey,
+) -> Result<Vec<u8>, EnvelopeError> {
     if sealed.recipients.len() > MAX_RECIPIENTS {
         return Err(EnvelopeError::Malformed("too many recipients"));
     }
-    let wrap = sealed.recipients.iter().find(|r| r.did == did).ok_or(EnvelopeError::NotRecipient)?;
+    let wrap = sealed
+        .recipients
+        .iter()
+        .find(|r| r.did == did)
+        .ok_or(EnvelopeError::NotRecipient)?;
     let w = &wrap.key;
     if w.len() != WRAP_LEN || w[0] != WRAP_VERSION || sealed.nonce.len() != 12 {
         return Err(EnvelopeError::Malformed("wrapped key layout"));
@@ -256,16 +294,41 @@ pub fn open(sealed: &Sealed, uri: &str, did: &str, key: &EncryptionKey) -> Resul
     let (salt, rest) = w[1..].split_at(16);
     let (wnonce, rest) = rest.split_at(12);
     let (eph, sealed_dek) = rest.split_at(32);
-    let eph: [u8; 32] = eph.try_into().map_err(|_| EnvelopeError::Malformed("ephemeral key"))?;
-    let wnonce: [u8; 12] = wnonce.try_into().map_err(|_| EnvelopeError::Malformed("nonce"))?;
-    let nonce: [u8; 12] = sealed.nonce.as_slice().try_into().map_err(|_| EnvelopeError::Malformed("nonce"))?;
+    let eph: [u8; 32] = eph
+        .try_into()
+        .map_err(|_| EnvelopeError::Malformed("ephemeral key"))?;
+    let wnonce: [u8; 12] = wnonce
+        .try_into()
+        .map_err(|_| EnvelopeError::Malformed("nonce"))?;
+    let nonce: [u8; 12] = sealed
+        .nonce
+        .as_slice()
+        .try_into()
+        .map_err(|_| EnvelopeError::Malformed("nonce"))?;
     let shared = key.0.diffie_hellman(&XPublic::from(eph));
     let dek = wrapping_key(shared.as_bytes(), salt)
-        .decrypt(&Nonce::from(wnonce), Payload { msg: sealed_dek, aad: &wrap_aad(uri, did, &eph) })
+        .decrypt(
+            &Nonce::from(wnonce),
+            Payload {
+                msg: sealed_dek,
+                aad: &wrap_aad(uri, did, &eph),
+            },
+        )
         .map_err(|_| EnvelopeError::Decrypt)?;
     let dek: [u8; 32] = dek.try_into().map_err(|_| EnvelopeError::Decrypt)?;
-    let aad = content_aad(uri, &sealed.collection, sealed.recipient_dids().collect(), &sealed.created_at)?;
+    let aad = content_aad(
+        uri,
+        &sealed.collection,
+        sealed.recipient_dids().collect(),
+        &sealed.created_at,
+    )?;
     Aes256Gcm::new(&dek.into())
-        .decrypt(&Nonce::from(nonce), Payload { msg: &sealed.ciphertext, aad: &aad })
+        .decrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: &sealed.ciphertext,
+                aad: &aad,
+            },
+        )
         .map_err(|_| EnvelopeError::Decrypt)
 }

@@ -155,7 +155,7 @@ pub struct ErrorFrame {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// `#commit`.
-    Commit(CommitEvent),
+    Commit(Box<CommitEvent>),
     /// `#sync`.
     Sync(SyncEvent),
     /// `#identity`.
@@ -239,7 +239,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
         Ok(from_cbor(b)?)
     }
     Ok(match header.t.as_deref().unwrap_or_default() {
-        "#commit" => Frame::Commit(body_of(body)?),
+        "#commit" => Frame::Commit(Box::new(body_of(body)?)),
         "#sync" => Frame::Sync(body_of(body)?),
         "#identity" => Frame::Identity(body_of(body)?),
         "#account" => Frame::Account(body_of(body)?),
@@ -247,7 +247,10 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
         other => {
             // Still require a well-formed body, so garbage is not passed along.
             cbor_item_len(body, 64)?;
-            Frame::Unknown { t: other.to_string(), body: Bytes::copy_from_slice(body) }
+            Frame::Unknown {
+                t: other.to_string(),
+                body: Bytes::copy_from_slice(body),
+            }
         }
     })
 }
@@ -291,8 +294,14 @@ mod tests {
     #[test]
     fn error_and_info_frames_round_trip() {
         for frame in [
-            Frame::Error(ErrorFrame { error: "FutureCursor".into(), message: Some("ahead".into()) }),
-            Frame::Info(InfoEvent { name: "OutdatedCursor".into(), message: None }),
+            Frame::Error(ErrorFrame {
+                error: "FutureCursor".into(),
+                message: Some("ahead".into()),
+            }),
+            Frame::Info(InfoEvent {
+                name: "OutdatedCursor".into(),
+                message: None,
+            }),
             Frame::Account(AccountEvent {
                 seq: 9,
                 did: "did:plc:abc".into(),
@@ -310,11 +319,19 @@ mod tests {
     fn garbage_is_refused() {
         assert!(decode_frame(&[]).is_err());
         assert!(decode_frame(&[0xa2, 0x61]).is_err());
-        let header = to_cbor(&Header { op: 1, t: Some("#commit".into()) }).expect("encode");
+        let header = to_cbor(&Header {
+            op: 1,
+            t: Some("#commit".into()),
+        })
+        .expect("encode");
         let mut truncated = header.clone();
         truncated.extend_from_slice(&[0xaa, 0x63]);
         assert!(decode_frame(&truncated).is_err());
-        let bad_op = to_cbor(&Header { op: 7, t: Some("#commit".into()) }).expect("encode");
+        let bad_op = to_cbor(&Header {
+            op: 7,
+            t: Some("#commit".into()),
+        })
+        .expect("encode");
         assert!(matches!(split_frame(&bad_op), Err(FrameError::BadHeader)));
     }
 }

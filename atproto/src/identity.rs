@@ -96,10 +96,13 @@ impl DidDocument {
         if bytes.len() > MAX_DID_DOC_BYTES {
             return Err(IdentityError::BadDocument("document too large".into()));
         }
-        let doc: DidDocument = serde_json::from_slice(bytes)
-            .map_err(|e| IdentityError::BadDocument(e.to_string()))?;
+        let doc: DidDocument =
+            serde_json::from_slice(bytes).map_err(|e| IdentityError::BadDocument(e.to_string()))?;
         if doc.id != did {
-            return Err(IdentityError::BadDocument(format!("document is for {}", doc.id)));
+            return Err(IdentityError::BadDocument(format!(
+                "document is for {}",
+                doc.id
+            )));
         }
         Ok(doc)
     }
@@ -111,10 +114,9 @@ impl DidDocument {
             .iter()
             .find(|m| fragment_matches(&m.id, &self.id, "#atproto"))
             .ok_or_else(|| IdentityError::BadDocument("no #atproto verification method".into()))?;
-        let mb = method
-            .public_key_multibase
-            .as_deref()
-            .ok_or_else(|| IdentityError::BadDocument("#atproto has no publicKeyMultibase".into()))?;
+        let mb = method.public_key_multibase.as_deref().ok_or_else(|| {
+            IdentityError::BadDocument("#atproto has no publicKeyMultibase".into())
+        })?;
         Ok(match method.kind.as_str() {
             "Multikey" => PublicKey::from_multikey(mb)?,
             legacy => PublicKey::from_legacy(legacy, mb)?,
@@ -131,7 +133,9 @@ impl DidDocument {
 
     /// The handle claimed in `alsoKnownAs` (not verified here).
     pub fn handle(&self) -> Option<&str> {
-        self.also_known_as.iter().find_map(|a| a.strip_prefix("at://"))
+        self.also_known_as
+            .iter()
+            .find_map(|a| a.strip_prefix("at://"))
     }
 }
 
@@ -212,20 +216,28 @@ impl HttpResolver {
     /// The URL a DID's document is fetched from.
     pub fn document_url(&self, did: &str) -> Result<String, IdentityError> {
         validate_did(did).map_err(|e| IdentityError::BadDid(e.to_string()))?;
-        if did.starts_with("did:plc:") {
-            let id = &did["did:plc:".len()..];
+        if let Some(id) = did.strip_prefix("did:plc:") {
             if id.len() != 24 || !id.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7')) {
                 return Err(IdentityError::BadDid(did.into()));
             }
             check_host(&self.config.plc_url, self.config.dev)?;
-            return Ok(format!("{}/{did}", self.config.plc_url.trim_end_matches('/')));
+            return Ok(format!(
+                "{}/{did}",
+                self.config.plc_url.trim_end_matches('/')
+            ));
         }
         if let Some(host) = did.strip_prefix("did:web:") {
             if host.contains(':') {
-                return Err(IdentityError::BadDid("did:web with a path is not used by atproto".into()));
+                return Err(IdentityError::BadDid(
+                    "did:web with a path is not used by atproto".into(),
+                ));
             }
             let host = host.replace("%3A", ":").replace("%3a", ":");
-            let scheme = if self.config.dev && is_local_host(&host) { "http" } else { "https" };
+            let scheme = if self.config.dev && is_local_host(&host) {
+                "http"
+            } else {
+                "https"
+            };
             let url = format!("{scheme}://{host}/.well-known/did.json");
             check_host(&url, self.config.dev)?;
             return Ok(url);
@@ -286,7 +298,11 @@ impl DidResolver for HttpResolver {
             s => return Err(IdentityError::Fetch(format!("{url}: HTTP {s}"))),
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| IdentityError::Fetch(e.to_string()))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| IdentityError::Fetch(e.to_string()))?
+        {
             if body.len() + chunk.len() > MAX_DID_DOC_BYTES {
                 return Err(IdentityError::BadDocument("document too large".into()));
             }
@@ -306,7 +322,11 @@ pub struct CachingResolver<R> {
 impl<R: DidResolver> CachingResolver<R> {
     /// Caches up to `capacity` identities for `ttl` each.
     pub fn new(inner: R, capacity: NonZeroUsize, ttl: Duration) -> Self {
-        CachingResolver { inner, cache: Mutex::new(lru::LruCache::new(capacity)), ttl }
+        CachingResolver {
+            inner,
+            cache: Mutex::new(lru::LruCache::new(capacity)),
+            ttl,
+        }
     }
 
     /// The identity for `did`, from the cache while fresh.
@@ -322,7 +342,8 @@ impl<R: DidResolver> CachingResolver<R> {
     pub async fn refresh(&self, did: &str) -> Result<Arc<Identity>, IdentityError> {
         let doc = self.inner.resolve(did).await?;
         let identity = Arc::new(Identity::from_document(doc)?);
-        self.lock().put(did.to_string(), (Instant::now(), identity.clone()));
+        self.lock()
+            .put(did.to_string(), (Instant::now(), identity.clone()));
         Ok(identity)
     }
 
@@ -384,7 +405,8 @@ mod tests {
         })
         .expect("client");
         assert_eq!(
-            r.document_url("did:plc:ewvi7nxzyoun6zhxrhs64oiz").expect("plc"),
+            r.document_url("did:plc:ewvi7nxzyoun6zhxrhs64oiz")
+                .expect("plc"),
             "http://127.0.0.1:2582/did:plc:ewvi7nxzyoun6zhxrhs64oiz"
         );
         assert_eq!(

@@ -37,7 +37,10 @@ pub struct ValidationError {
 }
 
 fn verr<T>(path: &str, reason: impl Into<String>) -> Result<T, ValidationError> {
-    Err(ValidationError { path: path.to_string(), reason: reason.into() })
+    Err(ValidationError {
+        path: path.to_string(),
+        reason: reason.into(),
+    })
 }
 
 /// A checked Lexicon document.
@@ -49,22 +52,38 @@ pub struct LexiconDoc {
     pub defs: Map<String, Value>,
 }
 
-const PRIMARY: &[&str] = &["record", "query", "procedure", "subscription", "permission-set"];
+const PRIMARY: &[&str] = &[
+    "record",
+    "query",
+    "procedure",
+    "subscription",
+    "permission-set",
+];
 const FIELD_TYPES: &[&str] = &[
-    "boolean", "integer", "string", "bytes", "cid-link", "blob", "array", "object", "ref",
-    "union", "unknown", "token", "null",
+    "boolean", "integer", "string", "bytes", "cid-link", "blob", "array", "object", "ref", "union",
+    "unknown", "token", "null",
 ];
 
 impl LexiconDoc {
     /// Parses and checks a document.
     pub fn parse(doc: &Value) -> Result<Self, SchemaError> {
-        let id_str = doc.get("id").and_then(Value::as_str).unwrap_or("?").to_string();
-        let err = |reason: String| SchemaError { id: id_str.clone(), reason };
+        let id_str = doc
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        let err = |reason: String| SchemaError {
+            id: id_str.clone(),
+            reason,
+        };
         let obj = doc.as_object().ok_or_else(|| err("not an object".into()))?;
         if obj.get("lexicon").and_then(Value::as_i64) != Some(1) {
             return Err(err("\"lexicon\" must be the integer 1".into()));
         }
-        let id = obj.get("id").and_then(Value::as_str).ok_or_else(|| err("\"id\" must be a string".into()))?;
+        let id = obj
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| err("\"id\" must be a string".into()))?;
         syntax::validate_nsid(id).map_err(|e| err(e.to_string()))?;
         let defs = obj
             .get("defs")
@@ -76,12 +95,19 @@ impl LexiconDoc {
                 if name != "main" {
                     return Err(err(format!("#{name}: a {ty} must be the main definition")));
                 }
-            } else if matches!(ty, "ref" | "union" | "unknown" | "null") || !FIELD_TYPES.contains(&ty) {
-                return Err(err(format!("#{name}: type {ty:?} cannot be defined at top level")));
+            } else if matches!(ty, "ref" | "union" | "unknown" | "null")
+                || !FIELD_TYPES.contains(&ty)
+            {
+                return Err(err(format!(
+                    "#{name}: type {ty:?} cannot be defined at top level"
+                )));
             }
             check_def(def, 0).map_err(|reason| err(format!("#{name}: {reason}")))?;
         }
-        Ok(LexiconDoc { id: id.to_string(), defs: defs.clone() })
+        Ok(LexiconDoc {
+            id: id.to_string(),
+            defs: defs.clone(),
+        })
     }
 }
 
@@ -91,7 +117,10 @@ fn check_def(def: &Value, depth: usize) -> Result<(), String> {
         return Err("nested too deeply".into());
     }
     let obj = def.as_object().ok_or("definition is not an object")?;
-    let ty = obj.get("type").and_then(Value::as_str).ok_or("missing \"type\"")?;
+    let ty = obj
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or("missing \"type\"")?;
     let sub = |key: &str| -> Result<(), String> {
         match obj.get(key) {
             Some(v) => check_def(v, depth + 1).map_err(|e| format!("{key}: {e}")),
@@ -100,8 +129,12 @@ fn check_def(def: &Value, depth: usize) -> Result<(), String> {
     };
     match ty {
         "record" => {
-            let key = obj.get("key").and_then(Value::as_str).ok_or("record needs \"key\"")?;
-            if !matches!(key, "tid" | "nsid" | "any" | "record-key") && !key.starts_with("literal:") {
+            let key = obj
+                .get("key")
+                .and_then(Value::as_str)
+                .ok_or("record needs \"key\"")?;
+            if !matches!(key, "tid" | "nsid" | "any" | "record-key") && !key.starts_with("literal:")
+            {
                 return Err(format!("unknown record key type {key:?}"));
             }
             let record = obj.get("record").ok_or("record needs \"record\"")?;
@@ -133,7 +166,11 @@ fn check_def(def: &Value, depth: usize) -> Result<(), String> {
             let items = obj.get("items").ok_or("array needs \"items\"")?;
             check_def(items, depth + 1).map_err(|e| format!("items: {e}"))
         }
-        "ref" => obj.get("ref").and_then(Value::as_str).map(|_| ()).ok_or_else(|| "ref needs \"ref\"".into()),
+        "ref" => obj
+            .get("ref")
+            .and_then(Value::as_str)
+            .map(|_| ())
+            .ok_or_else(|| "ref needs \"ref\"".into()),
         "union" => match obj.get("refs").and_then(Value::as_array) {
             Some(refs) if refs.iter().all(Value::is_string) => Ok(()),
             _ => Err("union needs \"refs\" (strings)".into()),
@@ -201,11 +238,23 @@ impl Catalog {
 
     /// Validates a record stored at `collection/rkey`: its `$type` names the collection,
     /// the collection's main definition is a record, the key fits, and the data matches.
-    pub fn validate_record(&self, collection: &str, rkey: &str, data: &Ipld) -> Result<(), ValidationError> {
-        let Ipld::Map(map) = data else { return verr("record", "must be an object") };
+    pub fn validate_record(
+        &self,
+        collection: &str,
+        rkey: &str,
+        data: &Ipld,
+    ) -> Result<(), ValidationError> {
+        let Ipld::Map(map) = data else {
+            return verr("record", "must be an object");
+        };
         match map.get("$type") {
             Some(Ipld::String(t)) if t == collection => {}
-            Some(Ipld::String(t)) => return verr("record/$type", format!("{t} does not match collection {collection}")),
+            Some(Ipld::String(t)) => {
+                return verr(
+                    "record/$type",
+                    format!("{t} does not match collection {collection}"),
+                )
+            }
             _ => return verr("record/$type", "missing"),
         }
         let Some((base, def)) = self.resolve(collection, collection) else {
@@ -242,28 +291,49 @@ impl Catalog {
         self.validate_value(base, schema, data, "", 0)
     }
 
-    fn validate_value(&self, base: &str, schema: &Value, data: &Ipld, path: &str, depth: usize) -> Result<(), ValidationError> {
+    fn validate_value(
+        &self,
+        base: &str,
+        schema: &Value,
+        data: &Ipld,
+        path: &str,
+        depth: usize,
+    ) -> Result<(), ValidationError> {
         if depth > MAX_DEPTH {
             return verr(path, "nested too deeply");
         }
-        let ty = schema.get("type").and_then(Value::as_str).unwrap_or_default();
+        let ty = schema
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let int = |k: &str| schema.get(k).and_then(Value::as_i64);
         let len = |k: &str| schema.get(k).and_then(Value::as_u64).map(|v| v as usize);
         match ty {
             "boolean" => {
-                let Ipld::Bool(b) = data else { return verr(path, "expected a boolean") };
-                if schema.get("const").and_then(Value::as_bool).is_some_and(|c| c != *b) {
+                let Ipld::Bool(b) = data else {
+                    return verr(path, "expected a boolean");
+                };
+                if schema
+                    .get("const")
+                    .and_then(Value::as_bool)
+                    .is_some_and(|c| c != *b)
+                {
                     return verr(path, "does not equal const");
                 }
             }
             "integer" => {
-                let Ipld::Integer(i) = data else { return verr(path, "expected an integer") };
+                let Ipld::Integer(i) = data else {
+                    return verr(path, "expected an integer");
+                };
                 let i = *i;
                 if int("const").is_some_and(|c| i128::from(c) != i) {
                     return verr(path, "does not equal const");
                 }
                 if let Some(choices) = schema.get("enum").and_then(Value::as_array) {
-                    if !choices.iter().any(|c| c.as_i64().map(i128::from) == Some(i)) {
+                    if !choices
+                        .iter()
+                        .any(|c| c.as_i64().map(i128::from) == Some(i))
+                    {
                         return verr(path, "not one of enum");
                     }
                 }
@@ -275,11 +345,15 @@ impl Catalog {
                 }
             }
             "string" => {
-                let Ipld::String(s) = data else { return verr(path, "expected a string") };
+                let Ipld::String(s) = data else {
+                    return verr(path, "expected a string");
+                };
                 self.check_string(schema, s, path)?;
             }
             "bytes" => {
-                let Ipld::Bytes(b) = data else { return verr(path, "expected bytes") };
+                let Ipld::Bytes(b) = data else {
+                    return verr(path, "expected bytes");
+                };
                 if len("minLength").is_some_and(|m| b.len() < m) {
                     return verr(path, "bytes too short");
                 }
@@ -294,7 +368,9 @@ impl Catalog {
             }
             "blob" => check_blob(schema, data, path)?,
             "array" => {
-                let Ipld::List(items) = data else { return verr(path, "expected an array") };
+                let Ipld::List(items) = data else {
+                    return verr(path, "expected an array");
+                };
                 if len("minLength").is_some_and(|m| items.len() < m) {
                     return verr(path, "array too short");
                 }
@@ -303,13 +379,25 @@ impl Catalog {
                 }
                 let item_schema = schema.get("items").unwrap_or(&Value::Null);
                 for (i, item) in items.iter().enumerate() {
-                    self.validate_value(base, item_schema, item, &format!("{path}/{i}"), depth + 1)?;
+                    self.validate_value(
+                        base,
+                        item_schema,
+                        item,
+                        &format!("{path}/{i}"),
+                        depth + 1,
+                    )?;
                 }
             }
             "object" | "params" => {
-                let Ipld::Map(map) = data else { return verr(path, "expected an object") };
+                let Ipld::Map(map) = data else {
+                    return verr(path, "expected an object");
+                };
                 let names = |k: &str| -> Vec<&str> {
-                    schema.get(k).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
+                    schema
+                        .get(k)
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default()
                 };
                 let nullable = names("nullable");
                 for req in names("required") {
@@ -332,7 +420,10 @@ impl Catalog {
                 }
             }
             "ref" => {
-                let reference = schema.get("ref").and_then(Value::as_str).unwrap_or_default();
+                let reference = schema
+                    .get("ref")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 let Some((nbase, def)) = self.resolve(base, reference) else {
                     return verr(path, format!("unresolved ref {reference}"));
                 };
@@ -346,16 +437,27 @@ impl Catalog {
                 self.validate_value(nbase, def, data, path, depth + 1)?;
             }
             "union" => {
-                let Ipld::Map(map) = data else { return verr(path, "union value must be an object") };
+                let Ipld::Map(map) = data else {
+                    return verr(path, "union value must be an object");
+                };
                 let Some(Ipld::String(t)) = map.get("$type") else {
                     return verr(path, "union value needs $type");
                 };
                 let refs: Vec<String> = schema
                     .get("refs")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).map(|r| full_ref(base, r)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(|r| full_ref(base, r))
+                            .collect()
+                    })
                     .unwrap_or_default();
-                let t_full = if t.contains('#') { t.clone() } else { format!("{t}#main") };
+                let t_full = if t.contains('#') {
+                    t.clone()
+                } else {
+                    format!("{t}#main")
+                };
                 if let Some(r) = refs.iter().find(|r| **r == t_full) {
                     let Some((nbase, def)) = self.resolve(base, r) else {
                         return verr(path, format!("unresolved ref {r}"));
@@ -371,7 +473,9 @@ impl Catalog {
                 }
             }
             "unknown" => {
-                let Ipld::Map(map) = data else { return verr(path, "unknown must be an object") };
+                let Ipld::Map(map) = data else {
+                    return verr(path, "unknown must be an object");
+                };
                 if matches!(map.get("$type"), Some(Ipld::String(t)) if t == "blob") {
                     return verr(path, "unknown may not be a blob");
                 }
@@ -446,9 +550,20 @@ fn full_ref(base: &str, reference: &str) -> String {
 }
 
 fn check_blob(schema: &Value, data: &Ipld, path: &str) -> Result<(), ValidationError> {
-    let Ipld::Map(map) = data else { return verr(path, "expected a blob") };
-    let (Some(Ipld::String(t)), Some(Ipld::Link(_)), Some(Ipld::String(mime)), Some(Ipld::Integer(size))) =
-        (map.get("$type"), map.get("ref"), map.get("mimeType"), map.get("size"))
+    let Ipld::Map(map) = data else {
+        return verr(path, "expected a blob");
+    };
+    let (
+        Some(Ipld::String(t)),
+        Some(Ipld::Link(_)),
+        Some(Ipld::String(mime)),
+        Some(Ipld::Integer(size)),
+    ) = (
+        map.get("$type"),
+        map.get("ref"),
+        map.get("mimeType"),
+        map.get("size"),
+    )
     else {
         return verr(path, "blob needs $type, ref, mimeType and size");
     };
@@ -461,9 +576,11 @@ fn check_blob(schema: &Value, data: &Ipld, path: &str) -> Result<(), ValidationE
         }
     }
     if let Some(accept) = schema.get("accept").and_then(Value::as_array) {
-        let ok = accept.iter().filter_map(Value::as_str).any(|pattern| match pattern.strip_suffix("/*") {
-            Some(prefix) => mime.split('/').next() == Some(prefix),
-            None => pattern == "*/*" || pattern == mime,
+        let ok = accept.iter().filter_map(Value::as_str).any(|pattern| {
+            match pattern.strip_suffix("/*") {
+                Some(prefix) => mime.split('/').next() == Some(prefix),
+                None => pattern == "*/*" || pattern == mime,
+            }
         });
         if !ok {
             return verr(path, format!("blob type {mime} not accepted"));

@@ -13,12 +13,12 @@
 use std::cmp::Ordering;
 
 use cid::Cid;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::car::BlockMap;
-use crate::data::{encode_block, from_cbor, DataError};
+use crate::data::{cid_for_cbor, from_cbor, DataError};
 
 /// Longest key accepted in a node (`collection/rkey` is far shorter).
 pub const MAX_KEY_LEN: usize = 1024;
@@ -93,7 +93,7 @@ pub fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
 }
 
 /// One entry of a node as encoded: prefix length, key suffix, value, right subtree.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct EntryData {
     k: serde_bytes::ByteBuf,
     p: u64,
@@ -102,7 +102,7 @@ struct EntryData {
 }
 
 /// A node as encoded: left subtree and entries.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct NodeData {
     e: Vec<EntryData>,
     l: Option<Cid>,
@@ -125,11 +125,19 @@ struct Entry {
 struct Node {
     left: Option<Link>,
     entries: Vec<Entry>,
-    /// The node's CID and encoding, once computed; cleared by every change.
-    encoded: Option<(Cid, Vec<u8>)>,
+    /// The node's CID, once known; cleared by every change.
+    cid: Option<Cid>,
+    /// The encoding computed here and not yet handed out by [`Mst::new_blocks`]. Nodes read
+    /// from a store never have one, so only changed nodes are written back.
+    fresh: Option<Vec<u8>>,
 }
 
 impl Node {
+    fn changed(&mut self) {
+        self.cid = None;
+        self.fresh = None;
+    }
+
     fn is_empty(&self) -> bool {
         self.entries.is_empty() && self.left.is_none()
     }
@@ -137,7 +145,7 @@ impl Node {
     /// The pointer slot just left of position `pos`: the node's left link for 0, else the
     /// right link of the entry before.
     fn slot(&mut self, pos: usize) -> &mut Option<Link> {
-        self.encoded = None;
+        self.changed();
         if pos == 0 {
             &mut self.left
         } else {
@@ -170,37 +178,95 @@ impl Node {
                 Some(l) if l != h => return Err(bad("key height does not match its layer")),
                 _ => expected_layer = Some(h),
             }
-            entries.push(Entry { key, value: e.v, right: e.t.map(Link::Stub) });
+            entries.push(Entry {
+                key,
+                value: e.v,
+                right: e.t.map(Link::Stub),
+            });
         }
         Ok(Node {
             left: data.l.map(Link::Stub),
             entries,
-            encoded: Some((cid, bytes.to_vec())),
+            cid: Some(cid),
+            fresh: None,
         })
     }
 
     /// Computes (and caches) this node's CID, and those of every loaded node below it.
     fn cid(&mut self) -> Result<Cid, MstError> {
-        if let Some((cid, _)) = &self.encoded {
-            return Ok(*cid);
+        if let Some(cid) = self.cid {
+            return Ok(cid);
         }
         let left = link_cid(&mut self.left)?;
-        let mut e = Vec::with_capacity(self.entries.len());
-        let mut prev: &[u8] = &[];
+        let mut rights = Vec::with_capacity(self.entries.len());
         for entry in &mut self.entries {
-            let p = common_prefix_len(prev, &entry.key);
-            e.push(EntryData {
-                k: serde_bytes::ByteBuf::from(entry.key[p..].to_vec()),
-                p: p as u64,
-                t: link_cid(&mut entry.right)?,
-                v: entry.value,
-            });
-            prev = &entry.key;
+            rights.push(link_cid(&mut entry.right)?);
         }
-        let (cid, bytes) = encode_block(&NodeData { e, l: left })?;
-        self.encoded = Some((cid, bytes));
+        let bytes = encode_node(left, &self.entries, &rights);
+        let cid = cid_for_cbor(&bytes);
+        self.cid = Some(cid);
+        self.fresh = Some(bytes);
         Ok(cid)
     }
+}
+
+/// Writes a node's canonical DAG-CBOR directly: `{"e": [{"k", "p", "t", "v"}…], "l"}` with
+/// keys in length-then-byte order. The generic serializer buffers and sorts every map
+/// entry; this is the inner loop of every root-CID computation, so it is done by hand.
+fn encode_node(left: Option<Cid>, entries: &[Entry], rights: &[Option<Cid>]) -> Vec<u8> {
+    fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+        let m = major << 5;
+        match n {
+            0..=23 => out.push(m | n as u8),
+            24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
+            0x100..=0xffff => {
+                out.push(m | 25);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                out.push(m | 26);
+                out.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+            _ => {
+                out.push(m | 27);
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+        }
+    }
+    fn link(out: &mut Vec<u8>, cid: Option<Cid>) {
+        match cid {
+            None => out.push(0xf6),
+            Some(cid) => {
+                out.extend_from_slice(&[0xd8, 42]);
+                head(out, 2, cid.encoded_len() as u64 + 1);
+                out.push(0);
+                cid.write_bytes(&mut *out)
+                    .expect("writing to a Vec cannot fail");
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(16 + entries.len() * 80);
+    head(&mut out, 5, 2);
+    out.extend_from_slice(&[0x61, b'e']);
+    head(&mut out, 4, entries.len() as u64);
+    let mut prev: &[u8] = &[];
+    for (entry, right) in entries.iter().zip(rights) {
+        let p = common_prefix_len(prev, &entry.key);
+        head(&mut out, 5, 4);
+        out.extend_from_slice(&[0x61, b'k']);
+        head(&mut out, 2, (entry.key.len() - p) as u64);
+        out.extend_from_slice(&entry.key[p..]);
+        out.extend_from_slice(&[0x61, b'p']);
+        head(&mut out, 0, p as u64);
+        out.extend_from_slice(&[0x61, b't']);
+        link(&mut out, *right);
+        out.extend_from_slice(&[0x61, b'v']);
+        link(&mut out, Some(entry.value));
+        prev = &entry.key;
+    }
+    out.extend_from_slice(&[0x61, b'l']);
+    link(&mut out, left);
+    out
 }
 
 fn link_cid(link: &mut Option<Link>) -> Result<Option<Cid>, MstError> {
@@ -212,7 +278,11 @@ fn link_cid(link: &mut Option<Link>) -> Result<Option<Cid>, MstError> {
 }
 
 /// Resolves a link to a loaded node, reading its block if it is a stub.
-fn open(link: Option<Link>, layer: u32, src: &dyn BlockSource) -> Result<Option<Box<Node>>, MstError> {
+fn open(
+    link: Option<Link>,
+    layer: u32,
+    src: &dyn BlockSource,
+) -> Result<Option<Box<Node>>, MstError> {
     match link {
         None => Ok(None),
         Some(Link::Loaded(node)) => Ok(Some(node)),
@@ -273,7 +343,10 @@ impl Mst {
         if node.is_empty() {
             return Ok(Mst::new());
         }
-        let mut tree = Mst { root: Some(Box::new(node)), layer: 0 };
+        let mut tree = Mst {
+            root: Some(Box::new(node)),
+            layer: 0,
+        };
         tree.layer = tree.find_root_layer(src)?;
         Ok(tree)
     }
@@ -289,7 +362,10 @@ impl Mst {
             }
             depth += 1;
             if depth > MAX_LAYER {
-                return Err(MstError::Malformed { cid: node.cid()?, reason: "too deep" });
+                return Err(MstError::Malformed {
+                    cid: node.cid()?,
+                    reason: "too deep",
+                });
             }
             // The child's layer is unknown until it is read, so decode without the check.
             if let Some(Link::Stub(cid)) = node.left {
@@ -307,13 +383,15 @@ impl Mst {
     pub fn root_cid(&mut self) -> Result<Cid, MstError> {
         match &mut self.root {
             Some(node) => node.cid(),
-            None => Ok(encode_block(&NodeData { e: vec![], l: None })?.0),
+            None => Ok(cid_for_cbor(&encode_node(None, &[], &[]))),
         }
     }
 
     /// The value stored under `key`.
     pub fn get(&mut self, key: &[u8], src: &dyn BlockSource) -> Result<Option<Cid>, MstError> {
-        let Some(mut node) = self.root.as_deref_mut() else { return Ok(None) };
+        let Some(mut node) = self.root.as_deref_mut() else {
+            return Ok(None);
+        };
         let mut layer = self.layer;
         loop {
             let pos = node.entries.partition_point(|e| e.key.as_slice() < key);
@@ -324,7 +402,11 @@ impl Mst {
                 return Ok(None);
             }
             layer -= 1;
-            let slot = if pos == 0 { &mut node.left } else { &mut node.entries[pos - 1].right };
+            let slot = if pos == 0 {
+                &mut node.left
+            } else {
+                &mut node.entries[pos - 1].right
+            };
             match open_in_place(slot, layer, src)? {
                 Some(child) => node = child,
                 None => return Ok(None),
@@ -362,7 +444,9 @@ impl Mst {
     /// Removes `key`. Returns the value it held, or `None` if it was absent.
     pub fn remove(&mut self, key: &[u8], src: &dyn BlockSource) -> Result<Option<Cid>, MstError> {
         check_key(key)?;
-        let Some(root) = self.root.take() else { return Ok(None) };
+        let Some(root) = self.root.take() else {
+            return Ok(None);
+        };
         let (node, removed) = remove_at(root, self.layer, key, key_height(key), src)?;
         self.root = node;
         self.trim(src)?;
@@ -394,7 +478,11 @@ impl Mst {
             out: &mut Vec<(Vec<u8>, Cid)>,
         ) -> Result<(), MstError> {
             for pos in 0..=node.entries.len() {
-                let slot = if pos == 0 { &mut node.left } else { &mut node.entries[pos - 1].right };
+                let slot = if pos == 0 {
+                    &mut node.left
+                } else {
+                    &mut node.entries[pos - 1].right
+                };
                 if layer > 0 {
                     if let Some(child) = open_in_place(slot, layer - 1, src)? {
                         walk(child, layer - 1, src, out)?;
@@ -413,30 +501,31 @@ impl Mst {
         Ok(out)
     }
 
-    /// The blocks of every node held in memory (all of them for a tree built here; the
-    /// walked and changed ones for a tree opened from a store), with the root CID.
-    pub fn blocks(&mut self) -> Result<(Cid, BlockMap), MstError> {
-        fn walk(node: &mut Node, out: &mut BlockMap) -> Result<(), MstError> {
-            node.cid()?;
-            if let Some((cid, bytes)) = &node.encoded {
-                out.insert(*cid, bytes.clone());
+    /// The root CID and the blocks of the nodes encoded since the last call: every node of
+    /// a tree built in memory the first time, then only what changed. Nodes read from a
+    /// store are never returned (the store has them).
+    pub fn new_blocks(&mut self) -> Result<(Cid, BlockMap), MstError> {
+        fn walk(node: &mut Node, out: &mut BlockMap) {
+            let Some(bytes) = node.fresh.take() else {
+                return;
+            };
+            if let Some(cid) = node.cid {
+                out.insert(cid, bytes);
             }
             let links = std::iter::once(&mut node.left)
                 .chain(node.entries.iter_mut().map(|e| &mut e.right));
             for link in links {
                 if let Some(Link::Loaded(child)) = link {
-                    walk(child, out)?;
+                    walk(child, out);
                 }
             }
-            Ok(())
         }
         let root = self.root_cid()?;
         let mut out = BlockMap::new();
         match &mut self.root {
-            Some(node) => walk(node, &mut out)?,
+            Some(node) => walk(node, &mut out),
             None => {
-                let (cid, bytes) = encode_block(&NodeData { e: vec![], l: None })?;
-                out.insert(cid, bytes);
+                out.insert(root, encode_node(None, &[], &[]));
             }
         }
         Ok((root, out))
@@ -474,7 +563,11 @@ impl Mst {
                 return Ok(out);
             }
             layer -= 1;
-            let slot = if pos == 0 { &mut node.left } else { &mut node.entries[pos - 1].right };
+            let slot = if pos == 0 {
+                &mut node.left
+            } else {
+                &mut node.entries[pos - 1].right
+            };
             match open_in_place(slot, layer, src)? {
                 Some(child) => node = child,
                 None => return Ok(out),
@@ -491,7 +584,9 @@ fn spine(
     out: &mut Vec<Cid>,
     rightmost: bool,
 ) -> Result<(), MstError> {
-    let Some(mut node) = start.take() else { return Ok(()) };
+    let Some(mut node) = start.take() else {
+        return Ok(());
+    };
     loop {
         out.push(node.cid()?);
         if layer == 0 {
@@ -522,7 +617,7 @@ fn insert_at(
     src: &dyn BlockSource,
 ) -> Result<(Box<Node>, Option<Cid>), MstError> {
     let mut node = node.unwrap_or_default();
-    node.encoded = None;
+    node.changed();
     let pos = node.entries.partition_point(|e| e.key.as_slice() < key);
     if h == layer {
         if node.entries.get(pos).is_some_and(|e| e.key == key) {
@@ -531,12 +626,21 @@ fn insert_at(
         }
         let between = node.slot(pos).take();
         let (left, right) = match layer {
-            0 if between.is_some() => return Err(MstError::Structure("layer 0 node has a subtree")),
+            0 if between.is_some() => {
+                return Err(MstError::Structure("layer 0 node has a subtree"))
+            }
             0 => (None, None),
             _ => split(between, layer - 1, key, src)?,
         };
         *node.slot(pos) = left;
-        node.entries.insert(pos, Entry { key: key.to_vec(), value, right });
+        node.entries.insert(
+            pos,
+            Entry {
+                key: key.to_vec(),
+                value,
+                right,
+            },
+        );
         return Ok((node, None));
     }
     // The key belongs further down, in the subtree between its neighbours here.
@@ -553,7 +657,9 @@ fn split(
     key: &[u8],
     src: &dyn BlockSource,
 ) -> Result<(Option<Link>, Option<Link>), MstError> {
-    let Some(mut node) = open(link, layer, src)? else { return Ok((None, None)) };
+    let Some(mut node) = open(link, layer, src)? else {
+        return Ok((None, None));
+    };
     let pos = node.entries.partition_point(|e| e.key.as_slice() < key);
     let child = node.slot(pos).take();
     let (below, above) = match layer {
@@ -563,7 +669,11 @@ fn split(
     };
     let right_entries = node.entries.split_off(pos);
     *node.slot(pos) = below;
-    let right = Box::new(Node { left: above, entries: right_entries, encoded: None });
+    let right = Box::new(Node {
+        left: above,
+        entries: right_entries,
+        ..Node::default()
+    });
     Ok((into_link(node), into_link(right)))
 }
 
@@ -614,7 +724,11 @@ fn merge(
     let last = a.entries.len();
     let a_edge = a.slot(last).take();
     let b_edge = b.left.take();
-    let joined = if layer == 0 { None } else { merge(a_edge, b_edge, layer - 1, src)? };
+    let joined = if layer == 0 {
+        None
+    } else {
+        merge(a_edge, b_edge, layer - 1, src)?
+    };
     *a.slot(last) = joined;
     a.entries.append(&mut b.entries);
     Ok(into_link(a))
@@ -691,7 +805,11 @@ pub fn diff(
                 }
                 Ordering::Equal => {
                     if va != vb {
-                        out.push(DiffOp::Update { key: ka, prev: va, cid: vb });
+                        out.push(DiffOp::Update {
+                            key: ka,
+                            prev: va,
+                            cid: vb,
+                        });
                     }
                     a.pop();
                     b.pop();
@@ -725,7 +843,13 @@ impl Walker {
         let mut stack = Vec::new();
         if let Some(root) = &mut tree.root {
             if let Ok(cid) = root.cid() {
-                stack.push((Item::Tree { cid, layer: tree.layer }, Some(root.clone())));
+                stack.push((
+                    Item::Tree {
+                        cid,
+                        layer: tree.layer,
+                    },
+                    Some(root.clone()),
+                ));
             }
         }
         Walker { stack }
@@ -740,24 +864,37 @@ impl Walker {
     }
 
     fn expand(&mut self, src: &dyn BlockSource) -> Result<(), MstError> {
-        let Some((Item::Tree { cid, layer }, loaded)) = self.stack.pop() else { return Ok(()) };
+        let Some((Item::Tree { cid, layer }, loaded)) = self.stack.pop() else {
+            return Ok(());
+        };
         let mut node = match loaded {
             Some(n) => n,
             None => open(Some(Link::Stub(cid)), layer, src)?.expect("present"),
         };
         let mut items = Vec::new();
-        let push_link = |link: Option<Link>, items: &mut Vec<(Item, Option<Box<Node>>)>| {
-            match link {
-                None => Ok::<(), MstError>(()),
-                Some(Link::Stub(c)) => {
-                    items.push((Item::Tree { cid: c, layer: layer.saturating_sub(1) }, None));
-                    Ok(())
-                }
-                Some(Link::Loaded(mut n)) => {
-                    let c = n.cid()?;
-                    items.push((Item::Tree { cid: c, layer: layer.saturating_sub(1) }, Some(n)));
-                    Ok(())
-                }
+        let push_link = |link: Option<Link>, items: &mut Vec<(Item, Option<Box<Node>>)>| match link
+        {
+            None => Ok::<(), MstError>(()),
+            Some(Link::Stub(c)) => {
+                items.push((
+                    Item::Tree {
+                        cid: c,
+                        layer: layer.saturating_sub(1),
+                    },
+                    None,
+                ));
+                Ok(())
+            }
+            Some(Link::Loaded(mut n)) => {
+                let c = n.cid()?;
+                items.push((
+                    Item::Tree {
+                        cid: c,
+                        layer: layer.saturating_sub(1),
+                    },
+                    Some(n),
+                ));
+                Ok(())
             }
         };
         push_link(node.left.take(), &mut items)?;
@@ -781,20 +918,27 @@ mod tests {
 
     #[test]
     fn insert_remove_is_order_independent() {
-        let keys: Vec<String> = (0..300).map(|i| format!("agent.comms.message/k{i:05}")).collect();
+        let keys: Vec<String> = (0..300)
+            .map(|i| format!("agent.comms.message/k{i:05}"))
+            .collect();
         let mut fwd = Mst::new();
         for (i, k) in keys.iter().enumerate() {
-            fwd.insert(k.as_bytes(), val(i as u32), &NoBlocks).expect("insert");
+            fwd.insert(k.as_bytes(), val(i as u32), &NoBlocks)
+                .expect("insert");
         }
         let mut rev = Mst::new();
         for (i, k) in keys.iter().enumerate().rev() {
-            rev.insert(k.as_bytes(), val(i as u32), &NoBlocks).expect("insert");
+            rev.insert(k.as_bytes(), val(i as u32), &NoBlocks)
+                .expect("insert");
         }
         assert_eq!(fwd.root_cid().expect("cid"), rev.root_cid().expect("cid"));
 
         let empty = Mst::new().root_cid().expect("cid");
         for k in &keys {
-            assert!(fwd.remove(k.as_bytes(), &NoBlocks).expect("remove").is_some());
+            assert!(fwd
+                .remove(k.as_bytes(), &NoBlocks)
+                .expect("remove")
+                .is_some());
         }
         assert_eq!(fwd.root_cid().expect("cid"), empty);
     }
@@ -803,15 +947,18 @@ mod tests {
     fn reload_from_blocks_and_diff() {
         let mut t = Mst::new();
         for i in 0..100u32 {
-            t.insert(format!("c/{i:04}").as_bytes(), val(i), &NoBlocks).expect("insert");
+            t.insert(format!("c/{i:04}").as_bytes(), val(i), &NoBlocks)
+                .expect("insert");
         }
-        let (root, blocks) = t.blocks().expect("blocks");
+        let (root, blocks) = t.new_blocks().expect("blocks");
         let mut loaded = Mst::load(root, &blocks).expect("load");
         assert_eq!(loaded.get(b"c/0042", &blocks).expect("get"), Some(val(42)));
         assert_eq!(loaded.entries(&blocks).expect("entries").len(), 100);
 
         let mut changed = Mst::load(root, &blocks).expect("load");
-        changed.insert(b"c/0042", val(1000), &blocks).expect("update");
+        changed
+            .insert(b"c/0042", val(1000), &blocks)
+            .expect("update");
         changed.remove(b"c/0007", &blocks).expect("delete");
         changed.insert(b"c/9999", val(9), &blocks).expect("create");
         let mut old = Mst::load(root, &blocks).expect("load");
@@ -819,9 +966,19 @@ mod tests {
         assert_eq!(
             ops,
             vec![
-                DiffOp::Delete { key: b"c/0007".to_vec(), prev: val(7) },
-                DiffOp::Update { key: b"c/0042".to_vec(), prev: val(42), cid: val(1000) },
-                DiffOp::Create { key: b"c/9999".to_vec(), cid: val(9) },
+                DiffOp::Delete {
+                    key: b"c/0007".to_vec(),
+                    prev: val(7)
+                },
+                DiffOp::Update {
+                    key: b"c/0042".to_vec(),
+                    prev: val(42),
+                    cid: val(1000)
+                },
+                DiffOp::Create {
+                    key: b"c/9999".to_vec(),
+                    cid: val(9)
+                },
             ]
         );
     }
@@ -830,9 +987,10 @@ mod tests {
     fn missing_blocks_are_reported() {
         let mut t = Mst::new();
         for i in 0..200u32 {
-            t.insert(format!("c/{i:04}").as_bytes(), val(i), &NoBlocks).expect("insert");
+            t.insert(format!("c/{i:04}").as_bytes(), val(i), &NoBlocks)
+                .expect("insert");
         }
-        let (root, mut blocks) = t.blocks().expect("blocks");
+        let (root, mut blocks) = t.new_blocks().expect("blocks");
         blocks.retain(|cid, _| *cid == root);
         let mut partial = Mst::load(root, &blocks).expect("root is present");
         assert!(matches!(

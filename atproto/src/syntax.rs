@@ -198,10 +198,16 @@ impl fmt::Display for AtUri<'_> {
 pub fn parse_at_uri(s: &str) -> Result<AtUri<'_>, SyntaxError> {
     const K: &str = "AT-URI";
     if s.len() > MAX_URI_LEN {
-        return Err(SyntaxError { kind: K, reason: "longer than 8 KiB" });
+        return Err(SyntaxError {
+            kind: K,
+            reason: "longer than 8 KiB",
+        });
     }
     let Some(rest) = s.strip_prefix("at://") else {
-        return Err(SyntaxError { kind: K, reason: "must start with \"at://\"" });
+        return Err(SyntaxError {
+            kind: K,
+            reason: "must start with \"at://\"",
+        });
     };
     let mut parts = rest.split('/');
     let authority = parts.next().unwrap_or_default();
@@ -211,17 +217,29 @@ pub fn parse_at_uri(s: &str) -> Result<AtUri<'_>, SyntaxError> {
     })?;
     let collection = parts.next();
     if let Some(c) = collection {
-        validate_nsid(c).map_err(|_| SyntaxError { kind: K, reason: "collection is not an NSID" })?;
+        validate_nsid(c).map_err(|_| SyntaxError {
+            kind: K,
+            reason: "collection is not an NSID",
+        })?;
     }
     let rkey = parts.next();
     if let Some(r) = rkey {
-        validate_record_key(r)
-            .map_err(|_| SyntaxError { kind: K, reason: "record key is not valid" })?;
+        validate_record_key(r).map_err(|_| SyntaxError {
+            kind: K,
+            reason: "record key is not valid",
+        })?;
     }
     if parts.next().is_some() {
-        return Err(SyntaxError { kind: K, reason: "too many path segments" });
+        return Err(SyntaxError {
+            kind: K,
+            reason: "too many path segments",
+        });
     }
-    Ok(AtUri { authority, collection, rkey })
+    Ok(AtUri {
+        authority,
+        collection,
+        rkey,
+    })
 }
 
 /// See [`parse_at_uri`].
@@ -238,7 +256,9 @@ pub fn validate_datetime(s: &str) -> Result<(), SyntaxError> {
         return fail(K, "wrong length");
     }
     let digits = |r: std::ops::Range<usize>| -> Option<u32> {
-        b[r].iter().try_fold(0u32, |acc, c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
+        b[r].iter().try_fold(0u32, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
     };
     let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
         digits(0..4),
@@ -324,7 +344,10 @@ pub fn validate_cid(s: &str) -> Result<(), SyntaxError> {
     if s.len() < 8 || s.len() > 256 {
         return fail(K, "must be 8 to 256 characters");
     }
-    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'=') {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'=')
+    {
         return fail(K, "character outside [a-zA-Z0-9+=]");
     }
     if s.starts_with("Qmb") {
@@ -340,14 +363,20 @@ pub fn validate_language(s: &str) -> Result<(), SyntaxError> {
     let mut subtags = s.split('-');
     let first = subtags.next().unwrap_or_default();
     let private = first.eq_ignore_ascii_case("x");
-    if !(first == "i" || private || ((2..=3).contains(&first.len()) && first.bytes().all(|b| b.is_ascii_lowercase()))) {
+    if !(first == "i"
+        || private
+        || ((2..=3).contains(&first.len()) && first.bytes().all(|b| b.is_ascii_lowercase())))
+    {
         return fail(K, "primary language must be 2 or 3 lowercase letters");
     }
     let rest: Vec<&str> = subtags.collect();
     if (first == "i" || private) && rest.is_empty() {
         return fail(K, "singleton without a subtag");
     }
-    if rest.iter().any(|t| t.is_empty() || t.len() > 8 || !t.bytes().all(|b| b.is_ascii_alphanumeric())) {
+    if rest
+        .iter()
+        .any(|t| t.is_empty() || t.len() > 8 || !t.bytes().all(|b| b.is_ascii_alphanumeric()))
+    {
         return fail(K, "subtags must be 1 to 8 letters or digits");
     }
     if private {
@@ -367,7 +396,9 @@ pub fn validate_language(s: &str) -> Result<(), SyntaxError> {
             }
             singletons.push(single);
             in_extension = true;
-        } else if !in_extension && (t.len() >= 5 || (t.len() == 4 && t.as_bytes()[0].is_ascii_digit())) {
+        } else if !in_extension
+            && (t.len() >= 5 || (t.len() == 4 && t.as_bytes()[0].is_ascii_digit()))
+        {
             let lower = t.to_ascii_lowercase();
             if variants.contains(&lower) {
                 return fail(K, "repeated variant");
@@ -393,7 +424,9 @@ pub fn validate_uri(s: &str) -> Result<(), SyntaxError> {
     let sb = scheme.as_bytes();
     if sb.is_empty()
         || !sb[0].is_ascii_alphabetic()
-        || !sb.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+        || !sb
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
     {
         return fail(K, "bad scheme");
     }
@@ -457,11 +490,14 @@ pub struct TidClock {
 impl TidClock {
     /// A clock with the given id (low 10 bits kept).
     pub fn new(clock_id: u16) -> Self {
-        TidClock { last: 0, clock_id: clock_id & 0x3ff }
+        TidClock {
+            last: 0,
+            clock_id: clock_id & 0x3ff,
+        }
     }
 
     /// The next TID: the current time in microseconds, bumped past the last one issued.
-    pub fn next(&mut self) -> Tid {
+    pub fn next_tid(&mut self) -> Tid {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
@@ -478,8 +514,8 @@ mod tests {
     #[test]
     fn tid_round_trips_and_orders() {
         let mut clock = TidClock::new(7);
-        let a = clock.next();
-        let b = clock.next();
+        let a = clock.next_tid();
+        let b = clock.next_tid();
         assert!(a < b);
         assert!(a.to_string() < b.to_string());
         assert_eq!(Tid::parse(&a.to_string()), Ok(a));
@@ -491,6 +527,9 @@ mod tests {
         let u = parse_at_uri("at://did:plc:abc/agent.comms.message/3kznmn7xqxl22").expect("valid");
         assert_eq!(u.collection, Some("agent.comms.message"));
         assert_eq!(u.rkey, Some("3kznmn7xqxl22"));
-        assert_eq!(u.to_string(), "at://did:plc:abc/agent.comms.message/3kznmn7xqxl22");
+        assert_eq!(
+            u.to_string(),
+            "at://did:plc:abc/agent.comms.message/3kznmn7xqxl22"
+        );
     }
 }

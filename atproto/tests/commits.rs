@@ -10,7 +10,8 @@ use atproto::frame::{decode_frame, encode_frame, Frame};
 const NOW: &str = "2026-11-24T08:00:00.000Z";
 
 fn record(text: &str) -> Vec<u8> {
-    to_cbor(&serde_json::json!({"$type": "agent.comms.message", "text": text, "createdAt": NOW})).expect("encode")
+    to_cbor(&serde_json::json!({"$type": "agent.comms.message", "text": text, "createdAt": NOW}))
+        .expect("encode")
 }
 
 fn writer(alg: Algorithm) -> RepoWriter {
@@ -19,7 +20,14 @@ fn writer(alg: Algorithm) -> RepoWriter {
 
 fn create(w: &mut RepoWriter, text: &str) -> (Write, String) {
     let rkey = w.next_rkey().to_string();
-    (Write::Create { collection: "agent.comms.message".into(), rkey: rkey.clone(), record: record(text) }, rkey)
+    (
+        Write::Create {
+            collection: "agent.comms.message".into(),
+            rkey: rkey.clone(),
+            record: record(text),
+        },
+        rkey,
+    )
 }
 
 #[test]
@@ -35,15 +43,25 @@ fn honest_commits_verify_for_every_algorithm() {
             let verified = verify_commit_event(&ev, &key, CarLimits::FIREHOSE).expect("verifies");
             assert_eq!(verified.prev_data, ev.prev_data);
             // The event survives a frame round trip byte for byte.
-            let frame = Frame::Commit(ev.clone());
+            let frame = Frame::Commit(Box::new(ev.clone()));
             let bytes = encode_frame(&frame).expect("encode");
             assert_eq!(decode_frame(&bytes).expect("decode"), frame);
         }
         // Multi-op commits mixing updates and deletes.
         let writes = vec![
-            Write::Update { collection: "agent.comms.message".into(), rkey: rkeys[3].clone(), record: record("edited") },
-            Write::Delete { collection: "agent.comms.message".into(), rkey: rkeys[10].clone() },
-            Write::Delete { collection: "agent.comms.message".into(), rkey: rkeys[40].clone() },
+            Write::Update {
+                collection: "agent.comms.message".into(),
+                rkey: rkeys[3].clone(),
+                record: record("edited"),
+            },
+            Write::Delete {
+                collection: "agent.comms.message".into(),
+                rkey: rkeys[10].clone(),
+            },
+            Write::Delete {
+                collection: "agent.comms.message".into(),
+                rkey: rkeys[40].clone(),
+            },
         ];
         let ev = w.commit(&writes, NOW).expect("commit");
         verify_commit_event(&ev, &key, CarLimits::FIREHOSE).expect("multi-op commit verifies");
@@ -63,12 +81,18 @@ fn forged_and_tampered_events_are_refused() {
 
     // Signed by someone else.
     let other = Keypair::generate(Algorithm::K256).public_key();
-    assert!(matches!(verify_commit_event(&ev, &other, CarLimits::FIREHOSE), Err(CommitError::Signature(_))));
+    assert!(matches!(
+        verify_commit_event(&ev, &other, CarLimits::FIREHOSE),
+        Err(CommitError::Signature(_))
+    ));
 
     // prevData that the ops do not invert to.
     let mut wrong_prev = ev.clone();
     wrong_prev.prev_data = Some(atproto::data::cid_for_cbor(b"not the previous root"));
-    assert!(matches!(verify_commit_event(&wrong_prev, &key, CarLimits::FIREHOSE), Err(CommitError::InversionMismatch)));
+    assert!(matches!(
+        verify_commit_event(&wrong_prev, &key, CarLimits::FIREHOSE),
+        Err(CommitError::InversionMismatch)
+    ));
 
     // An op that claims a different record than the tree holds.
     let mut wrong_op = ev.clone();
@@ -83,22 +107,43 @@ fn forged_and_tampered_events_are_refused() {
     // Event fields that disagree with the signed commit.
     let mut wrong_repo = ev.clone();
     wrong_repo.repo = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa".into();
-    assert!(matches!(verify_commit_event(&wrong_repo, &key, CarLimits::FIREHOSE), Err(CommitError::Inconsistent(_))));
+    assert!(matches!(
+        verify_commit_event(&wrong_repo, &key, CarLimits::FIREHOSE),
+        Err(CommitError::Inconsistent(_))
+    ));
     let mut wrong_rev = ev.clone();
     wrong_rev.rev = "3kznmn7xqxl22".into();
-    assert!(matches!(verify_commit_event(&wrong_rev, &key, CarLimits::FIREHOSE), Err(CommitError::Inconsistent(_))));
+    assert!(matches!(
+        verify_commit_event(&wrong_rev, &key, CarLimits::FIREHOSE),
+        Err(CommitError::Inconsistent(_))
+    ));
 
     // A proof with an MST node left out.
     let car = read_car(&ev.blocks, CarLimits::FIREHOSE).expect("car");
-    let commit: atproto::commit::Commit = atproto::data::from_cbor(&car.blocks[&ev.commit]).expect("commit");
-    let without_root: Vec<_> = car.blocks.iter().filter(|(c, _)| **c != commit.data).map(|(c, b)| (c, b.as_slice())).collect();
+    let commit: atproto::commit::Commit =
+        atproto::data::from_cbor(&car.blocks[&ev.commit]).expect("commit");
+    let without_root: Vec<_> = car
+        .blocks
+        .iter()
+        .filter(|(c, _)| **c != commit.data)
+        .map(|(c, b)| (c, b.as_slice()))
+        .collect();
     let mut incomplete = ev.clone();
     incomplete.blocks = write_car(&[ev.commit], without_root).expect("car").into();
-    assert!(matches!(verify_commit_event(&incomplete, &key, CarLimits::FIREHOSE), Err(CommitError::Mst(_))));
+    assert!(matches!(
+        verify_commit_event(&incomplete, &key, CarLimits::FIREHOSE),
+        Err(CommitError::Mst(_))
+    ));
 
     // Oversized blocks.
-    let tiny = CarLimits { max_bytes: 100, max_blocks: 100 };
-    assert!(matches!(verify_commit_event(&ev, &key, tiny), Err(CommitError::Car(_))));
+    let tiny = CarLimits {
+        max_bytes: 100,
+        max_blocks: 100,
+    };
+    assert!(matches!(
+        verify_commit_event(&ev, &key, tiny),
+        Err(CommitError::Car(_))
+    ));
 
     // The honest event still verifies.
     verify_commit_event(&ev, &key, CarLimits::FIREHOSE).expect("verifies");

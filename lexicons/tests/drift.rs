@@ -26,27 +26,54 @@ fn keys(v: &Ipld) -> BTreeSet<String> {
 }
 
 fn schema_props(catalog_doc: &str, def: &str, record: bool) -> BTreeSet<String> {
-    let (_, text) = DOCUMENTS.iter().find(|(n, _)| *n == catalog_doc).expect("embedded");
+    let (_, text) = DOCUMENTS
+        .iter()
+        .find(|(n, _)| *n == catalog_doc)
+        .expect("embedded");
     let doc: serde_json::Value = serde_json::from_str(text).expect("json");
     let d = &doc["defs"][def];
     let obj = if record { &d["record"] } else { d };
-    obj["properties"].as_object().expect("properties").keys().cloned().collect()
+    obj["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .cloned()
+        .collect()
 }
 
 fn check<T: Record>(full: &T, minimal: &T) {
     let catalog = catalog().expect("catalog");
-    let rkey = if T::NSID == KEY_NSID { "self" } else { "3kznmn7xqxl22" };
+    let rkey = if T::NSID == KEY_NSID {
+        "self"
+    } else {
+        "3kznmn7xqxl22"
+    };
     let value = ipld(full);
-    catalog.validate_record(T::NSID, rkey, &value).unwrap_or_else(|e| panic!("{}: {e}", T::NSID));
-    assert_eq!(keys(&value), schema_props(T::NSID, "main", true), "{}: Rust fields = lexicon properties", T::NSID);
+    catalog
+        .validate_record(T::NSID, rkey, &value)
+        .unwrap_or_else(|e| panic!("{}: {e}", T::NSID));
+    assert_eq!(
+        keys(&value),
+        schema_props(T::NSID, "main", true),
+        "{}: Rust fields = lexicon properties",
+        T::NSID
+    );
     let min = ipld(minimal);
-    catalog.validate_record(T::NSID, rkey, &min).unwrap_or_else(|e| panic!("{} minimal: {e}", T::NSID));
+    catalog
+        .validate_record(T::NSID, rkey, &min)
+        .unwrap_or_else(|e| panic!("{} minimal: {e}", T::NSID));
     // Dropping any field of the minimal form must break a required rule.
     if let Ipld::Map(m) = &min {
         for k in keys(&min) {
             let mut without = m.clone();
             without.remove(&k);
-            assert!(catalog.validate_record(T::NSID, rkey, &Ipld::Map(without)).is_err(), "{}: {k} is required", T::NSID);
+            assert!(
+                catalog
+                    .validate_record(T::NSID, rkey, &Ipld::Map(without))
+                    .is_err(),
+                "{}: {k} is required",
+                T::NSID
+            );
         }
     }
 }
@@ -62,7 +89,10 @@ fn every_schema_file_is_embedded_and_named_for_its_id() {
             if path.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "json") {
-                let rel = path.strip_prefix(root).expect("under root").with_extension("");
+                let rel = path
+                    .strip_prefix(root)
+                    .expect("under root")
+                    .with_extension("");
                 on_disk.insert(rel.to_string_lossy().replace('/', "."));
             }
         }
@@ -84,7 +114,12 @@ fn message() {
     let full = Message {
         sender: DID_A.into(),
         recipient: DID_B.into(),
-        content: Content { kind: "json".into(), text: Some("hi".into()), mime_type: Some("application/json".into()), data: Some(json!({"a": 1})) },
+        content: Content {
+            kind: "json".into(),
+            text: Some("hi".into()),
+            mime_type: Some("application/json".into()),
+            data: Some(json!({"a": 1})),
+        },
         created_at: NOW.into(),
         sender_handle: Some("a.example.com".into()),
         recipient_handle: Some("b.example.com".into()),
@@ -94,20 +129,39 @@ fn message() {
         priority: Some(3),
         expires_at: Some(NOW.into()),
     };
-    let minimal = Message { sender: DID_A.into(), recipient: DID_B.into(), content: Content::text("hi"), created_at: NOW.into(), ..Message::default() };
+    let minimal = Message {
+        sender: DID_A.into(),
+        recipient: DID_B.into(),
+        content: Content::text("hi"),
+        created_at: NOW.into(),
+        ..Message::default()
+    };
     check(&full, &minimal);
     let content = &ipld(&full);
     let Ipld::Map(m) = content else { panic!() };
     let mut content_keys = keys(&m["content"]);
     content_keys.insert("blob".into()); // blobs are referenced, not embedded in the Rust type
-    assert_eq!(content_keys, schema_props("agent.comms.defs", "content", false));
+    assert_eq!(
+        content_keys,
+        schema_props("agent.comms.defs", "content", false)
+    );
 
     // Out-of-range values are refused by the lexicon.
     let catalog = catalog().expect("catalog");
-    let bad = Message { priority: Some(9), ..minimal.clone() };
-    assert!(catalog.validate_record(Message::NSID, "3kznmn7xqxl22", &ipld(&bad)).is_err());
-    let bad = Message { sender: "not a did".into(), ..minimal };
-    assert!(catalog.validate_record(Message::NSID, "3kznmn7xqxl22", &ipld(&bad)).is_err());
+    let bad = Message {
+        priority: Some(9),
+        ..minimal.clone()
+    };
+    assert!(catalog
+        .validate_record(Message::NSID, "3kznmn7xqxl22", &ipld(&bad))
+        .is_err());
+    let bad = Message {
+        sender: "not a did".into(),
+        ..minimal
+    };
+    assert!(catalog
+        .validate_record(Message::NSID, "3kznmn7xqxl22", &ipld(&bad))
+        .is_err());
 }
 
 #[test]
@@ -122,7 +176,15 @@ fn broadcast() {
         ttl_seconds: Some(3600),
         expires_at: Some(NOW.into()),
     };
-    check(&full, &Broadcast { sender: DID_A.into(), content: Content::text("x"), created_at: NOW.into(), ..Broadcast::default() });
+    check(
+        &full,
+        &Broadcast {
+            sender: DID_A.into(),
+            content: Content::text("x"),
+            created_at: NOW.into(),
+            ..Broadcast::default()
+        },
+    );
 }
 
 #[test]
@@ -132,14 +194,29 @@ fn request_and_response() {
         assignee: DID_B.into(),
         task: "summarize".into(),
         created_at: NOW.into(),
-        params: Some(RequestParams { schema: Some("agent.tasks.summarize".into()), data: Some(json!({"uri": URI})) }),
+        params: Some(RequestParams {
+            schema: Some("agent.tasks.summarize".into()),
+            data: Some(json!({"uri": URI})),
+        }),
         context: Some(vec![URI.into()]),
         priority: Some(1),
         deadline: Some(NOW.into()),
     };
-    check(&full, &Request { sender: DID_A.into(), assignee: DID_B.into(), task: "t".into(), created_at: NOW.into(), ..Request::default() });
+    check(
+        &full,
+        &Request {
+            sender: DID_A.into(),
+            assignee: DID_B.into(),
+            task: "t".into(),
+            created_at: NOW.into(),
+            ..Request::default()
+        },
+    );
     let Ipld::Map(m) = ipld(&full) else { panic!() };
-    assert_eq!(keys(&m["params"]), schema_props("agent.comms.request", "params", false));
+    assert_eq!(
+        keys(&m["params"]),
+        schema_props("agent.comms.request", "params", false)
+    );
 
     let full = Response {
         sender: DID_B.into(),
@@ -147,14 +224,36 @@ fn request_and_response() {
         status: "error".into(),
         created_at: NOW.into(),
         result: Some(json!({"summary": "…"})),
-        error: Some(ResponseError { code: "timeout".into(), message: "took too long".into(), retryable: Some(true) }),
+        error: Some(ResponseError {
+            code: "timeout".into(),
+            message: "took too long".into(),
+            retryable: Some(true),
+        }),
         artifacts: Some(vec!["https://example.com/report".into()]),
-        metrics: Some(ResponseMetrics { duration_ms: Some(1200), token_usage: Some(5000) }),
+        metrics: Some(ResponseMetrics {
+            duration_ms: Some(1200),
+            token_usage: Some(5000),
+        }),
     };
-    check(&full, &Response { sender: DID_B.into(), request: URI.into(), status: "ok".into(), created_at: NOW.into(), ..Response::default() });
+    check(
+        &full,
+        &Response {
+            sender: DID_B.into(),
+            request: URI.into(),
+            status: "ok".into(),
+            created_at: NOW.into(),
+            ..Response::default()
+        },
+    );
     let Ipld::Map(m) = ipld(&full) else { panic!() };
-    assert_eq!(keys(&m["error"]), schema_props("agent.comms.response", "error", false));
-    assert_eq!(keys(&m["metrics"]), schema_props("agent.comms.response", "metrics", false));
+    assert_eq!(
+        keys(&m["error"]),
+        schema_props("agent.comms.response", "error", false)
+    );
+    assert_eq!(
+        keys(&m["metrics"]),
+        schema_props("agent.comms.response", "metrics", false)
+    );
 }
 
 #[test]
@@ -167,16 +266,41 @@ fn handoff() {
         created_at: NOW.into(),
         state: Some(json!({"step": 3})),
         context: Some(vec![URI.into()]),
-        artifacts: Some(vec!["at://did:plc:ewvi7nxzyoun6zhxrhs64oiz/agent.memory.note/3kznmn7xqxl22".into()]),
+        artifacts: Some(vec![
+            "at://did:plc:ewvi7nxzyoun6zhxrhs64oiz/agent.memory.note/3kznmn7xqxl22".into(),
+        ]),
         expires_at: Some(NOW.into()),
     };
-    check(&full, &Handoff { from: DID_A.into(), to: DID_B.into(), session: "s".into(), summary: "x".into(), created_at: NOW.into(), ..Handoff::default() });
+    check(
+        &full,
+        &Handoff {
+            from: DID_A.into(),
+            to: DID_B.into(),
+            session: "s".into(),
+            summary: "x".into(),
+            created_at: NOW.into(),
+            ..Handoff::default()
+        },
+    );
 }
 
 #[test]
 fn memory() {
-    let full = Note { text: "the deploy key rotates monthly".into(), created_at: NOW.into(), summary: Some("key rotation".into()), tags: Some(vec!["ops".into()]), source: Some(URI.into()) };
-    check(&full, &Note { text: "x".into(), created_at: NOW.into(), ..Note::default() });
+    let full = Note {
+        text: "the deploy key rotates monthly".into(),
+        created_at: NOW.into(),
+        summary: Some("key rotation".into()),
+        tags: Some(vec!["ops".into()]),
+        source: Some(URI.into()),
+    };
+    check(
+        &full,
+        &Note {
+            text: "x".into(),
+            created_at: NOW.into(),
+            ..Note::default()
+        },
+    );
     let full = Decision {
         decision: "use ed25519".into(),
         created_at: NOW.into(),
@@ -185,23 +309,57 @@ fn memory() {
         rationale: Some("fast".into()),
         status: Some("accepted".into()),
     };
-    check(&full, &Decision { decision: "x".into(), created_at: NOW.into(), ..Decision::default() });
+    check(
+        &full,
+        &Decision {
+            decision: "x".into(),
+            created_at: NOW.into(),
+            ..Decision::default()
+        },
+    );
 }
 
 #[test]
 fn envelope_records() {
     let key = EncryptionKey::generate();
-    let record = EncryptionKeyRecord { public_key: key.public().multikey(), created_at: NOW.into() };
+    let record = EncryptionKeyRecord {
+        public_key: key.public().multikey(),
+        created_at: NOW.into(),
+    };
     check(&record, &record);
 
     let pk = key.public();
-    let inner = Note { text: "secret".into(), created_at: NOW.into(), ..Note::default() }.to_cbor().expect("encode");
-    let sealed = seal(URI, Note::NSID, NOW, &inner, &[Recipient { did: DID_A, key: &pk }]).expect("seal");
+    let inner = Note {
+        text: "secret".into(),
+        created_at: NOW.into(),
+        ..Note::default()
+    }
+    .to_cbor()
+    .expect("encode");
+    let sealed = seal(
+        URI,
+        Note::NSID,
+        NOW,
+        &inner,
+        &[Recipient {
+            did: DID_A,
+            key: &pk,
+        }],
+    )
+    .expect("seal");
     check(&sealed, &sealed);
-    let Ipld::Map(m) = ipld(&sealed) else { panic!() };
-    let Ipld::List(recipients) = &m["recipients"] else { panic!() };
-    assert_eq!(keys(&recipients[0]), schema_props(SEALED_NSID, "recipient", false));
+    let Ipld::Map(m) = ipld(&sealed) else {
+        panic!()
+    };
+    let Ipld::List(recipients) = &m["recipients"] else {
+        panic!()
+    };
+    assert_eq!(
+        keys(&recipients[0]),
+        schema_props(SEALED_NSID, "recipient", false)
+    );
     // The published type round-trips through DAG-CBOR.
-    let back: atproto::envelope::Sealed = from_cbor(&to_cbor(&sealed).expect("encode")).expect("decode");
+    let back: atproto::envelope::Sealed =
+        from_cbor(&to_cbor(&sealed).expect("encode")).expect("decode");
     assert_eq!(back, sealed);
 }

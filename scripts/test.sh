@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints, the reference PDS set-up, and every test in the
+# workspace (conformance fixtures from ../shared, real-peer tests on loopback).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/agentnet/target}"
+export AGENTNET_INTEROP_DIR="${AGENTNET_INTEROP_DIR:-$PWD/../shared/interop/atproto-interop-tests}"
+if [ ! -d "$AGENTNET_INTEROP_DIR" ]; then
+  echo "scripts/test.sh: conformance fixtures not found at $AGENTNET_INTEROP_DIR" >&2
+  echo "  (clone with ../shared beside the checkout, or set AGENTNET_INTEROP_DIR)" >&2
+  exit 1
+fi
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== reference PDS (npm, once)"
+infra/pds/setup.sh
+echo "== cargo test"
+cargo test --workspace
