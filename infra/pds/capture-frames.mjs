@@ -67,6 +67,14 @@ await bob.com.atproto.server.activateAccount()
 while (Date.now() - lastFrameAt < 1500) await new Promise((r) => setTimeout(r, 200))
 ws.close()
 
+// A cursor ahead of the stream gets an error frame (FutureCursor) and the stream closes.
+await new Promise((resolve, reject) => {
+  const ahead = new WebSocket(`ws://127.0.0.1:${network.pds.port}/xrpc/com.atproto.sync.subscribeRepos?cursor=999999999`)
+  ahead.on('message', (data) => frames.push(Buffer.from(data).toString('base64')))
+  ahead.on('close', resolve)
+  ahead.on('error', reject)
+})
+
 const keys = {}
 for (const a of [alice, bob]) {
   const doc = await (await fetch(`${network.plc.url}/${a.session.did}`)).json()
