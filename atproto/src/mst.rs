@@ -142,15 +142,30 @@ impl Node {
         self.entries.is_empty() && self.left.is_none()
     }
 
-    /// The pointer slot just left of position `pos`: the node's left link for 0, else the
-    /// right link of the entry before.
+    /// The pointer slot just left of position `pos`, for an edit: the node's left link for
+    /// 0, else the right link of the entry before. The node counts as changed.
     fn slot(&mut self, pos: usize) -> &mut Option<Link> {
         self.changed();
+        self.child_slot(pos)
+    }
+
+    /// The same slot for reading: loading a stub in place does not change the node.
+    fn child_slot(&mut self, pos: usize) -> &mut Option<Link> {
         if pos == 0 {
             &mut self.left
         } else {
             &mut self.entries[pos - 1].right
         }
+    }
+
+    /// The child between entries `pos - 1` and `pos`, read from `src` if needed.
+    fn child(
+        &mut self,
+        pos: usize,
+        layer: u32,
+        src: &dyn BlockSource,
+    ) -> Result<Option<&mut Node>, MstError> {
+        open_in_place(self.child_slot(pos), layer, src)
     }
 
     fn decode(cid: Cid, bytes: &[u8], layer: Option<u32>) -> Result<Node, MstError> {
@@ -402,12 +417,7 @@ impl Mst {
                 return Ok(None);
             }
             layer -= 1;
-            let slot = if pos == 0 {
-                &mut node.left
-            } else {
-                &mut node.entries[pos - 1].right
-            };
-            match open_in_place(slot, layer, src)? {
+            match node.child(pos, layer, src)? {
                 Some(child) => node = child,
                 None => return Ok(None),
             }
@@ -478,13 +488,8 @@ impl Mst {
             out: &mut Vec<(Vec<u8>, Cid)>,
         ) -> Result<(), MstError> {
             for pos in 0..=node.entries.len() {
-                let slot = if pos == 0 {
-                    &mut node.left
-                } else {
-                    &mut node.entries[pos - 1].right
-                };
                 if layer > 0 {
-                    if let Some(child) = open_in_place(slot, layer - 1, src)? {
+                    if let Some(child) = node.child(pos, layer - 1, src)? {
                         walk(child, layer - 1, src, out)?;
                     }
                 }
@@ -552,7 +557,7 @@ impl Mst {
                 if layer > 0 {
                     // Down the right spine of the subtree on the key's left (its
                     // predecessor) and the left spine of the one on its right (successor).
-                    let mut left = open_in_place(node.slot(pos), layer - 1, src)?;
+                    let mut left = node.child(pos, layer - 1, src)?;
                     spine(&mut left, layer - 1, src, &mut out, true)?;
                     let mut right = open_in_place(&mut node.entries[pos].right, layer - 1, src)?;
                     spine(&mut right, layer - 1, src, &mut out, false)?;
@@ -563,12 +568,7 @@ impl Mst {
                 return Ok(out);
             }
             layer -= 1;
-            let slot = if pos == 0 {
-                &mut node.left
-            } else {
-                &mut node.entries[pos - 1].right
-            };
-            match open_in_place(slot, layer, src)? {
+            match node.child(pos, layer, src)? {
                 Some(child) => node = child,
                 None => return Ok(out),
             }
@@ -981,6 +981,26 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn reading_does_not_mark_nodes_changed() {
+        let mut t = Mst::new();
+        for i in 0..200u32 {
+            t.insert(format!("c/{i:04}").as_bytes(), val(i), &NoBlocks)
+                .expect("insert");
+        }
+        let (root, blocks) = t.new_blocks().expect("blocks");
+        assert!(blocks.len() > 10);
+        for i in (0..200u32).step_by(7) {
+            let key = format!("c/{i:04}");
+            t.covering_proof(key.as_bytes(), &NoBlocks).expect("proof");
+            assert_eq!(t.get(key.as_bytes(), &NoBlocks).expect("get"), Some(val(i)));
+        }
+        t.entries(&NoBlocks).expect("entries");
+        let (again, fresh) = t.new_blocks().expect("blocks");
+        assert_eq!(again, root);
+        assert!(fresh.is_empty(), "reads re-encoded {} nodes", fresh.len());
     }
 
     #[test]
