@@ -28,11 +28,53 @@ pub struct Config {
     /// Count verification failures but pass the events on instead of dropping them.
     #[arg(long, env = "AGENTNET_LENIENT", default_value_t = false)]
     pub lenient: bool,
+    /// Bearer token for the admin endpoints (adding hosts); admin is off when empty.
+    #[arg(
+        long,
+        env = "AGENTNET_ADMIN_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub admin_token: String,
+    /// Verification threads (0: one per core).
+    #[arg(long, env = "AGENTNET_VERIFIER_THREADS", default_value_t = 0)]
+    pub verifier_threads: usize,
+    /// Most firehose subscribers at once.
+    #[arg(long, env = "AGENTNET_MAX_SUBSCRIBERS", default_value_t = 5000)]
+    pub max_subscribers: usize,
+    /// Live events buffered per subscriber before it must catch up from the log or, if it
+    /// keeps falling behind, is closed as too slow.
+    #[arg(long, env = "AGENTNET_LIVE_BUFFER", default_value_t = 8192)]
+    pub live_buffer: usize,
+    /// Events kept in the log for replay.
+    #[arg(long, env = "AGENTNET_RETENTION_EVENTS", default_value_t = 10_000_000)]
+    pub retention_events: u64,
+    /// Hours events are kept in the log for replay.
+    #[arg(long, env = "AGENTNET_RETENTION_HOURS", default_value_t = 72)]
+    pub retention_hours: u64,
+    /// Identities cached for signature checks.
+    #[arg(long, env = "AGENTNET_IDENTITY_CACHE", default_value_t = 1_000_000)]
+    pub identity_cache: usize,
+    /// Seconds a cached identity is trusted before it is resolved again.
+    #[arg(long, env = "AGENTNET_IDENTITY_TTL_SECS", default_value_t = 3600)]
+    pub identity_ttl_secs: u64,
+    /// Seconds of silence after which an upstream connection is remade.
+    #[arg(long, env = "AGENTNET_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+    /// Most events per second taken from one host (the reference relay allows 50 for a new
+    /// host); the excess is counted and dropped.
+    #[arg(long, env = "AGENTNET_HOST_EVENTS_PER_SECOND", default_value_t = 50)]
+    pub host_events_per_second: u32,
 }
 
 impl Config {
-    /// Checks what clap cannot.
+    /// Checks what clap cannot, and fills in derived defaults.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.live_buffer == 0 || self.max_subscribers == 0 || self.identity_cache == 0 {
+            return Err(Error::Config(
+                "buffer, subscriber and cache sizes must be positive".into(),
+            ));
+        }
         for host in &self.hosts {
             if !(host.starts_with("http://") || host.starts_with("https://")) {
                 return Err(Error::Config(format!(

@@ -1,12 +1,45 @@
 //! The agentnet relay, as a library: [`Config`] holds its settings and [`run`] serves until
 //! shutdown. The `agentnet relay` subcommand is a thin entry point over this.
 //!
-//! Status: the configuration contract is fixed here; the service itself is being built
-//! (see the project's issues), and [`run`] says so rather than pretending to serve.
+//! ```text
+//! hosts ─▶ upstream task per host ─▶ verifier shards (threads, by DID) ─▶ sequencer ─▶ log (redb, fsync)
+//!                                                                              └─▶ broadcast ─▶ subscribers
+//! ```
+//! Every arrow is a bounded channel; every task is owned by one `JoinSet` (threads by their
+//! join handles) under one cancellation token, and the first one to fail stops the relay.
 
 mod config;
+pub mod metrics;
+mod server;
+pub mod store;
+mod upstream;
+pub mod verify;
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+use metrics::Metrics;
+use store::{Append, Store};
+use verify::{Inbound, Shard, ShardContext, Verified};
+
+/// Events queued per verifier shard. Full: the host readers wait (backpressure), so a
+/// burst is absorbed without loss and without unbounded memory.
+const SHARD_QUEUE: usize = 1024;
+/// Verified events queued for the sequencer. Full: shards wait.
+const SEQUENCER_QUEUE: usize = 4096;
+/// Most events appended in one transaction (one fsync).
+const MAX_BATCH: usize = 2048;
+/// Hosts waiting to be added.
+const NEW_HOST_QUEUE: usize = 64;
 
 /// Why the relay stopped.
 #[derive(Debug, thiserror::Error)]
@@ -14,17 +47,334 @@ pub enum Error {
     /// The configuration is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// This build does not include the service yet.
-    #[error("the relay is not part of this build yet")]
-    NotBuilt,
+    /// The store failed; the relay stops rather than run without durability.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The listener could not be bound or the server failed.
+    #[error("serving: {0}")]
+    Serve(String),
+    /// A task or thread died.
+    #[error("relay task failed: {0}")]
+    Task(String),
 }
 
-/// Runs the relay until `shutdown` resolves.
+/// Runs the relay until `shutdown` resolves or a part of it fails.
 pub async fn run(
     config: Config,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     config.validate()?;
-    drop(shutdown);
-    Err(Error::NotBuilt)
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Serve(format!("{}: {e}", config.listen)))?;
+    run_on(config, listener, shutdown).await
+}
+
+/// Like [`run`], on a listener the caller bound (tests bind port 0).
+pub async fn run_on(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    config.validate()?;
+    let metrics = Metrics::new();
+    let store = {
+        let dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??
+    };
+    let cancel = CancellationToken::new();
+    let resolver = Arc::new(atproto::identity::CachingResolver::new(
+        atproto::identity::HttpResolver::new(atproto::identity::ResolverConfig {
+            plc_url: config.plc_url.clone(),
+            dev: config.dev,
+            timeout: Duration::from_secs(10),
+        })
+        .map_err(|e| Error::Config(e.to_string()))?,
+        NonZeroUsize::new(config.identity_cache)
+            .ok_or_else(|| Error::Config("identity cache must be > 0".into()))?,
+        Duration::from_secs(config.identity_ttl_secs),
+    ));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| Error::Config(e.to_string()))?;
+
+    // Verifier shards on their own threads, each owning its accounts' state.
+    let shards_n = match config.verifier_threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        n => n,
+    };
+    let mut shard_accounts: Vec<HashMap<String, store::AccountState>> =
+        vec![HashMap::new(); shards_n];
+    {
+        let s = store.clone();
+        for (did, state) in tokio::task::spawn_blocking(move || s.accounts())
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??
+        {
+            shard_accounts[verify::shard_of(&did, shards_n)].insert(did, state);
+        }
+    }
+    let (seq_tx, seq_rx) = mpsc::channel::<Verified>(SEQUENCER_QUEUE);
+    let ctx = ShardContext {
+        resolver,
+        runtime: tokio::runtime::Handle::current(),
+        dev: config.dev,
+        lenient: config.lenient,
+        metrics: metrics.clone(),
+        http,
+    };
+    let mut shard_txs = Vec::with_capacity(shards_n);
+    let mut threads = Vec::with_capacity(shards_n);
+    for (i, accounts) in shard_accounts.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel::<Inbound>(SHARD_QUEUE);
+        shard_txs.push(tx);
+        let shard = Shard::new(ctx.clone(), accounts);
+        let out = seq_tx.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("verify-{i}"))
+                .spawn(move || shard.run(rx, out))
+                .map_err(|e| Error::Task(e.to_string()))?,
+        );
+    }
+    drop(seq_tx);
+
+    let (live, _) = broadcast::channel::<(u64, Bytes)>(config.live_buffer.max(16));
+    let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
+    tasks.spawn(sequencer(
+        store.clone(),
+        seq_rx,
+        live.clone(),
+        metrics.clone(),
+    ));
+    tasks.spawn(retention(
+        store.clone(),
+        config.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
+
+    // Hosts: from the flags, from the store, and added while running.
+    let (host_tx, host_rx) = mpsc::channel::<String>(NEW_HOST_QUEUE);
+    let initial: Vec<String> = {
+        let s = store.clone();
+        let mut hosts: Vec<String> = tokio::task::spawn_blocking(move || s.hosts())
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??
+            .into_iter()
+            .filter(|h| h.status != "banned")
+            .map(|h| h.url)
+            .collect();
+        hosts.extend(
+            config
+                .hosts
+                .iter()
+                .map(|h| h.trim_end_matches('/').to_string()),
+        );
+        hosts
+    };
+    tasks.spawn(crawler(
+        initial,
+        host_rx,
+        store.clone(),
+        shard_txs,
+        metrics.clone(),
+        upstream_config(&config),
+        cancel.clone(),
+    ));
+
+    let app = server::router(server::AppState {
+        store: store.clone(),
+        live: live.clone(),
+        metrics: metrics.clone(),
+        subscribers: Arc::new(AtomicUsize::new(0)),
+        max_subscribers: config.max_subscribers,
+        new_hosts: host_tx,
+        admin_token: config.admin_token.clone(),
+        dev: config.dev,
+    });
+    let server_cancel = cancel.clone();
+    tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { server_cancel.cancelled().await })
+            .await
+            .map_err(|e| Error::Serve(e.to_string()))
+    });
+    tracing::info!(listen = %config.listen, shards = shards_n, "relay running");
+
+    let shutdown_cancel = cancel.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        shutdown_cancel.cancel();
+    });
+
+    // The first task to end (an error, or the server after shutdown) ends the relay.
+    let mut result = Ok(());
+    if let Some(done) = tasks.join_next().await {
+        result = match done {
+            Ok(r) => r,
+            Err(e) => Err(Error::Task(e.to_string())),
+        };
+    }
+    cancel.cancel();
+    while let Some(done) = tasks.join_next().await {
+        if let (Ok(()), Ok(Err(e))) = (&result, done) {
+            result = Err(e);
+        }
+    }
+    for t in threads {
+        if t.join().is_err() {
+            result = result.and(Err(Error::Task("a verifier thread panicked".into())));
+        }
+    }
+    result
+}
+
+fn upstream_config(config: &Config) -> upstream::UpstreamConfig {
+    upstream::UpstreamConfig {
+        idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+        min_backoff: Duration::from_millis(500),
+        max_backoff: Duration::from_secs(60),
+        max_events_per_second: config.host_events_per_second,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts one upstream task per host, now and as hosts are added; owns those tasks.
+async fn crawler(
+    initial: Vec<String>,
+    mut added: mpsc::Receiver<String>,
+    store: Store,
+    shards: Vec<mpsc::Sender<Inbound>>,
+    metrics: Metrics,
+    config: upstream::UpstreamConfig,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
+    let mut running: HashSet<String> = HashSet::new();
+    let mut tasks = JoinSet::new();
+    let mut start = |url: String, tasks: &mut JoinSet<()>| {
+        if !running.insert(url.clone()) {
+            return;
+        }
+        let store2 = store.clone();
+        let u = url.clone();
+        tasks.spawn(upstream::run_host(
+            Arc::from(url),
+            store.clone(),
+            shards.clone(),
+            metrics.clone(),
+            config.clone(),
+            cancel.clone(),
+        ));
+        // Record the host so it is crawled again after a restart.
+        tasks.spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || store2.put_host(&u, "active")).await;
+        });
+    };
+    for url in initial {
+        start(url, &mut tasks);
+    }
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(url) = added.recv() => start(url, &mut tasks),
+            Some(done) = tasks.join_next() => {
+                if let Err(e) = done {
+                    return Err(Error::Task(format!("upstream task: {e}")));
+                }
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Assigns `seq`, appends durably in batches (one transaction and fsync per batch), and only
+/// then publishes each event to the live stream.
+async fn sequencer(
+    store: Store,
+    mut input: mpsc::Receiver<Verified>,
+    live: broadcast::Sender<(u64, Bytes)>,
+    metrics: Metrics,
+) -> Result<(), Error> {
+    while let Some(first) = input.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match input.try_recv() {
+                Ok(v) => batch.push(v),
+                Err(_) => break,
+            }
+        }
+        let mut appends: Vec<Append> = Vec::with_capacity(batch.len());
+        let mut received: Vec<Instant> = Vec::with_capacity(batch.len());
+        let mut cursors: HashMap<Arc<str>, i64> = HashMap::new();
+        for v in batch {
+            let (host, seq) = match v {
+                Verified::Event {
+                    append,
+                    host,
+                    upstream_seq,
+                    received: at,
+                } => {
+                    appends.push(*append);
+                    received.push(at);
+                    (host, upstream_seq)
+                }
+                Verified::Skip { host, upstream_seq } => (host, upstream_seq),
+            };
+            let c = cursors.entry(host).or_insert(seq);
+            *c = (*c).max(seq);
+        }
+        let cursors: Vec<(String, i64)> = cursors
+            .into_iter()
+            .map(|(h, c)| (h.to_string(), c))
+            .collect();
+        let s = store.clone();
+        let written = tokio::task::spawn_blocking(move || s.append(appends, &cursors, now_ms()))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        for ((seq, bytes), at) in written.into_iter().zip(received) {
+            metrics.events_out.increment(1);
+            metrics.publish_seconds.record(at.elapsed().as_secs_f64());
+            // No subscriber is not an error: the event is in the log for later replay.
+            let _ = live.send((seq, bytes));
+        }
+    }
+    Ok(())
+}
+
+/// Applies the retention policy once a minute.
+async fn retention(
+    store: Store,
+    config: Config,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
+    let max_age_ms = config.retention_hours.saturating_mul(3_600_000);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        let s = store.clone();
+        let max = config.retention_events;
+        let count = tokio::task::spawn_blocking(move || {
+            s.prune(max, max_age_ms, now_ms())?;
+            s.event_count()
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        metrics.log_events.set(count as f64);
+    }
 }

@@ -1,0 +1,161 @@
+//! The relay's metrics: registered once on a Prometheus recorder owned by the relay (no
+//! global recorder), label values drawn from fixed enums so cardinality stays bounded.
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Why an inbound event was dropped (or, in lenient mode, passed with a failure counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The frame does not decode.
+    Malformed,
+    /// The frame or its blocks are over the size limits.
+    TooBig,
+    /// The DID could not be resolved.
+    Identity,
+    /// The event came from a host that is not the account's PDS.
+    WrongHost,
+    /// The signature does not verify, even after re-resolving the DID.
+    BadSignature,
+    /// The ops do not invert to `prevData`, or the proof is incomplete.
+    Inversion,
+    /// The commit and the event disagree, or the CAR is malformed.
+    Inconsistent,
+    /// The rev is not after the account's last rev.
+    StaleRev,
+    /// The rev is too far in the future.
+    FutureRev,
+    /// The account is not active.
+    Inactive,
+    /// The host is over its event rate limit.
+    RateLimited,
+    /// The account was out of sync and could not be repaired.
+    Desync,
+}
+
+impl DropReason {
+    /// Every reason, for registering one counter each.
+    pub const ALL: [DropReason; 12] = [
+        DropReason::Malformed,
+        DropReason::TooBig,
+        DropReason::Identity,
+        DropReason::WrongHost,
+        DropReason::BadSignature,
+        DropReason::Inversion,
+        DropReason::Inconsistent,
+        DropReason::StaleRev,
+        DropReason::FutureRev,
+        DropReason::Inactive,
+        DropReason::RateLimited,
+        DropReason::Desync,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::TooBig => "too_big",
+            DropReason::Identity => "identity",
+            DropReason::WrongHost => "wrong_host",
+            DropReason::BadSignature => "bad_signature",
+            DropReason::Inversion => "inversion",
+            DropReason::Inconsistent => "inconsistent",
+            DropReason::StaleRev => "stale_rev",
+            DropReason::FutureRev => "future_rev",
+            DropReason::Inactive => "inactive",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::Desync => "desync",
+        }
+    }
+}
+
+/// Metric handles. Cloning shares them.
+#[derive(Clone)]
+pub struct Metrics {
+    handle: PrometheusHandle,
+    /// Frames received from upstream hosts.
+    pub events_in: Counter,
+    /// Events appended to the log and published.
+    pub events_out: Counter,
+    drops: Vec<(DropReason, Counter)>,
+    /// Accounts resynchronized from `getRepo`.
+    pub resyncs: Counter,
+    /// Whole-event verification time, seconds.
+    pub verify_seconds: Histogram,
+    /// Time from receipt to being durable and published, seconds.
+    pub publish_seconds: Histogram,
+    /// Events waiting for verification, all shards.
+    pub verify_queue: Gauge,
+    /// Events waiting for the sequencer.
+    pub sequencer_queue: Gauge,
+    /// Connected firehose subscribers.
+    pub subscribers: Gauge,
+    /// Subscribers closed as too slow.
+    pub slow_consumers: Counter,
+    /// Events retained in the log.
+    pub log_events: Gauge,
+    /// Upstream connections made (first and re-connections).
+    pub upstream_connects: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric on a new recorder.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 1.0,
+            ])
+            .expect("bucket list is non-empty")
+            .build_recorder();
+        let meta = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+        let counter = |name: &'static str| recorder.register_counter(&Key::from_name(name), &meta);
+        let gauge = |name: &'static str| recorder.register_gauge(&Key::from_name(name), &meta);
+        let histogram =
+            |name: &'static str| recorder.register_histogram(&Key::from_name(name), &meta);
+        let drops = DropReason::ALL
+            .iter()
+            .map(|r| {
+                let key = Key::from_parts(
+                    "relay_events_dropped_total",
+                    vec![Label::new("reason", r.as_str())],
+                );
+                (*r, recorder.register_counter(&key, &meta))
+            })
+            .collect();
+        Metrics {
+            events_in: counter("relay_events_in_total"),
+            events_out: counter("relay_events_out_total"),
+            drops,
+            resyncs: counter("relay_resyncs_total"),
+            verify_seconds: histogram("relay_verify_seconds"),
+            publish_seconds: histogram("relay_publish_seconds"),
+            verify_queue: gauge("relay_verify_queue_depth"),
+            sequencer_queue: gauge("relay_sequencer_queue_depth"),
+            subscribers: gauge("relay_subscribers"),
+            slow_consumers: counter("relay_slow_consumers_total"),
+            log_events: gauge("relay_log_events"),
+            upstream_connects: counter("relay_upstream_connects_total"),
+            handle: recorder.handle(),
+        }
+    }
+
+    /// Counts a dropped event.
+    pub fn dropped(&self, reason: DropReason) {
+        if let Some((_, c)) = self.drops.iter().find(|(r, _)| *r == reason) {
+            c.increment(1);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,441 @@
+//! The relay's HTTP face: the firehose (`subscribeRepos`), the sync XRPC endpoints, the
+//! admin endpoint for adding hosts, and `/metrics`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Events read from the log per replay step.
+const REPLAY_PAGE: usize = 1024;
+/// Times a replaying subscriber may fall behind the live stream and go back to the log
+/// before it is treated as too slow.
+const MAX_CATCH_UPS: usize = 8;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The durable log and state.
+    pub store: Store,
+    /// Live events, already durable, encoded once.
+    pub live: broadcast::Sender<(u64, Bytes)>,
+    /// Metric handles.
+    pub metrics: Metrics,
+    /// Subscribers connected now.
+    pub subscribers: Arc<AtomicUsize>,
+    /// Most subscribers at once.
+    pub max_subscribers: usize,
+    /// New hosts to crawl (from requestCrawl and the admin endpoint).
+    pub new_hosts: mpsc::Sender<String>,
+    /// Bearer token for admin endpoints; admin is off when empty.
+    pub admin_token: String,
+    /// Loopback/private hosts allowed.
+    pub dev: bool,
+}
+
+/// An XRPC error: `{error, message}` with a status.
+pub struct XrpcError(StatusCode, &'static str, String);
+
+impl IntoResponse for XrpcError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1, "message": self.2}))).into_response()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> XrpcError {
+    XrpcError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "InternalServerError",
+        e.to_string(),
+    )
+}
+
+fn bad(name: &'static str, msg: impl Into<String>) -> XrpcError {
+    XrpcError(StatusCode::BAD_REQUEST, name, msg.into())
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/xrpc/com.atproto.sync.subscribeRepos",
+            get(subscribe_repos),
+        )
+        .route("/xrpc/com.atproto.sync.listRepos", get(list_repos))
+        .route(
+            "/xrpc/com.atproto.sync.getLatestCommit",
+            get(get_latest_commit),
+        )
+        .route("/xrpc/com.atproto.sync.getRepoStatus", get(get_repo_status))
+        .route("/xrpc/com.atproto.sync.getRepo", get(get_repo))
+        .route("/xrpc/com.atproto.sync.listHosts", get(list_hosts))
+        .route("/xrpc/com.atproto.sync.getHostStatus", get(get_host_status))
+        .route("/xrpc/com.atproto.sync.requestCrawl", post(request_crawl))
+        .route("/admin/hosts", post(admin_add_host))
+        .route("/metrics", get(metrics))
+        .route("/_health", get(|| async { Json(json!({"status": "ok"})) }))
+        .with_state(state)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, XrpcError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(internal)?
+        .map_err(internal)
+}
+
+#[derive(Deserialize)]
+struct CursorParams {
+    cursor: Option<i64>,
+}
+
+async fn subscribe_repos(
+    ws: WebSocketUpgrade,
+    Query(p): Query<CursorParams>,
+    State(state): State<AppState>,
+) -> Response {
+    if state.subscribers.load(Ordering::Relaxed) >= state.max_subscribers {
+        return XrpcError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "TooManySubscribers",
+            "subscriber limit reached".into(),
+        )
+        .into_response();
+    }
+    ws.on_upgrade(move |socket| async move {
+        state.subscribers.fetch_add(1, Ordering::Relaxed);
+        state.metrics.subscribers.increment(1.0);
+        if let Err(error) = serve_subscriber(socket, &state, p.cursor).await {
+            tracing::debug!(%error, "subscriber ended");
+        }
+        state.subscribers.fetch_sub(1, Ordering::Relaxed);
+        state.metrics.subscribers.decrement(1.0);
+    })
+}
+
+fn error_frame(error: &str, message: &str) -> Bytes {
+    let frame = atproto::frame::Frame::Error(atproto::frame::ErrorFrame {
+        error: error.into(),
+        message: Some(message.into()),
+    });
+    Bytes::from(atproto::frame::encode_frame(&frame).unwrap_or_default())
+}
+
+async fn send_error_and_close(socket: &mut WebSocket, error: &str, message: &str) {
+    let _ = socket
+        .send(Message::Binary(error_frame(error, message)))
+        .await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: 1008,
+            reason: error.into(),
+        })))
+        .await;
+}
+
+/// Replays from the log after `cursor`, then follows the live stream with no gap and no
+/// duplicate: the live subscription is taken before the log is read, and live events at or
+/// below the last replayed `seq` are skipped. A subscriber that cannot keep up is sent
+/// `ConsumerTooSlow` and closed; nobody else waits for it.
+async fn serve_subscriber(
+    mut socket: WebSocket,
+    state: &AppState,
+    cursor: Option<i64>,
+) -> Result<(), String> {
+    let mut rx = state.live.subscribe();
+    let store = state.store.clone();
+    let (head, oldest) = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::store::StoreError>((store.last_seq()?, store.oldest_seq()?))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let mut last = match cursor {
+        None => head,
+        Some(c) if c < 0 => {
+            send_error_and_close(&mut socket, "InvalidRequest", "cursor must not be negative")
+                .await;
+            return Ok(());
+        }
+        Some(c) if c as u64 > head => {
+            send_error_and_close(&mut socket, "FutureCursor", "cursor is ahead of the stream")
+                .await;
+            return Ok(());
+        }
+        Some(c) => {
+            let c = c as u64;
+            match oldest {
+                Some(o) if c + 1 < o => {
+                    let info = atproto::frame::Frame::Info(atproto::frame::InfoEvent {
+                        name: "OutdatedCursor".into(),
+                        message: Some(
+                            "cursor is older than the retained log; starting at the oldest event"
+                                .into(),
+                        ),
+                    });
+                    let bytes = atproto::frame::encode_frame(&info).map_err(|e| e.to_string())?;
+                    socket
+                        .send(Message::Binary(bytes.into()))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    o - 1
+                }
+                _ => c,
+            }
+        }
+    };
+    let mut catching_up = cursor.is_some();
+    let mut catch_ups = 0;
+    loop {
+        if catching_up {
+            loop {
+                let store = state.store.clone();
+                let after = last;
+                let page =
+                    tokio::task::spawn_blocking(move || store.read_after(after, REPLAY_PAGE))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?;
+                let Some((end, _)) = page.last() else { break };
+                let end = *end;
+                for (_, bytes) in page {
+                    socket
+                        .send(Message::Binary(bytes))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                last = end;
+            }
+            catching_up = false;
+        }
+        match rx.recv().await {
+            Ok((seq, bytes)) => {
+                if seq <= last {
+                    continue;
+                }
+                if seq != last + 1 {
+                    // A gap means events were published that this subscriber missed while
+                    // replaying; they are in the log.
+                    catching_up = true;
+                    continue;
+                }
+                socket
+                    .send(Message::Binary(bytes))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                last = seq;
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                catch_ups += 1;
+                if catch_ups > MAX_CATCH_UPS {
+                    state.metrics.slow_consumers.increment(1);
+                    send_error_and_close(
+                        &mut socket,
+                        "ConsumerTooSlow",
+                        "subscriber fell too far behind",
+                    )
+                    .await;
+                    return Ok(());
+                }
+                catching_up = true;
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                let _ = socket.send(Message::Close(None)).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list_repos(
+    State(state): State<AppState>,
+    Query(p): Query<ListParams>,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    let limit = p.limit.unwrap_or(500).clamp(1, 1000);
+    let store = state.store.clone();
+    let after = p.cursor.clone();
+    let page = blocking(move || store.accounts_page(after.as_deref(), limit)).await?;
+    let cursor = (page.len() == limit)
+        .then(|| page.last().map(|(d, _)| d.clone()))
+        .flatten();
+    let repos: Vec<_> = page
+        .into_iter()
+        .map(|(did, a)| {
+            json!({"did": did, "head": a.head, "rev": a.rev, "active": a.active, "status": a.status})
+        })
+        .collect();
+    Ok(Json(json!({"repos": repos, "cursor": cursor})))
+}
+
+#[derive(Deserialize)]
+struct DidParams {
+    did: String,
+}
+
+async fn account(state: &AppState, did: &str) -> Result<crate::store::AccountState, XrpcError> {
+    atproto::syntax::validate_did(did).map_err(|e| bad("InvalidRequest", e.to_string()))?;
+    let store = state.store.clone();
+    let d = did.to_string();
+    blocking(move || store.account(&d)).await?.ok_or_else(|| {
+        XrpcError(
+            StatusCode::NOT_FOUND,
+            "RepoNotFound",
+            format!("{did} is not known to this relay"),
+        )
+    })
+}
+
+async fn get_latest_commit(
+    State(state): State<AppState>,
+    Query(p): Query<DidParams>,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    let a = account(&state, &p.did).await?;
+    match (a.head, a.rev) {
+        (Some(cid), Some(rev)) => Ok(Json(json!({"cid": cid, "rev": rev}))),
+        _ => Err(XrpcError(
+            StatusCode::NOT_FOUND,
+            "RepoNotFound",
+            "no commit seen yet".into(),
+        )),
+    }
+}
+
+async fn get_repo_status(
+    State(state): State<AppState>,
+    Query(p): Query<DidParams>,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    let a = account(&state, &p.did).await?;
+    Ok(Json(
+        json!({"did": p.did, "active": a.active, "status": a.status, "rev": a.rev}),
+    ))
+}
+
+async fn get_repo(
+    State(state): State<AppState>,
+    Query(p): Query<DidParams>,
+) -> Result<Redirect, XrpcError> {
+    let a = account(&state, &p.did).await?;
+    Ok(Redirect::temporary(&format!(
+        "{}/xrpc/com.atproto.sync.getRepo?did={}",
+        a.host.trim_end_matches('/'),
+        p.did
+    )))
+}
+
+async fn list_hosts(State(state): State<AppState>) -> Result<Json<serde_json::Value>, XrpcError> {
+    let store = state.store.clone();
+    let hosts = blocking(move || store.hosts()).await?;
+    let hosts: Vec<_> = hosts
+        .into_iter()
+        .map(|h| json!({"hostname": h.url, "seq": h.cursor, "accountCount": h.accounts, "status": h.status}))
+        .collect();
+    Ok(Json(json!({"hosts": hosts})))
+}
+
+#[derive(Deserialize)]
+struct HostParams {
+    hostname: String,
+}
+
+async fn get_host_status(
+    State(state): State<AppState>,
+    Query(p): Query<HostParams>,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    let store = state.store.clone();
+    let hosts = blocking(move || store.hosts()).await?;
+    let want = normalize_host(&p.hostname);
+    let h = hosts
+        .into_iter()
+        .find(|h| normalize_host(&h.url) == want)
+        .ok_or_else(|| XrpcError(StatusCode::NOT_FOUND, "HostNotFound", p.hostname.clone()))?;
+    Ok(Json(
+        json!({"hostname": h.url, "seq": h.cursor, "accountCount": h.accounts, "status": h.status}),
+    ))
+}
+
+fn normalize_host(h: &str) -> String {
+    let h = h.trim_end_matches('/');
+    if h.contains("://") {
+        h.to_string()
+    } else {
+        format!("https://{h}")
+    }
+}
+
+#[derive(Deserialize)]
+struct CrawlBody {
+    hostname: String,
+}
+
+async fn request_crawl(
+    State(state): State<AppState>,
+    Json(body): Json<CrawlBody>,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    // requestCrawl names a hostname; without a scheme it is https on the default port.
+    let url = normalize_host(&body.hostname);
+    add_host(&state, url).await
+}
+
+async fn add_host(state: &AppState, url: String) -> Result<Json<serde_json::Value>, XrpcError> {
+    if !(url.starts_with("https://") || (state.dev && url.starts_with("http://"))) {
+        return Err(bad(
+            "InvalidRequest",
+            "host must be https (http only in dev mode)",
+        ));
+    }
+    atproto::identity::check_host(&url, state.dev)
+        .map_err(|e| bad("InvalidRequest", e.to_string()))?;
+    state.new_hosts.send(url).await.map_err(internal)?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct AdminHost {
+    url: String,
+}
+
+async fn admin_add_host(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<AdminHost>,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if state.admin_token.is_empty() || token != Some(state.admin_token.as_str()) {
+        return Err(XrpcError(
+            StatusCode::UNAUTHORIZED,
+            "AuthRequired",
+            "admin token required".into(),
+        ));
+    }
+    add_host(&state, body.url.trim_end_matches('/').to_string()).await
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,334 @@
+//! The relay's durable state, in one embedded crash-safe database (`redb`): the event log
+//! keyed by the relay's `seq`, per-account state, and per-host state with its upstream
+//! cursor. One write transaction covers a batch of events together with the account states
+//! and host cursors they advance, so after a crash (kill -9 included) the three agree: an
+//! event is either in the log with its effects, or absent with none of them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const EVENT_TIMES: TableDefinition<u64, u64> = TableDefinition::new("event_times");
+const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Highest `seq` ever assigned (kept when retention empties the log).
+const LAST_SEQ: &str = "last_seq";
+
+/// A storage failure. The relay stops rather than continue without durability.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("relay store: {0}")]
+    Db(String),
+    /// A stored value does not decode.
+    #[error("relay store: corrupt {0}")]
+    Corrupt(&'static str),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// What the relay knows about one account.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountState {
+    /// The host (PDS URL) its events arrive from.
+    pub host: String,
+    /// The latest accepted revision.
+    pub rev: Option<String>,
+    /// The MST root after that revision.
+    pub data: Option<String>,
+    /// The latest commit CID.
+    pub head: Option<String>,
+    /// Whether the account is active (from `#account`).
+    pub active: bool,
+    /// Hosting status when inactive (`takendown`, `deactivated`, …).
+    pub status: Option<String>,
+}
+
+/// What the relay knows about one upstream host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostState {
+    /// The host's base URL (`https://pds.example.com`, port included when not default).
+    pub url: String,
+    /// The upstream `seq` of the last event taken from it.
+    pub cursor: i64,
+    /// `active`, `idle`, `offline`, `throttled` or `banned`.
+    pub status: String,
+    /// Events accepted from it.
+    pub events: u64,
+    /// Accounts seen on it.
+    pub accounts: u64,
+}
+
+/// One event to append, with the state it advances.
+#[derive(Debug, Clone)]
+pub struct Append {
+    /// Builds the frame bytes once the `seq` is known.
+    pub frame: atproto::frame::Frame,
+    /// The account state after this event, if it changes.
+    pub account: Option<(String, AccountState)>,
+}
+
+/// The durable store. Cheap to clone; all methods block (call them off the async runtime).
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl Store {
+    /// Opens (or creates) the store under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
+        let db = Database::create(dir.join("relay.redb"))?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(EVENTS)?;
+            txn.open_table(EVENT_TIMES)?;
+            txn.open_table(ACCOUNTS)?;
+            txn.open_table(HOSTS)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    /// The highest `seq` assigned so far (0 before the first event).
+    pub fn last_seq(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// The oldest retained `seq`, if any event is retained.
+    pub fn oldest_seq(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let oldest = events.first()?.map(|(k, _)| k.value());
+        Ok(oldest)
+    }
+
+    /// Number of retained events.
+    pub fn event_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(EVENTS)?.len()?)
+    }
+
+    /// Appends a batch durably (fsync on commit) and returns each event's `(seq, frame)`.
+    /// Host cursors given are stored in the same transaction.
+    pub fn append(
+        &self,
+        batch: Vec<Append>,
+        host_cursors: &[(String, i64)],
+        now_ms: u64,
+    ) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let mut out = Vec::with_capacity(batch.len());
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut seq = meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0);
+            let mut events = txn.open_table(EVENTS)?;
+            let mut times = txn.open_table(EVENT_TIMES)?;
+            let mut accounts = txn.open_table(ACCOUNTS)?;
+            for mut item in batch {
+                seq += 1;
+                set_seq(&mut item.frame, seq as i64);
+                let bytes = atproto::frame::encode_frame(&item.frame)
+                    .map_err(|_| StoreError::Corrupt("frame does not encode"))?;
+                events.insert(seq, bytes.as_slice())?;
+                times.insert(seq, now_ms)?;
+                if let Some((did, state)) = item.account {
+                    let v =
+                        serde_json::to_vec(&state).map_err(|_| StoreError::Corrupt("account"))?;
+                    accounts.insert(did.as_str(), v.as_slice())?;
+                }
+                out.push((seq, Bytes::from(bytes)));
+            }
+            meta.insert(LAST_SEQ, seq)?;
+            let mut hosts = txn.open_table(HOSTS)?;
+            for (url, cursor) in host_cursors {
+                let mut state = match hosts.get(url.as_str())? {
+                    Some(v) => decode_json::<HostState>(v.value(), "host")?,
+                    None => HostState {
+                        url: url.clone(),
+                        status: "active".into(),
+                        ..HostState::default()
+                    },
+                };
+                state.cursor = state.cursor.max(*cursor);
+                let v = serde_json::to_vec(&state).map_err(|_| StoreError::Corrupt("host"))?;
+                hosts.insert(url.as_str(), v.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Up to `max` events with `seq > after`, in order.
+    pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let mut out = Vec::with_capacity(max.min(4096));
+        for item in events.range(after.saturating_add(1)..)?.take(max) {
+            let (k, v) = item?;
+            out.push((k.value(), Bytes::copy_from_slice(v.value())));
+        }
+        Ok(out)
+    }
+
+    /// Drops the oldest events while more than `max_events` are retained or they are older
+    /// than `max_age_ms`. Returns how many were dropped.
+    pub fn prune(&self, max_events: u64, max_age_ms: u64, now_ms: u64) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut dropped = 0;
+        {
+            let mut events = txn.open_table(EVENTS)?;
+            let mut times = txn.open_table(EVENT_TIMES)?;
+            let count = events.len()?;
+            let mut cut: Option<u64> = None;
+            let excess = count.saturating_sub(max_events);
+            for (i, item) in times.range(0u64..)?.enumerate() {
+                let (seq, at) = item?;
+                if (i as u64) < excess || now_ms.saturating_sub(at.value()) > max_age_ms {
+                    cut = Some(seq.value());
+                } else {
+                    break;
+                }
+            }
+            if let Some(cut) = cut {
+                events.retain_in(0..=cut, |_, _| false)?;
+                times.retain_in(0..=cut, |_, _| {
+                    dropped += 1;
+                    false
+                })?;
+            }
+        }
+        txn.commit()?;
+        Ok(dropped)
+    }
+
+    /// Every stored account.
+    pub fn accounts(&self) -> Result<Vec<(String, AccountState)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ACCOUNTS)?;
+        let mut out = Vec::new();
+        for item in table.range::<&str>(..)? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), decode_json(v.value(), "account")?));
+        }
+        Ok(out)
+    }
+
+    /// A page of accounts after `cursor` (a DID), in DID order.
+    pub fn accounts_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, AccountState)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ACCOUNTS)?;
+        let mut out = Vec::new();
+        let range = match after {
+            Some(c) => table.range::<&str>(c..)?,
+            None => table.range::<&str>(..)?,
+        };
+        for item in range {
+            let (k, v) = item?;
+            if Some(k.value()) == after {
+                continue;
+            }
+            out.push((k.value().to_string(), decode_json(v.value(), "account")?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One account's state.
+    pub fn account(&self, did: &str) -> Result<Option<AccountState>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ACCOUNTS)?;
+        table
+            .get(did)?
+            .map(|v| decode_json(v.value(), "account"))
+            .transpose()
+    }
+
+    /// Every known host.
+    pub fn hosts(&self) -> Result<Vec<HostState>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(HOSTS)?;
+        let mut out = Vec::new();
+        for item in table.range::<&str>(..)? {
+            let (_, v) = item?;
+            out.push(decode_json(v.value(), "host")?);
+        }
+        Ok(out)
+    }
+
+    /// Adds a host (or updates its status), keeping its cursor.
+    pub fn put_host(&self, url: &str, status: &str) -> Result<HostState, StoreError> {
+        let txn = self.db.begin_write()?;
+        let state;
+        {
+            let mut table = txn.open_table(HOSTS)?;
+            let mut s = match table.get(url)? {
+                Some(v) => decode_json::<HostState>(v.value(), "host")?,
+                None => HostState {
+                    url: url.to_string(),
+                    ..HostState::default()
+                },
+            };
+            s.status = status.to_string();
+            let v = serde_json::to_vec(&s).map_err(|_| StoreError::Corrupt("host"))?;
+            table.insert(url, v.as_slice())?;
+            state = s;
+        }
+        txn.commit()?;
+        Ok(state)
+    }
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt(what))
+}
+
+fn set_seq(frame: &mut atproto::frame::Frame, seq: i64) {
+    use atproto::frame::Frame;
+    match frame {
+        Frame::Commit(e) => e.seq = seq,
+        Frame::Sync(e) => e.seq = seq,
+        Frame::Identity(e) => e.seq = seq,
+        Frame::Account(e) => e.seq = seq,
+        Frame::Info(_) | Frame::Error(_) | Frame::Unknown { .. } => {}
+    }
+}

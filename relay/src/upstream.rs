@@ -1,0 +1,159 @@
+//! One task per upstream host: subscribe to its `com.atproto.sync.subscribeRepos` from the
+//! last stored cursor, decode frames, and route them to the verification shards. Reconnects
+//! with jittered exponential backoff; an idle connection is dropped and remade.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{DropReason, Metrics};
+use crate::store::Store;
+use crate::verify::{shard_of, Inbound};
+
+/// Limits and timings for upstream connections.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Drop and remake a connection that sends nothing for this long.
+    pub idle_timeout: Duration,
+    /// First reconnect delay; doubles per failure up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest reconnect delay.
+    pub max_backoff: Duration,
+    /// Most events per second taken from one host; the rest are counted and dropped.
+    pub max_events_per_second: u32,
+}
+
+/// Runs the subscription to `host` until `cancel` fires. Returns only on cancellation.
+pub async fn run_host(
+    host: Arc<str>,
+    store: Store,
+    shards: Vec<mpsc::Sender<Inbound>>,
+    metrics: Metrics,
+    config: UpstreamConfig,
+    cancel: CancellationToken,
+) {
+    let mut backoff = config.min_backoff;
+    loop {
+        let cursor = {
+            let store = store.clone();
+            let host = host.clone();
+            tokio::task::spawn_blocking(move || {
+                store
+                    .hosts()
+                    .ok()
+                    .and_then(|hs| hs.into_iter().find(|h| *h.url == *host))
+                    .map(|h| h.cursor)
+            })
+            .await
+            .ok()
+            .flatten()
+        };
+        let connected_at = Instant::now();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            result = session(&host, cursor, &shards, &metrics, &config) => {
+                match result {
+                    Ok(()) => tracing::info!(%host, "upstream closed the stream"),
+                    Err(error) => tracing::warn!(%host, %error, "upstream connection failed"),
+                }
+            }
+        }
+        if connected_at.elapsed() > config.max_backoff {
+            backoff = config.min_backoff;
+        }
+        let jitter = rand::thread_rng().gen_range(0.5..1.5);
+        let wait = backoff.mul_f64(jitter);
+        backoff = (backoff * 2).min(config.max_backoff);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn session(
+    host: &Arc<str>,
+    cursor: Option<i64>,
+    shards: &[mpsc::Sender<Inbound>],
+    metrics: &Metrics,
+    config: &UpstreamConfig,
+) -> Result<(), String> {
+    let ws_base = host.replacen("http", "ws", 1);
+    let url = match cursor {
+        Some(c) if c > 0 => format!("{ws_base}/xrpc/com.atproto.sync.subscribeRepos?cursor={c}"),
+        _ => format!("{ws_base}/xrpc/com.atproto.sync.subscribeRepos"),
+    };
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(atproto::frame::MAX_FRAME_BYTES))
+        .max_frame_size(Some(atproto::frame::MAX_FRAME_BYTES));
+    let (mut stream, _) =
+        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), true)
+            .await
+            .map_err(|e| e.to_string())?;
+    metrics.upstream_connects.increment(1);
+    tracing::info!(%host, ?cursor, "subscribed upstream");
+    let mut window = Instant::now();
+    let mut in_window = 0u32;
+    loop {
+        let msg = match tokio::time::timeout(config.idle_timeout, stream.next()).await {
+            Err(_) => return Err("idle timeout".into()),
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(Some(Ok(m))) => m,
+        };
+        let bytes = match msg {
+            Message::Binary(b) => b,
+            Message::Close(_) => return Ok(()),
+            _ => continue,
+        };
+        metrics.events_in.increment(1);
+        if window.elapsed() >= Duration::from_secs(1) {
+            window = Instant::now();
+            in_window = 0;
+        }
+        in_window += 1;
+        if in_window > config.max_events_per_second {
+            metrics.dropped(DropReason::RateLimited);
+            continue;
+        }
+        let frame = match atproto::frame::decode_frame(&bytes) {
+            Ok(f) => f,
+            Err(atproto::frame::FrameError::TooLarge(_)) => {
+                metrics.dropped(DropReason::TooBig);
+                continue;
+            }
+            Err(_) => {
+                metrics.dropped(DropReason::Malformed);
+                continue;
+            }
+        };
+        if let atproto::frame::Frame::Error(e) = &frame {
+            return Err(format!(
+                "upstream error {}: {}",
+                e.error,
+                e.message.clone().unwrap_or_default()
+            ));
+        }
+        let (Some(did), Some(seq)) = (frame.did().map(str::to_string), frame.seq()) else {
+            continue;
+        };
+        let shard = &shards[shard_of(&did, shards.len())];
+        metrics.verify_queue.increment(1.0);
+        let inbound = Inbound {
+            host: host.clone(),
+            upstream_seq: seq,
+            frame,
+            received: Instant::now(),
+        };
+        // A full shard queue slows this host's reader: backpressure, nothing dropped.
+        if shard.send(inbound).await.is_err() {
+            return Err("verifier stopped".into());
+        }
+    }
+}
