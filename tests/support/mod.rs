@@ -1,0 +1,228 @@
+//! Real peers for end-to-end tests: the reference PDS (npm `@atproto/dev-env`), the
+//! `@atproto/sync` firehose client, and the `agentnet` binary, each a child process on
+//! loopback that is killed (by its PID, through `Child`) when the test drops it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn node() -> Command {
+    let pds = root().join("infra/pds");
+    assert!(
+        pds.join("node_modules/@atproto/dev-env").is_dir(),
+        "the reference PDS is not installed: run infra/pds/setup.sh (scripts/test.sh does)"
+    );
+    Command::new(pds.join("node.sh"))
+}
+
+/// Lines a child prints, read on a thread into a channel.
+pub struct Lines(mpsc::Receiver<String>);
+
+impl Lines {
+    fn spawn(out: impl std::io::Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines(rx)
+    }
+
+    pub fn next_json(&self, timeout: Duration) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = self.0.recv_timeout(left).ok()?;
+            if let Ok(v) = serde_json::from_str(&line) {
+                return Some(v);
+            }
+        }
+    }
+}
+
+/// The reference PDS and its PLC.
+pub struct Pds {
+    child: Child,
+    stdin: ChildStdin,
+    out: Lines,
+    pub url: String,
+    pub plc: String,
+}
+
+impl Pds {
+    pub fn start() -> Pds {
+        let mut child = node()
+            .arg(root().join("infra/pds/pds-server.mjs"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the reference PDS");
+        let stdin = child.stdin.take().expect("stdin");
+        let out = Lines::spawn(child.stdout.take().expect("stdout"));
+        let ready = out
+            .next_json(Duration::from_secs(60))
+            .expect("reference PDS did not start within 60 s");
+        Pds {
+            url: ready["pds"]
+                .as_str()
+                .expect("pds url")
+                .trim_end_matches('/')
+                .to_string(),
+            plc: ready["plc"].as_str().expect("plc url").to_string(),
+            child,
+            stdin,
+            out,
+        }
+    }
+
+    pub fn send(&mut self, cmd: serde_json::Value) {
+        writeln!(self.stdin, "{cmd}").expect("PDS command");
+    }
+
+    pub fn reply(&mut self, timeout: Duration) -> serde_json::Value {
+        let v = self.out.next_json(timeout).expect("PDS did not answer");
+        assert!(v.get("error").is_none(), "PDS error: {v}");
+        v
+    }
+
+    pub fn call(&mut self, cmd: serde_json::Value) -> serde_json::Value {
+        self.send(cmd);
+        self.reply(Duration::from_secs(120))
+    }
+}
+
+impl Drop for Pds {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound and released; a small race other tests here do not hit).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `agentnet relay` as a child process.
+pub struct Relay {
+    child: Child,
+    pub port: u16,
+}
+
+impl Relay {
+    pub fn start(port: u16, data_dir: &std::path::Path, pds: &Pds) -> Relay {
+        let child = Command::new(env!("CARGO_BIN_EXE_agentnet"))
+            .args(["relay", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--host",
+                &pds.url,
+                "--plc-url",
+                &pds.plc,
+                "--host-events-per-second",
+                "100000",
+            ])
+            .env("AGENTNET_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting agentnet relay");
+        let relay = Relay { child, port };
+        relay.wait_healthy();
+        relay
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if http_get(self.port, "/_health").is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("relay did not become healthy on port {}", self.port);
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9 relay");
+        self.child.wait().expect("reap relay");
+    }
+
+    pub fn ws(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP GET on loopback; the body on 200.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// The `@atproto/sync` Firehose client subscribed to a relay.
+pub struct Client {
+    child: Child,
+    pub out: Lines,
+}
+
+impl Client {
+    pub fn start(service: &str, plc: &str, cursor: Option<u64>) -> Client {
+        let mut cmd = node();
+        cmd.arg(root().join("infra/pds/firehose-client.mjs"))
+            .arg(service)
+            .arg(plc);
+        if let Some(c) = cursor {
+            cmd.arg(c.to_string());
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the firehose client");
+        let out = Lines::spawn(child.stdout.take().expect("stdout"));
+        Client { child, out }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
