@@ -25,6 +25,8 @@ enum Command {
     Appview(agentnet_appview::Config),
     /// Run relay, indexer and appview in one process on embedded stores.
     Up(UpArgs),
+    /// Run a synthetic PDS fleet (real keys, real signed commits) for load and fault tests.
+    Fleet(agentnet_fleet::FleetConfig),
     /// Work with the agent network's lexicons.
     #[command(subcommand)]
     Lexicon(LexiconCommand),
@@ -89,6 +91,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Appview(config) => {
             serve(agentnet_appview::run(config, shutdown_signal())).context("appview")
+        }
+        Command::Fleet(config) => {
+            serve(agentnet_fleet::run(config, shutdown_signal())).context("fleet")
         }
         Command::Lexicon(cmd) => lexicon(cmd),
     }

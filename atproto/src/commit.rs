@@ -258,6 +258,7 @@ pub struct RepoWriter {
     clock: TidClock,
     rev: Option<String>,
     data: Cid,
+    head: Option<(Cid, Vec<u8>)>,
 }
 
 impl RepoWriter {
@@ -273,6 +274,7 @@ impl RepoWriter {
             clock: TidClock::new(0),
             rev: None,
             data,
+            head: None,
         })
     }
 
@@ -289,6 +291,41 @@ impl RepoWriter {
     /// The current revision, if any commit was made.
     pub fn rev(&self) -> Option<&str> {
         self.rev.as_deref()
+    }
+
+    /// The whole repository as a CAR (what `com.atproto.sync.getRepo` returns): the latest
+    /// commit, every current MST node and every record.
+    pub fn export_car(&mut self) -> Result<Vec<u8>, CommitError> {
+        let Some((head, head_bytes)) = self.head.clone() else {
+            return Err(CommitError::Inconsistent("no commit yet"));
+        };
+        let mut tree = Mst::load(self.data, &self.blocks)?;
+        let mut out: Vec<(Cid, &[u8])> = vec![(head, head_bytes.as_slice())];
+        let entries = tree.entries(&self.blocks)?;
+        // Every node on the way to every key is the whole tree.
+        let mut nodes = std::collections::BTreeSet::new();
+        for (key, _) in &entries {
+            nodes.extend(tree.covering_proof(key, &self.blocks)?);
+        }
+        if entries.is_empty() {
+            nodes.insert(self.data);
+        }
+        for cid in &nodes {
+            if let Some(b) = self.blocks.get(cid) {
+                out.push((*cid, b));
+            }
+        }
+        for (_, cid) in &entries {
+            if let Some(b) = self.blocks.get(cid) {
+                out.push((*cid, b));
+            }
+        }
+        Ok(write_car(&[head], out.iter().map(|(c, b)| (c, *b)))?)
+    }
+
+    /// The latest commit CID and the MST root, if any commit was made.
+    pub fn head(&self) -> Option<(Cid, Cid)> {
+        self.head.as_ref().map(|(c, _)| (*c, self.data))
     }
 
     /// A fresh record key (a TID).
@@ -375,6 +412,7 @@ impl RepoWriter {
         self.blocks.extend(new_blocks);
         self.blocks.extend(tree_blocks);
         self.data = data;
+        self.head = Some((commit_cid, commit_bytes.clone()));
         let since = self.rev.replace(rev.clone());
         Ok(CommitEvent {
             seq: 0,

@@ -65,6 +65,21 @@ fn honest_commits_verify_for_every_algorithm() {
         ];
         let ev = w.commit(&writes, NOW).expect("commit");
         verify_commit_event(&ev, &key, CarLimits::FIREHOSE).expect("multi-op commit verifies");
+
+        // The exported repo holds exactly the live records under a signed head.
+        let car = read_car(&w.export_car().expect("export"), CarLimits::REPO).expect("repo CAR");
+        let (head, data) = w.head().expect("head");
+        assert_eq!(car.roots, vec![head]);
+        let commit: atproto::commit::Commit =
+            atproto::data::from_cbor(&car.blocks[&head]).expect("commit");
+        commit.verify(&key).expect("head signature");
+        let mut tree = atproto::mst::Mst::load(data, &car.blocks).expect("tree");
+        let entries = tree.entries(&car.blocks).expect("whole tree present");
+        assert_eq!(entries.len(), 58);
+        assert!(
+            entries.iter().all(|(_, cid)| car.blocks.contains_key(cid)),
+            "every record present"
+        );
     }
 }
 
