@@ -46,6 +46,16 @@ pub struct Config {
     /// keeps falling behind, is closed as too slow.
     #[arg(long, env = "AGENTNET_LIVE_BUFFER", default_value_t = 8192)]
     pub live_buffer: usize,
+    /// Seconds a subscriber may take to accept one frame before it is closed as too slow.
+    #[arg(
+        long,
+        env = "AGENTNET_SUBSCRIBER_SEND_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub subscriber_send_timeout_secs: u64,
+    /// Seconds between applications of the retention policy.
+    #[arg(long, env = "AGENTNET_RETENTION_INTERVAL_SECS", default_value_t = 60)]
+    pub retention_interval_secs: u64,
     /// Events kept in the log for replay.
     #[arg(long, env = "AGENTNET_RETENTION_EVENTS", default_value_t = 10_000_000)]
     pub retention_events: u64,

@@ -197,6 +197,7 @@ pub async fn run_on(
         new_hosts: host_tx,
         admin_token: config.admin_token.clone(),
         dev: config.dev,
+        send_timeout: Duration::from_secs(config.subscriber_send_timeout_secs.max(1)),
     });
     let server_cancel = cancel.clone();
     tasks.spawn(async move {
@@ -365,7 +366,7 @@ async fn retention(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(config.retention_interval_secs.max(1))) => {}
         }
         let s = store.clone();
         let max = config.retention_events;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -43,6 +43,8 @@ pub struct AppState {
     pub admin_token: String,
     /// Loopback/private hosts allowed.
     pub dev: bool,
+    /// A send to a subscriber that takes longer than this closes it as too slow.
+    pub send_timeout: std::time::Duration,
 }
 
 /// An XRPC error: `{error, message}` with a status.
@@ -98,16 +100,153 @@ async fn blocking<T: Send + 'static>(
         .map_err(internal)
 }
 
-#[derive(Deserialize)]
-struct CursorParams {
+/// Most `wantedCollections` values accepted.
+const MAX_WANTED_COLLECTIONS: usize = 100;
+/// Most `wantedDids` values accepted.
+const MAX_WANTED_DIDS: usize = 10_000;
+
+/// What a subscriber asked for: a cursor and optional filters.
+#[derive(Debug, Default)]
+struct SubscribeParams {
     cursor: Option<i64>,
+    /// NSIDs, or prefixes ending in `.*`.
+    collections: Vec<String>,
+    dids: std::collections::HashSet<String>,
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl SubscribeParams {
+    fn parse(query: Option<&str>) -> Result<Self, XrpcError> {
+        let mut p = SubscribeParams::default();
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|s| !s.is_empty())
+        {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v);
+            match k {
+                "cursor" => {
+                    p.cursor = Some(
+                        v.parse()
+                            .map_err(|_| bad("InvalidRequest", "cursor must be an integer"))?,
+                    )
+                }
+                "wantedCollections" => {
+                    let ok = match v.strip_suffix(".*") {
+                        Some(prefix) => prefix.split('.').all(|seg| {
+                            !seg.is_empty()
+                                && seg.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                        }),
+                        None => atproto::syntax::validate_nsid(&v).is_ok(),
+                    };
+                    if !ok {
+                        return Err(bad(
+                            "InvalidRequest",
+                            format!("wantedCollections: {v} is not an NSID or NSID prefix"),
+                        ));
+                    }
+                    p.collections.push(v);
+                }
+                "wantedDids" => {
+                    atproto::syntax::validate_did(&v)
+                        .map_err(|e| bad("InvalidRequest", e.to_string()))?;
+                    p.dids.insert(v);
+                }
+                _ => {}
+            }
+            if p.collections.len() > MAX_WANTED_COLLECTIONS || p.dids.len() > MAX_WANTED_DIDS {
+                return Err(bad("InvalidRequest", "too many filter values"));
+            }
+        }
+        Ok(p)
+    }
+
+    fn filtering(&self) -> bool {
+        !self.collections.is_empty() || !self.dids.is_empty()
+    }
+
+    fn wants_collection(&self, collection: &str) -> bool {
+        self.collections.iter().any(|w| match w.strip_suffix(".*") {
+            Some(prefix) => collection
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('.')),
+            None => w == collection,
+        })
+    }
+
+    /// Whether a frame passes the filters. Frames go out unchanged (signatures still
+    /// verify); only which frames are sent changes. Account-level events (`#identity`,
+    /// `#account`, `#sync`) pass the collection filter; all events pass only for wanted DIDs.
+    fn wants(&self, frame: &[u8]) -> bool {
+        #[derive(Deserialize)]
+        struct Op {
+            path: String,
+        }
+        #[derive(Deserialize)]
+        struct Peek {
+            repo: Option<String>,
+            did: Option<String>,
+            ops: Option<Vec<Op>>,
+        }
+        let Ok((header, body)) = atproto::frame::split_frame(frame) else {
+            return false;
+        };
+        if header.op != 1 {
+            return true;
+        }
+        let Ok(peek) = atproto::data::from_cbor::<Peek>(body) else {
+            return true;
+        };
+        if let Some(did) = peek.repo.as_ref().or(peek.did.as_ref()) {
+            if !self.dids.is_empty() && !self.dids.contains(did) {
+                return false;
+            }
+        }
+        match (&peek.ops, self.collections.is_empty()) {
+            (Some(ops), false) => ops
+                .iter()
+                .any(|op| self.wants_collection(op.path.split('/').next().unwrap_or_default())),
+            _ => true,
+        }
+    }
 }
 
 async fn subscribe_repos(
     ws: WebSocketUpgrade,
-    Query(p): Query<CursorParams>,
+    RawQuery(query): RawQuery,
     State(state): State<AppState>,
 ) -> Response {
+    let params = match SubscribeParams::parse(query.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
     if state.subscribers.load(Ordering::Relaxed) >= state.max_subscribers {
         return XrpcError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -119,7 +258,7 @@ async fn subscribe_repos(
     ws.on_upgrade(move |socket| async move {
         state.subscribers.fetch_add(1, Ordering::Relaxed);
         state.metrics.subscribers.increment(1.0);
-        if let Err(error) = serve_subscriber(socket, &state, p.cursor).await {
+        if let Err(error) = serve_subscriber(socket, &state, &params).await {
             tracing::debug!(%error, "subscriber ended");
         }
         state.subscribers.fetch_sub(1, Ordering::Relaxed);
@@ -147,6 +286,21 @@ async fn send_error_and_close(socket: &mut WebSocket, error: &str, message: &str
         .await;
 }
 
+/// Sends one frame; a subscriber that does not take it within the send timeout is closed
+/// as too slow (it holds nobody else up: every subscriber has its own task and buffer).
+async fn send(socket: &mut WebSocket, state: &AppState, bytes: Bytes) -> Result<(), String> {
+    match tokio::time::timeout(state.send_timeout, socket.send(Message::Binary(bytes))).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => {
+            state.metrics.slow_consumers.increment(1);
+            let close =
+                send_error_and_close(socket, "ConsumerTooSlow", "subscriber stopped reading");
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), close).await;
+            Err("send timed out".into())
+        }
+    }
+}
+
 /// Replays from the log after `cursor`, then follows the live stream with no gap and no
 /// duplicate: the live subscription is taken before the log is read, and live events at or
 /// below the last replayed `seq` are skipped. A subscriber that cannot keep up is sent
@@ -154,8 +308,10 @@ async fn send_error_and_close(socket: &mut WebSocket, error: &str, message: &str
 async fn serve_subscriber(
     mut socket: WebSocket,
     state: &AppState,
-    cursor: Option<i64>,
+    params: &SubscribeParams,
 ) -> Result<(), String> {
+    let cursor = params.cursor;
+    let filtering = params.filtering();
     let mut rx = state.live.subscribe();
     let store = state.store.clone();
     let (head, oldest) = tokio::task::spawn_blocking(move || {
@@ -213,10 +369,10 @@ async fn serve_subscriber(
                 let Some((end, _)) = page.last() else { break };
                 let end = *end;
                 for (_, bytes) in page {
-                    socket
-                        .send(Message::Binary(bytes))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    if filtering && !params.wants(&bytes) {
+                        continue;
+                    }
+                    send(&mut socket, state, bytes).await?;
                 }
                 last = end;
             }
@@ -233,11 +389,11 @@ async fn serve_subscriber(
                     catching_up = true;
                     continue;
                 }
-                socket
-                    .send(Message::Binary(bytes))
-                    .await
-                    .map_err(|e| e.to_string())?;
                 last = seq;
+                if filtering && !params.wants(&bytes) {
+                    continue;
+                }
+                send(&mut socket, state, bytes).await?;
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 catch_ups += 1;

@@ -87,6 +87,8 @@ struct Inner {
     next: std::sync::atomic::AtomicUsize,
     /// Serializes seq assignment with appending to the log.
     seq_lock: Mutex<()>,
+    /// Fired when serving stops, so open streams end like a host going down.
+    disconnect: broadcast::Sender<()>,
 }
 
 /// A running fleet.
@@ -181,6 +183,7 @@ impl Fleet {
             live,
             next: std::sync::atomic::AtomicUsize::new(0),
             seq_lock: Mutex::new(()),
+            disconnect: broadcast::channel(1).0,
         })))
     }
 
@@ -451,8 +454,13 @@ impl Fleet {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), FleetError> {
+        let disconnect = self.0.disconnect.clone();
         axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Upgraded WebSockets outlive graceful shutdown; end them explicitly.
+                let _ = disconnect.send(());
+            })
             .await
             .map_err(|e| FleetError::Serve(e.to_string()))
     }
@@ -507,7 +515,15 @@ async fn subscribe(
     ws.on_upgrade(move |socket| stream(socket, fleet, q.cursor))
 }
 
-async fn stream(mut socket: WebSocket, fleet: Fleet, cursor: Option<u64>) {
+async fn stream(socket: WebSocket, fleet: Fleet, cursor: Option<u64>) {
+    let mut down = fleet.0.disconnect.subscribe();
+    tokio::select! {
+        _ = down.recv() => {}
+        _ = stream_frames(socket, fleet.clone(), cursor) => {}
+    }
+}
+
+async fn stream_frames(mut socket: WebSocket, fleet: Fleet, cursor: Option<u64>) {
     let mut rx = fleet.0.live.subscribe();
     let mut last = match cursor {
         Some(c) => c,
