@@ -361,6 +361,69 @@ async fn sync_xrpc_and_host_management() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_limits_apply_and_change_without_restart() {
+    let mut fleet = FleetHandle::start(4, false).await;
+    let data = tempdir("limits");
+    let mut args = relay_args(&data, &fleet.fleet);
+    let at = args
+        .iter()
+        .position(|a| a == "--host-accounts")
+        .expect("flag")
+        + 1;
+    args[at] = "2".into();
+    args.extend(["--admin-token".to_string(), "t0ken".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = RelayHandle::start(&args).await;
+    wait_for("the relay to subscribe", async || {
+        relay.metric("relay_upstream_connects_total").await >= 1.0
+    })
+    .await;
+    fleet.fleet.genesis().await.expect("genesis");
+    // Two of the four regular accounts fit; the other two (and the foreign one) do not.
+    let series = "relay_events_dropped_total{reason=\"account_limit\"}";
+    wait_for("new accounts over the limit to be refused", async || {
+        relay.metric(series).await >= 2.0
+    })
+    .await;
+    let url = format!(
+        "/xrpc/com.atproto.sync.getHostStatus?hostname={}",
+        fleet.fleet.url()
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(relay.port, &url).await.expect("status")).expect("json");
+    assert_eq!(status["accountCount"], 2);
+    assert_eq!(status["limits"]["accounts"], 2);
+
+    let body = format!(
+        r#"{{"url":"{}","accounts":10,"perSecond":500}}"#,
+        fleet.fleet.url()
+    );
+    let auth = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer t0ken"),
+    ];
+    let (code, reply) = http(relay.port, "POST", "/admin/hosts/limits", &auth, &body)
+        .await
+        .expect("reply");
+    assert_eq!(code, 200, "{reply}");
+    let before = relay.metric("relay_events_out_total").await;
+    for i in 0..4 {
+        fleet.fleet.write_one(i).await.expect("write");
+    }
+    wait_for("all four accounts to be accepted", async || {
+        relay.metric("relay_events_out_total").await >= before + 4.0
+    })
+    .await;
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(relay.port, &url).await.expect("status")).expect("json");
+    assert_eq!(status["accountCount"], 4);
+    assert_eq!(status["limits"]["perSecond"], 500);
+    relay.stop().await;
+    fleet.stop().await;
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudflare_style_host_without_prev_data() {
     let mut fleet = FleetHandle::start(1, true).await;
     let data = tempdir("cloudflare");

@@ -71,13 +71,33 @@ pub struct Config {
     /// Seconds of silence after which an upstream connection is remade.
     #[arg(long, env = "AGENTNET_IDLE_TIMEOUT_SECS", default_value_t = 300)]
     pub idle_timeout_secs: u64,
-    /// Most events per second taken from one host (the reference relay allows 50 for a new
-    /// host); the excess is counted and dropped.
+    /// Default events per second taken from one host (the reference relay's default for a
+    /// new host is 50); the excess is counted and dropped. Per-host overrides are set with
+    /// the admin endpoint.
     #[arg(long, env = "AGENTNET_HOST_EVENTS_PER_SECOND", default_value_t = 50)]
-    pub host_events_per_second: u32,
+    pub host_events_per_second: u64,
+    /// Default events per hour taken from one host.
+    #[arg(long, env = "AGENTNET_HOST_EVENTS_PER_HOUR", default_value_t = 2500)]
+    pub host_events_per_hour: u64,
+    /// Default events per day taken from one host.
+    #[arg(long, env = "AGENTNET_HOST_EVENTS_PER_DAY", default_value_t = 20_000)]
+    pub host_events_per_day: u64,
+    /// Default number of accounts one host may serve through this relay.
+    #[arg(long, env = "AGENTNET_HOST_ACCOUNTS", default_value_t = 100)]
+    pub host_accounts: u64,
 }
 
 impl Config {
+    /// The limits a host gets unless the operator set its own.
+    pub fn default_limits(&self) -> crate::hosts::Limits {
+        crate::hosts::Limits {
+            per_second: self.host_events_per_second,
+            per_hour: self.host_events_per_hour,
+            per_day: self.host_events_per_day,
+            accounts: self.host_accounts,
+        }
+    }
+
     /// Checks what clap cannot, and fills in derived defaults.
     pub fn validate(&self) -> Result<(), Error> {
         if self.live_buffer == 0 || self.max_subscribers == 0 || self.identity_cache == 0 {

@@ -9,6 +9,7 @@
 //! join handles) under one cancellation token, and the first one to fail stops the relay.
 
 mod config;
+pub mod hosts;
 pub mod metrics;
 mod server;
 pub mod store;
@@ -178,14 +179,19 @@ pub async fn run_on(
         );
         hosts
     };
+    let hosts = hosts::Hosts::default();
     tasks.spawn(crawler(
         initial,
         host_rx,
-        store.clone(),
-        shard_txs,
-        metrics.clone(),
-        upstream_config(&config),
-        cancel.clone(),
+        Crawl {
+            hosts: hosts.clone(),
+            defaults: config.default_limits(),
+            store: store.clone(),
+            shards: shard_txs,
+            metrics: metrics.clone(),
+            config: upstream_config(&config),
+            cancel: cancel.clone(),
+        },
     ));
 
     let app = server::router(server::AppState {
@@ -198,6 +204,8 @@ pub async fn run_on(
         admin_token: config.admin_token.clone(),
         dev: config.dev,
         send_timeout: Duration::from_secs(config.subscriber_send_timeout_secs.max(1)),
+        hosts,
+        default_limits: config.default_limits(),
     });
     let server_cancel = cancel.clone();
     tasks.spawn(async move {
@@ -241,7 +249,6 @@ fn upstream_config(config: &Config) -> upstream::UpstreamConfig {
         idle_timeout: Duration::from_secs(config.idle_timeout_secs),
         min_backoff: Duration::from_millis(500),
         max_backoff: Duration::from_secs(60),
-        max_events_per_second: config.host_events_per_second,
     }
 }
 
@@ -252,26 +259,63 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts one upstream task per host, now and as hosts are added; owns those tasks.
-async fn crawler(
-    initial: Vec<String>,
-    mut added: mpsc::Receiver<String>,
+/// What the crawler hands every host task.
+struct Crawl {
+    hosts: hosts::Hosts,
+    defaults: hosts::Limits,
     store: Store,
     shards: Vec<mpsc::Sender<Inbound>>,
     metrics: Metrics,
     config: upstream::UpstreamConfig,
     cancel: CancellationToken,
+}
+
+/// Starts one upstream task per host, now and as hosts are added; owns those tasks.
+async fn crawler(
+    initial: Vec<String>,
+    mut added: mpsc::Receiver<String>,
+    crawl: Crawl,
 ) -> Result<(), Error> {
+    let Crawl {
+        hosts,
+        defaults,
+        store,
+        shards,
+        metrics,
+        config,
+        cancel,
+    } = crawl;
     let mut running: HashSet<String> = HashSet::new();
     let mut tasks = JoinSet::new();
+    // Limits and account counts as stored, for hosts known before this start.
+    let known: HashMap<String, (Option<hosts::Limits>, u64)> = {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, store::StoreError> {
+            let mut counts: HashMap<String, u64> = HashMap::new();
+            for (_, a) in s.accounts()? {
+                *counts.entry(a.host).or_default() += 1;
+            }
+            Ok(s.hosts()?
+                .into_iter()
+                .map(|h| {
+                    let n = counts.get(&h.url).copied().unwrap_or(0);
+                    (h.url, (h.limits, n))
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??
+    };
     let mut start = |url: String, tasks: &mut JoinSet<()>| {
         if !running.insert(url.clone()) {
             return;
         }
+        let (limits, accounts) = known.get(&url).cloned().unwrap_or((None, 0));
+        let host = hosts.get_or_add(&url, limits.unwrap_or(defaults), accounts);
         let store2 = store.clone();
         let u = url.clone();
         tasks.spawn(upstream::run_host(
-            Arc::from(url),
+            host,
             store.clone(),
             shards.clone(),
             metrics.clone(),

@@ -31,11 +31,13 @@ pub enum DropReason {
     RateLimited,
     /// The account was out of sync and could not be repaired.
     Desync,
+    /// The host is at its account limit and this account is new.
+    AccountLimit,
 }
 
 impl DropReason {
     /// Every reason, for registering one counter each.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Malformed,
         DropReason::TooBig,
         DropReason::Identity,
@@ -48,6 +50,7 @@ impl DropReason {
         DropReason::Inactive,
         DropReason::RateLimited,
         DropReason::Desync,
+        DropReason::AccountLimit,
     ];
 
     /// The label value.
@@ -65,6 +68,7 @@ impl DropReason {
             DropReason::Inactive => "inactive",
             DropReason::RateLimited => "rate_limited",
             DropReason::Desync => "desync",
+            DropReason::AccountLimit => "account_limit",
         }
     }
 }

@@ -45,6 +45,10 @@ pub struct AppState {
     pub dev: bool,
     /// A send to a subscriber that takes longer than this closes it as too slow.
     pub send_timeout: std::time::Duration,
+    /// Live per-host limits and counters.
+    pub hosts: crate::hosts::Hosts,
+    /// Limits for hosts the operator has not configured.
+    pub default_limits: crate::hosts::Limits,
 }
 
 /// An XRPC error: `{error, message}` with a status.
@@ -86,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .route("/xrpc/com.atproto.sync.getHostStatus", get(get_host_status))
         .route("/xrpc/com.atproto.sync.requestCrawl", post(request_crawl))
         .route("/admin/hosts", post(admin_add_host))
+        .route("/admin/hosts/limits", post(admin_set_limits))
         .route("/metrics", get(metrics))
         .route("/_health", get(|| async { Json(json!({"status": "ok"})) }))
         .with_state(state)
@@ -503,7 +508,10 @@ async fn list_hosts(State(state): State<AppState>) -> Result<Json<serde_json::Va
     let hosts = blocking(move || store.hosts()).await?;
     let hosts: Vec<_> = hosts
         .into_iter()
-        .map(|h| json!({"hostname": h.url, "seq": h.cursor, "accountCount": h.accounts, "status": h.status}))
+        .map(|h| {
+            let accounts = state.hosts.get(&h.url).map(|l| l.accounts()).unwrap_or(h.accounts);
+            json!({"hostname": h.url, "seq": h.cursor, "accountCount": accounts, "status": h.status})
+        })
         .collect();
     Ok(Json(json!({"hosts": hosts})))
 }
@@ -524,9 +532,26 @@ async fn get_host_status(
         .into_iter()
         .find(|h| normalize_host(&h.url) == want)
         .ok_or_else(|| XrpcError(StatusCode::NOT_FOUND, "HostNotFound", p.hostname.clone()))?;
-    Ok(Json(
-        json!({"hostname": h.url, "seq": h.cursor, "accountCount": h.accounts, "status": h.status}),
-    ))
+    let live = state.hosts.get(&h.url);
+    let limits = live
+        .as_ref()
+        .map(|l| l.limits())
+        .or(h.limits)
+        .unwrap_or(state.default_limits);
+    let accounts = live.as_ref().map(|l| l.accounts()).unwrap_or(h.accounts);
+    let throttled = live
+        .as_ref()
+        .map(|l| l.throttled.load(std::sync::atomic::Ordering::Relaxed))
+        .unwrap_or(0);
+    Ok(Json(json!({
+        "hostname": h.url,
+        "seq": h.cursor,
+        "accountCount": accounts,
+        "status": h.status,
+        "events": h.events,
+        "throttledEvents": throttled,
+        "limits": limits,
+    })))
 }
 
 fn normalize_host(h: &str) -> String {
@@ -587,6 +612,54 @@ async fn admin_add_host(
         ));
     }
     add_host(&state, body.url.trim_end_matches('/').to_string()).await
+}
+
+fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), XrpcError> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if state.admin_token.is_empty() || token != Some(state.admin_token.as_str()) {
+        return Err(XrpcError(
+            StatusCode::UNAUTHORIZED,
+            "AuthRequired",
+            "admin token required".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LimitsBody {
+    url: String,
+    per_second: Option<u64>,
+    per_hour: Option<u64>,
+    per_day: Option<u64>,
+    accounts: Option<u64>,
+}
+
+/// Changes a host's limits while the relay runs; they are stored and survive restarts.
+async fn admin_set_limits(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<LimitsBody>,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    authorized(&state, &headers)?;
+    let url = body.url.trim_end_matches('/').to_string();
+    let host = state
+        .hosts
+        .get(&url)
+        .ok_or_else(|| XrpcError(StatusCode::NOT_FOUND, "HostNotFound", url.clone()))?;
+    let mut limits = host.limits();
+    limits.per_second = body.per_second.unwrap_or(limits.per_second);
+    limits.per_hour = body.per_hour.unwrap_or(limits.per_hour);
+    limits.per_day = body.per_day.unwrap_or(limits.per_day);
+    limits.accounts = body.accounts.unwrap_or(limits.accounts);
+    host.set_limits(limits);
+    let store = state.store.clone();
+    blocking(move || store.put_host_limits(&url, limits)).await?;
+    Ok(Json(json!({"limits": limits})))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -82,6 +82,9 @@ pub struct HostState {
     pub events: u64,
     /// Accounts seen on it.
     pub accounts: u64,
+    /// Limits the operator set for it (the relay's defaults otherwise).
+    #[serde(default)]
+    pub limits: Option<crate::hosts::Limits>,
 }
 
 /// One event to append, with the state it advances.
@@ -146,6 +149,13 @@ impl Store {
         host_cursors: &[(String, i64)],
         now_ms: u64,
     ) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        let mut host_events: std::collections::HashMap<String, u64> =
+            std::collections::HashMap::new();
+        for item in &batch {
+            if let Some((_, state)) = &item.account {
+                *host_events.entry(state.host.clone()).or_default() += 1;
+            }
+        }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let mut out = Vec::with_capacity(batch.len());
@@ -181,6 +191,7 @@ impl Store {
                     },
                 };
                 state.cursor = state.cursor.max(*cursor);
+                state.events += host_events.get(url.as_str()).copied().unwrap_or(0);
                 let v = serde_json::to_vec(&state).map_err(|_| StoreError::Corrupt("host"))?;
                 hosts.insert(url.as_str(), v.as_slice())?;
             }
@@ -290,6 +301,31 @@ impl Store {
             out.push(decode_json(v.value(), "host")?);
         }
         Ok(out)
+    }
+
+    /// Stores operator-set limits for a host.
+    pub fn put_host_limits(
+        &self,
+        url: &str,
+        limits: crate::hosts::Limits,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(HOSTS)?;
+            let mut s = match table.get(url)? {
+                Some(v) => decode_json::<HostState>(v.value(), "host")?,
+                None => HostState {
+                    url: url.to_string(),
+                    status: "active".into(),
+                    ..HostState::default()
+                },
+            };
+            s.limits = Some(limits);
+            let v = serde_json::to_vec(&s).map_err(|_| StoreError::Corrupt("host"))?;
+            table.insert(url, v.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// Adds a host (or updates its status), keeping its cursor.

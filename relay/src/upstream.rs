@@ -25,13 +25,11 @@ pub struct UpstreamConfig {
     pub min_backoff: Duration,
     /// Longest reconnect delay.
     pub max_backoff: Duration,
-    /// Most events per second taken from one host; the rest are counted and dropped.
-    pub max_events_per_second: u32,
 }
 
 /// Runs the subscription to `host` until `cancel` fires. Returns only on cancellation.
 pub async fn run_host(
-    host: Arc<str>,
+    host: Arc<crate::hosts::Host>,
     store: Store,
     shards: Vec<mpsc::Sender<Inbound>>,
     metrics: Metrics,
@@ -42,12 +40,12 @@ pub async fn run_host(
     loop {
         let cursor = {
             let store = store.clone();
-            let host = host.clone();
+            let url = host.url.clone();
             tokio::task::spawn_blocking(move || {
                 store
                     .hosts()
                     .ok()
-                    .and_then(|hs| hs.into_iter().find(|h| *h.url == *host))
+                    .and_then(|hs| hs.into_iter().find(|h| *h.url == *url))
                     .map(|h| h.cursor)
             })
             .await
@@ -59,8 +57,8 @@ pub async fn run_host(
             _ = cancel.cancelled() => return,
             result = session(&host, cursor, &shards, &metrics, &config) => {
                 match result {
-                    Ok(()) => tracing::info!(%host, "upstream closed the stream"),
-                    Err(error) => tracing::warn!(%host, %error, "upstream connection failed"),
+                    Ok(()) => tracing::info!(host = %host.url, "upstream closed the stream"),
+                    Err(error) => tracing::warn!(host = %host.url, %error, "upstream connection failed"),
                 }
             }
         }
@@ -78,13 +76,13 @@ pub async fn run_host(
 }
 
 async fn session(
-    host: &Arc<str>,
+    host: &Arc<crate::hosts::Host>,
     cursor: Option<i64>,
     shards: &[mpsc::Sender<Inbound>],
     metrics: &Metrics,
     config: &UpstreamConfig,
 ) -> Result<(), String> {
-    let ws_base = host.replacen("http", "ws", 1);
+    let ws_base = host.url.replacen("http", "ws", 1);
     let url = match cursor {
         Some(c) if c > 0 => format!("{ws_base}/xrpc/com.atproto.sync.subscribeRepos?cursor={c}"),
         _ => format!("{ws_base}/xrpc/com.atproto.sync.subscribeRepos"),
@@ -97,9 +95,7 @@ async fn session(
             .await
             .map_err(|e| e.to_string())?;
     metrics.upstream_connects.increment(1);
-    tracing::info!(%host, ?cursor, "subscribed upstream");
-    let mut window = Instant::now();
-    let mut in_window = 0u32;
+    tracing::info!(host = %host.url, ?cursor, "subscribed upstream");
     loop {
         let msg = match tokio::time::timeout(config.idle_timeout, stream.next()).await {
             Err(_) => return Err("idle timeout".into()),
@@ -113,12 +109,7 @@ async fn session(
             _ => continue,
         };
         metrics.events_in.increment(1);
-        if window.elapsed() >= Duration::from_secs(1) {
-            window = Instant::now();
-            in_window = 0;
-        }
-        in_window += 1;
-        if in_window > config.max_events_per_second {
+        if !host.admit_event() {
             metrics.dropped(DropReason::RateLimited);
             continue;
         }

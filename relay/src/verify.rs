@@ -26,8 +26,8 @@ const MAX_FUTURE_REV_MICROS: u64 = 5 * 60 * 1_000_000;
 /// An event read from an upstream host.
 #[derive(Debug)]
 pub struct Inbound {
-    /// The host's URL.
-    pub host: Arc<str>,
+    /// The host it came from, with its limits.
+    pub host: Arc<crate::hosts::Host>,
     /// The host's sequence number for it.
     pub upstream_seq: i64,
     /// The decoded frame.
@@ -108,14 +108,30 @@ impl Shard {
 
     fn handle(&mut self, inbound: Inbound) -> Verified {
         let Inbound {
-            host,
+            host: source,
             upstream_seq,
             frame,
             received,
         } = inbound;
+        let host = source.url.clone();
         let skip = |host| Verified::Skip { host, upstream_seq };
+        // A host serves at most its account limit: the first event of a new account counts.
+        if let Some(did) = frame.did() {
+            if !self.accounts.contains_key(did) {
+                if !source.admit_account() {
+                    self.ctx.metrics.dropped(DropReason::AccountLimit);
+                    return skip(host);
+                }
+                let fresh = AccountState {
+                    host: host.to_string(),
+                    active: true,
+                    ..AccountState::default()
+                };
+                self.accounts.insert(did.to_string(), fresh);
+            }
+        }
         let result = match frame {
-            Frame::Commit(ev) => self.commit(&host, *ev),
+            Frame::Commit(ev) => self.commit(&source, *ev),
             Frame::Sync(ev) => self.sync(&host, ev),
             Frame::Identity(ev) => {
                 // The document may have changed: resolve again before the next commit.
@@ -165,7 +181,12 @@ impl Shard {
             .map_err(|_| DropReason::Identity)
     }
 
-    fn commit(&mut self, host: &Arc<str>, ev: CommitEvent) -> Result<Append, DropReason> {
+    fn commit(
+        &mut self,
+        source: &Arc<crate::hosts::Host>,
+        ev: CommitEvent,
+    ) -> Result<Append, DropReason> {
+        let host = &source.url;
         let started = Instant::now();
         let mut id = self.identity(&ev.repo)?;
         if !same_host(id.pds.as_deref(), host, self.ctx.dev) {

@@ -143,6 +143,12 @@ pub fn relay_args(data: &std::path::Path, fleet: &Fleet) -> Vec<String> {
         fleet.plc_url(),
         "--host-events-per-second".into(),
         "100000".into(),
+        "--host-events-per-hour".into(),
+        "100000000".into(),
+        "--host-events-per-day".into(),
+        "100000000".into(),
+        "--host-accounts".into(),
+        "1000000".into(),
         "--verifier-threads".into(),
         "2".into(),
     ]

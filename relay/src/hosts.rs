@@ -1,0 +1,186 @@
+//! Per-host limits and counters, shared by the host's reader (event rates), the verifier
+//! shards (account count) and the admin/XRPC handlers (which read and change them while
+//! the relay runs).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// A host's limits. Defaults are close to the reference relay's for a new host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Events per second.
+    pub per_second: u64,
+    /// Events per hour.
+    pub per_hour: u64,
+    /// Events per day.
+    pub per_day: u64,
+    /// Accounts hosted.
+    pub accounts: u64,
+}
+
+#[derive(Debug)]
+struct Window {
+    started: Instant,
+    count: u64,
+}
+
+impl Window {
+    fn new() -> Self {
+        Window {
+            started: Instant::now(),
+            count: 0,
+        }
+    }
+
+    /// Counts one event in a fixed window of `len`; false when over `limit`.
+    fn admit(&mut self, len: Duration, limit: u64) -> bool {
+        if self.started.elapsed() >= len {
+            self.started = Instant::now();
+            self.count = 0;
+        }
+        if self.count >= limit {
+            return false;
+        }
+        self.count += 1;
+        true
+    }
+}
+
+/// One host's live limits and counters.
+#[derive(Debug)]
+pub struct Host {
+    /// The host's URL.
+    pub url: Arc<str>,
+    limits: Mutex<Limits>,
+    windows: Mutex<[Window; 3]>,
+    accounts: AtomicU64,
+    /// Events refused for rate.
+    pub throttled: AtomicU64,
+}
+
+impl Host {
+    fn new(url: &str, limits: Limits, accounts: u64) -> Self {
+        Host {
+            url: Arc::from(url),
+            limits: Mutex::new(limits),
+            windows: Mutex::new([Window::new(), Window::new(), Window::new()]),
+            accounts: AtomicU64::new(accounts),
+            throttled: AtomicU64::new(0),
+        }
+    }
+
+    /// The current limits.
+    pub fn limits(&self) -> Limits {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the limits (takes effect on the next event).
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
+    }
+
+    /// Counts an event against the per-second, per-hour and per-day windows.
+    pub fn admit_event(&self) -> bool {
+        let l = self.limits();
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        // Check all three before counting, so a refused event uses up no budget.
+        let ok = [
+            (0, Duration::from_secs(1), l.per_second),
+            (1, Duration::from_secs(3600), l.per_hour),
+            (2, Duration::from_secs(86_400), l.per_day),
+        ]
+        .iter()
+        .all(|(i, len, limit)| {
+            let win = &mut w[*i];
+            if win.started.elapsed() >= *len {
+                *win = Window::new();
+            }
+            win.count < *limit
+        });
+        if ok {
+            w[0].admit(Duration::from_secs(1), l.per_second);
+            w[1].admit(Duration::from_secs(3600), l.per_hour);
+            w[2].admit(Duration::from_secs(86_400), l.per_day);
+        } else {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Counts a newly seen account; false when the host is at its account limit.
+    pub fn admit_account(&self) -> bool {
+        let max = self.limits().accounts;
+        self.accounts
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Accounts seen on this host.
+    pub fn accounts(&self) -> u64 {
+        self.accounts.load(Ordering::Relaxed)
+    }
+}
+
+/// Every host the relay knows, by URL.
+#[derive(Debug, Clone, Default)]
+pub struct Hosts {
+    inner: Arc<Mutex<HashMap<String, Arc<Host>>>>,
+}
+
+impl Hosts {
+    /// The host's entry, created with `limits` and `accounts` if new.
+    pub fn get_or_add(&self, url: &str, limits: Limits, accounts: u64) -> Arc<Host> {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(url.to_string())
+            .or_insert_with(|| Arc::new(Host::new(url, limits, accounts)))
+            .clone()
+    }
+
+    /// The host's entry, if known.
+    pub fn get(&self, url: &str) -> Option<Arc<Host>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(url)
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_and_accounts() {
+        let h = Host::new(
+            "https://pds.example.com",
+            Limits {
+                per_second: 3,
+                per_hour: 5,
+                per_day: 100,
+                accounts: 2,
+            },
+            0,
+        );
+        assert!((0..3).all(|_| h.admit_event()));
+        assert!(!h.admit_event(), "per-second limit");
+        assert_eq!(h.throttled.load(Ordering::Relaxed), 1);
+        h.set_limits(Limits {
+            per_second: 10,
+            per_hour: 5,
+            per_day: 100,
+            accounts: 2,
+        });
+        assert!(h.admit_event() && h.admit_event());
+        assert!(!h.admit_event(), "per-hour limit");
+        assert!(h.admit_account() && h.admit_account());
+        assert!(!h.admit_account(), "account limit");
+    }
+}
