@@ -134,11 +134,9 @@ impl Shard {
             Frame::Commit(ev) => self.commit(&source, *ev),
             Frame::Sync(ev) => self.sync(&host, ev),
             Frame::Identity(ev) => {
-                // The document may have changed: resolve again before the next commit.
-                let _ = self
-                    .ctx
-                    .runtime
-                    .block_on(self.ctx.resolver.refresh(&ev.did));
+                // The document may have changed: the next event resolves it afresh. (Not
+                // resolving here keeps a burst of identity events from stalling the shard.)
+                self.ctx.resolver.forget(&ev.did);
                 Ok(Append {
                     frame: Frame::Identity(ev),
                     account: None,

@@ -206,6 +206,18 @@ impl Fleet {
         out
     }
 
+    /// Account `i`'s latest revision.
+    pub async fn last_rev(&self, i: usize) -> Option<String> {
+        self.0
+            .accounts
+            .get(i)?
+            .lock()
+            .await
+            .writer
+            .rev()
+            .map(str::to_string)
+    }
+
     /// Frames emitted so far.
     pub fn emitted(&self) -> usize {
         self.0.log.read().map(|l| l.len()).unwrap_or(0)
