@@ -130,6 +130,16 @@ impl RelayProc {
     }
 }
 
+impl RelayProc {
+    /// SIGTERM and wait: a clean shutdown.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for RelayProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -309,31 +319,53 @@ async fn main() {
     );
     drop(ws);
 
-    // 5. Memory per idle account: a relay restarted on the same data holds every account's
-    // state and nothing else (no buffered events, empty identity cache); compared with a
-    // relay that has no accounts.
     drop(relay);
-    let restarted = RelayProc::start(&data, &fleet, &[]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (_, rss_accounts) = restarted.usage();
-    drop(restarted);
+    let _ = stop_fleet.send(());
+
+    // 5. Memory per idle account: a relay that took on `idle` accounts (genesis only), shut
+    // down cleanly and restarted, holds their state and nothing else (no buffered events,
+    // empty identity cache); compared with the same relay with no accounts.
+    let idle = env_or("AGENTNET_BENCH_IDLE_ACCOUNTS", 10_000);
+    let (idle_fleet, idle_addr) = new_fleet(idle, "k256");
+    idle_fleet.genesis().await.expect("genesis");
+    let stop_idle = serve_fleet(&idle_fleet, idle_addr).await;
+    let idle_data =
+        std::env::temp_dir().join(format!("agentnet-bench-idle-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&idle_data);
+    {
+        let store = agentnet_relay::store::Store::open(&idle_data).expect("store");
+        store.put_host(idle_fleet.url(), "active").expect("host");
+        store
+            .append(vec![], &[(idle_fleet.url().to_string(), 1)], 0)
+            .expect("cursor");
+    }
     let empty_data =
         std::env::temp_dir().join(format!("agentnet-bench-empty-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&empty_data);
-    let (idle_fleet, idle_addr) = new_fleet(1, "k256");
-    let stop_idle = serve_fleet(&idle_fleet, idle_addr).await;
     let baseline = RelayProc::start(&empty_data, &idle_fleet, &[]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, rss_empty) = baseline.usage();
+    baseline.stop();
+    let filling = RelayProc::start(&idle_data, &idle_fleet, &[]);
+    let want = (3 * idle - 2) as f64;
+    wait_until(
+        "idle accounts taken on",
+        Duration::from_secs(600),
+        async || filling.events_out().await >= want,
+    )
+    .await;
+    filling.stop();
+    let restarted = RelayProc::start(&idle_data, &idle_fleet, &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, rss_accounts) = restarted.usage();
+    restarted.stop();
     println!(
-        "memory: {:.1} MiB holding {accounts} idle accounts vs {:.1} MiB with none = {:.0} bytes per idle account",
+        "memory: {:.1} MiB holding {idle} idle accounts vs {:.1} MiB with none = {:.0} bytes per idle account",
         rss_accounts as f64 / 1048576.0,
         rss_empty as f64 / 1048576.0,
-        (rss_accounts.saturating_sub(rss_empty)) as f64 / accounts as f64
+        (rss_accounts.saturating_sub(rss_empty)) as f64 / idle as f64
     );
-    drop(baseline);
     let _ = stop_idle.send(());
-    let _ = stop_fleet.send(());
 
     // 4. Fan-out under live load: the configuration, then two that a 2-core machine
     // can hold with the subscribers in this same process.
@@ -347,7 +379,7 @@ async fn main() {
     for (subs, r) in configs {
         fanout(subs, r, fanout_secs).await;
     }
-    for d in [data, empty_data] {
+    for d in [data, empty_data, idle_data] {
         let _ = std::fs::remove_dir_all(d);
     }
 }

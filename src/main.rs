@@ -109,10 +109,22 @@ fn serve<E: std::error::Error + Send + Sync + 'static>(
     Ok(())
 }
 
+/// Resolves on SIGINT or SIGTERM (what service managers send).
 async fn shutdown_signal() {
-    // If the handler cannot be installed the service runs until killed, which is what an
+    // If a handler cannot be installed the service runs until killed, which is what an
     // operator would get anyway.
-    let _ = tokio::signal::ctrl_c().await;
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
 
 fn lexicon(cmd: LexiconCommand) -> anyhow::Result<()> {

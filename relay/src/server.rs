@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use futures::SinkExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
@@ -20,6 +21,8 @@ use crate::store::Store;
 
 /// Events read from the log per replay step.
 const REPLAY_PAGE: usize = 1024;
+/// Most live frames sent with one flush.
+const LIVE_BATCH: usize = 256;
 /// Times a replaying subscriber may fall behind the live stream and go back to the log
 /// before it is treated as too slow.
 const MAX_CATCH_UPS: usize = 8;
@@ -291,10 +294,24 @@ async fn send_error_and_close(socket: &mut WebSocket, error: &str, message: &str
         .await;
 }
 
-/// Sends one frame; a subscriber that does not take it within the send timeout is closed
-/// as too slow (it holds nobody else up: every subscriber has its own task and buffer).
-async fn send(socket: &mut WebSocket, state: &AppState, bytes: Bytes) -> Result<(), String> {
-    match tokio::time::timeout(state.send_timeout, socket.send(Message::Binary(bytes))).await {
+/// Sends frames with one flush; a subscriber that does not take them within the send
+/// timeout is closed as too slow (it holds nobody else up: every subscriber has its own
+/// task and buffer).
+async fn send_batch(
+    socket: &mut WebSocket,
+    state: &AppState,
+    frames: Vec<Bytes>,
+) -> Result<(), String> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let write = async {
+        for bytes in frames {
+            socket.feed(Message::Binary(bytes)).await?;
+        }
+        socket.flush().await
+    };
+    match tokio::time::timeout(state.send_timeout, write).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => {
             state.metrics.slow_consumers.increment(1);
@@ -373,52 +390,70 @@ async fn serve_subscriber(
                         .map_err(|e| e.to_string())?;
                 let Some((end, _)) = page.last() else { break };
                 let end = *end;
-                for (_, bytes) in page {
-                    if filtering && !params.wants(&bytes) {
-                        continue;
-                    }
-                    send(&mut socket, state, bytes).await?;
-                }
+                let frames = page
+                    .into_iter()
+                    .map(|(_, b)| b)
+                    .filter(|b| !filtering || params.wants(b));
+                send_batch(&mut socket, state, frames.collect()).await?;
                 last = end;
             }
             catching_up = false;
         }
-        match rx.recv().await {
-            Ok((seq, bytes)) => {
-                if seq <= last {
-                    continue;
+        // Take what is ready (up to LIVE_BATCH frames) and send it with one flush.
+        let mut batch = Vec::new();
+        let mut next = Some(rx.recv().await);
+        while let Some(item) = next.take() {
+            match item {
+                Ok((seq, bytes)) => {
+                    if seq <= last {
+                        // Already replayed.
+                    } else if seq != last + 1 {
+                        // Published while this subscriber was replaying: it is in the log.
+                        catching_up = true;
+                        break;
+                    } else {
+                        last = seq;
+                        if !filtering || params.wants(&bytes) {
+                            batch.push(bytes);
+                        }
+                    }
                 }
-                if seq != last + 1 {
-                    // A gap means events were published that this subscriber missed while
-                    // replaying; they are in the log.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    catch_ups += 1;
+                    if catch_ups > MAX_CATCH_UPS {
+                        state.metrics.slow_consumers.increment(1);
+                        send_error_and_close(
+                            &mut socket,
+                            "ConsumerTooSlow",
+                            "subscriber fell too far behind",
+                        )
+                        .await;
+                        return Ok(());
+                    }
                     catching_up = true;
-                    continue;
+                    break;
                 }
-                last = seq;
-                if filtering && !params.wants(&bytes) {
-                    continue;
-                }
-                send(&mut socket, state, bytes).await?;
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                catch_ups += 1;
-                if catch_ups > MAX_CATCH_UPS {
-                    state.metrics.slow_consumers.increment(1);
-                    send_error_and_close(
-                        &mut socket,
-                        "ConsumerTooSlow",
-                        "subscriber fell too far behind",
-                    )
-                    .await;
+                Err(broadcast::error::RecvError::Closed) => {
+                    send_batch(&mut socket, state, batch).await?;
+                    let _ = socket.send(Message::Close(None)).await;
                     return Ok(());
                 }
-                catching_up = true;
             }
-            Err(broadcast::error::RecvError::Closed) => {
-                let _ = socket.send(Message::Close(None)).await;
-                return Ok(());
+            if batch.len() >= LIVE_BATCH {
+                break;
             }
+            next = match rx.try_recv() {
+                Ok(v) => Some(Ok(v)),
+                Err(broadcast::error::TryRecvError::Empty) => None,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    Some(Err(broadcast::error::RecvError::Lagged(n)))
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    Some(Err(broadcast::error::RecvError::Closed))
+                }
+            };
         }
+        send_batch(&mut socket, state, batch).await?;
     }
 }
 
