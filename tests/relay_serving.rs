@@ -296,6 +296,36 @@ async fn sync_xrpc_and_host_management() {
     .expect("reply");
     assert_eq!(status, 307, "getRepo redirects to the PDS");
 
+    let by_collection: serde_json::Value = serde_json::from_str(
+        &http_get(
+            relay.port,
+            "/xrpc/com.atproto.sync.listReposByCollection?collection=agent.comms.message",
+        )
+        .await
+        .expect("listReposByCollection"),
+    )
+    .expect("json");
+    let mut listed: Vec<&str> = by_collection["repos"]
+        .as_array()
+        .expect("repos")
+        .iter()
+        .filter_map(|r| r["did"].as_str())
+        .collect();
+    listed.sort();
+    let mut regular: Vec<&str> = dids[..2].iter().map(String::as_str).collect();
+    regular.sort();
+    assert_eq!(
+        listed, regular,
+        "the repos holding agent.comms.message records"
+    );
+    let none = http_get(
+        relay.port,
+        "/xrpc/com.atproto.sync.listReposByCollection?collection=agent.memory.note",
+    )
+    .await
+    .expect("listReposByCollection");
+    assert!(none.contains("\"repos\":[]"), "{none}");
+
     let hosts = http_get(relay.port, "/xrpc/com.atproto.sync.listHosts")
         .await
         .expect("listHosts");
@@ -474,4 +504,43 @@ async fn host_restart_reconnects_and_resumes() {
     relay.stop().await;
     fleet.stop().await;
     let _ = std::fs::remove_dir_all(&data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_are_seeded_from_another_relays_list() {
+    let (mut fleet, first, data) = setup("seed-a", 2, &[]).await;
+    published(&first, 8.0).await;
+    let data_b = tempdir("seed-b");
+    let seed = format!("http://127.0.0.1:{}", first.port);
+    let plc = fleet.fleet.plc_url();
+    let second = RelayHandle::start(&[
+        "--dev",
+        "--data-dir",
+        data_b.to_str().expect("utf-8"),
+        "--plc-url",
+        &plc,
+        "--seed-relay",
+        &seed,
+    ])
+    .await;
+    wait_for("the seeded host to be crawled", async || {
+        second.metric("relay_upstream_connects_total").await >= 1.0
+    })
+    .await;
+    for i in 0..4 {
+        fleet.fleet.write_one(i % 2).await.expect("write");
+    }
+    wait_for("events through the seeded host", async || {
+        second.metric("relay_events_out_total").await >= 4.0
+    })
+    .await;
+    let hosts = http_get(second.port, "/xrpc/com.atproto.sync.listHosts")
+        .await
+        .expect("listHosts");
+    assert!(hosts.contains(fleet.fleet.url()), "{hosts}");
+    second.stop().await;
+    first.stop().await;
+    fleet.stop().await;
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&data_b);
 }

@@ -22,6 +22,13 @@ pub struct Config {
     /// A PDS to subscribe to, by full URL with port (repeatable).
     #[arg(long = "host", env = "AGENTNET_HOSTS", value_delimiter = ',')]
     pub hosts: Vec<String>,
+    /// Another relay whose `listHosts` seeds the hosts to crawl at start (repeatable).
+    #[arg(
+        long = "seed-relay",
+        env = "AGENTNET_SEED_RELAYS",
+        value_delimiter = ','
+    )]
+    pub seed_relays: Vec<String>,
     /// Allow loopback and private hosts and plain-http did:web (local testing only).
     #[arg(long, env = "AGENTNET_DEV", default_value_t = false)]
     pub dev: bool,

@@ -97,6 +97,10 @@ pub async fn run_on(
             .ok_or_else(|| Error::Config("identity cache must be > 0".into()))?,
         Duration::from_secs(config.identity_ttl_secs),
     ));
+    let http_seed = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| Error::Config(e.to_string()))?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -184,6 +188,10 @@ pub async fn run_on(
         initial,
         host_rx,
         Crawl {
+            seeds: config.seed_relays.clone(),
+            seed_http: http_seed,
+            seed_into: host_tx.clone(),
+            dev: config.dev,
             hosts: hosts.clone(),
             defaults: config.default_limits(),
             store: store.clone(),
@@ -244,6 +252,68 @@ pub async fn run_on(
     result
 }
 
+/// Most hosts taken from one seed relay.
+const MAX_SEEDED_HOSTS: usize = 100_000;
+
+/// Adds every host another relay lists (`com.atproto.sync.listHosts`, paged). Failing to
+/// reach the seed is logged, not fatal: the relay still crawls its other hosts.
+async fn seed_from_relay(
+    base: String,
+    http: reqwest::Client,
+    hosts: mpsc::Sender<String>,
+    dev: bool,
+) {
+    let base = base.trim_end_matches('/').to_string();
+    let mut cursor: Option<String> = None;
+    let mut taken = 0;
+    loop {
+        let mut url = format!("{base}/xrpc/com.atproto.sync.listHosts?limit=1000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: serde_json::Value = match http
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+        {
+            Ok(resp) => match resp.json().await {
+                Ok(v) => v,
+                Err(error) => {
+                    tracing::warn!(%base, %error, "seed relay sent an unreadable host list");
+                    return;
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%base, %error, "seed relay unreachable");
+                return;
+            }
+        };
+        let listed = page["hosts"].as_array().cloned().unwrap_or_default();
+        for h in &listed {
+            let Some(name) = h["hostname"].as_str() else {
+                continue;
+            };
+            let url = if name.contains("://") {
+                name.trim_end_matches('/').to_string()
+            } else {
+                format!("https://{name}")
+            };
+            if atproto::identity::check_host(&url, dev).is_err() {
+                continue;
+            }
+            taken += 1;
+            if taken > MAX_SEEDED_HOSTS || hosts.send(url).await.is_err() {
+                return;
+            }
+        }
+        cursor = page["cursor"].as_str().map(str::to_string);
+        if cursor.is_none() || listed.is_empty() {
+            return;
+        }
+    }
+}
+
 fn upstream_config(config: &Config) -> upstream::UpstreamConfig {
     upstream::UpstreamConfig {
         idle_timeout: Duration::from_secs(config.idle_timeout_secs),
@@ -261,6 +331,11 @@ fn now_ms() -> u64 {
 
 /// What the crawler hands every host task.
 struct Crawl {
+    /// Relays whose host lists seed this one, with the client and queue for that.
+    seeds: Vec<String>,
+    seed_http: reqwest::Client,
+    seed_into: mpsc::Sender<String>,
+    dev: bool,
     hosts: hosts::Hosts,
     defaults: hosts::Limits,
     store: Store,
@@ -277,6 +352,10 @@ async fn crawler(
     crawl: Crawl,
 ) -> Result<(), Error> {
     let Crawl {
+        seeds,
+        seed_http,
+        seed_into,
+        dev,
         hosts,
         defaults,
         store,
@@ -330,6 +409,15 @@ async fn crawler(
     for url in initial {
         start(url, &mut tasks);
     }
+    for seed in seeds {
+        tasks.spawn(seed_from_relay(
+            seed,
+            seed_http.clone(),
+            seed_into.clone(),
+            dev,
+        ));
+    }
+    drop(seed_into);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -361,6 +449,7 @@ async fn sequencer(
                 Err(_) => break,
             }
         }
+        metrics.sequencer_queue.set(input.len() as f64);
         let mut appends: Vec<Append> = Vec::with_capacity(batch.len());
         let mut received: Vec<Instant> = Vec::with_capacity(batch.len());
         let mut cursors: HashMap<Arc<str>, i64> = HashMap::new();

@@ -90,6 +90,10 @@ pub fn router(state: AppState) -> Router {
         .route("/xrpc/com.atproto.sync.getRepoStatus", get(get_repo_status))
         .route("/xrpc/com.atproto.sync.getRepo", get(get_repo))
         .route("/xrpc/com.atproto.sync.listHosts", get(list_hosts))
+        .route(
+            "/xrpc/com.atproto.sync.listReposByCollection",
+            get(list_repos_by_collection),
+        )
         .route("/xrpc/com.atproto.sync.getHostStatus", get(get_host_status))
         .route("/xrpc/com.atproto.sync.requestCrawl", post(request_crawl))
         .route("/admin/hosts", post(admin_add_host))
@@ -480,6 +484,32 @@ async fn list_repos(
             json!({"did": did, "head": a.head, "rev": a.rev, "active": a.active, "status": a.status})
         })
         .collect();
+    Ok(Json(json!({"repos": repos, "cursor": cursor})))
+}
+
+#[derive(Deserialize)]
+struct CollectionParams {
+    collection: String,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list_repos_by_collection(
+    State(state): State<AppState>,
+    Query(p): Query<CollectionParams>,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    atproto::syntax::validate_nsid(&p.collection)
+        .map_err(|e| bad("InvalidRequest", e.to_string()))?;
+    let limit = p.limit.unwrap_or(500).clamp(1, 2000);
+    let store = state.store.clone();
+    let collection = p.collection.clone();
+    let after = p.cursor.clone();
+    let dids =
+        blocking(move || store.repos_by_collection(&collection, after.as_deref(), limit)).await?;
+    let cursor = (dids.len() == limit)
+        .then(|| dids.last().cloned())
+        .flatten();
+    let repos: Vec<_> = dids.into_iter().map(|did| json!({"did": did})).collect();
     Ok(Json(json!({"repos": repos, "cursor": cursor})))
 }
 

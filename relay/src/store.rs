@@ -19,6 +19,10 @@ const EVENT_TIMES: TableDefinition<u64, u64> = TableDefinition::new("event_times
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `collection \0 did` → records of that collection in that repo (listReposByCollection).
+const COLLECTIONS: TableDefinition<&str, u64> = TableDefinition::new("collections");
+/// `did \0 collection` → the same counts, to find a repo's collections when it is reset.
+const REPO_COLLECTIONS: TableDefinition<&str, u64> = TableDefinition::new("repo_collections");
 /// Highest `seq` ever assigned (kept when retention empties the log).
 const LAST_SEQ: &str = "last_seq";
 
@@ -87,6 +91,18 @@ pub struct HostState {
     pub limits: Option<crate::hosts::Limits>,
 }
 
+/// How an event changes the per-collection record counts of its repo.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Collections {
+    /// No change.
+    #[default]
+    Unchanged,
+    /// Records added (positive) or removed (negative) per collection.
+    Delta(Vec<(String, i64)>),
+    /// The repo's complete counts (after a resync from `getRepo`).
+    Reset(Vec<(String, u64)>),
+}
+
 /// One event to append, with the state it advances.
 #[derive(Debug, Clone)]
 pub struct Append {
@@ -94,6 +110,8 @@ pub struct Append {
     pub frame: atproto::frame::Frame,
     /// The account state after this event, if it changes.
     pub account: Option<(String, AccountState)>,
+    /// The repo's collection counts, if they change.
+    pub collections: Collections,
 }
 
 /// The durable store. Cheap to clone; all methods block (call them off the async runtime).
@@ -115,6 +133,8 @@ impl Store {
             txn.open_table(ACCOUNTS)?;
             txn.open_table(HOSTS)?;
             txn.open_table(META)?;
+            txn.open_table(COLLECTIONS)?;
+            txn.open_table(REPO_COLLECTIONS)?;
         }
         txn.commit()?;
         Ok(Store { db: Arc::new(db) })
@@ -165,7 +185,12 @@ impl Store {
             let mut events = txn.open_table(EVENTS)?;
             let mut times = txn.open_table(EVENT_TIMES)?;
             let mut accounts = txn.open_table(ACCOUNTS)?;
+            let mut by_collection = txn.open_table(COLLECTIONS)?;
+            let mut by_repo = txn.open_table(REPO_COLLECTIONS)?;
             for mut item in batch {
+                if let Some(did) = item.frame.did().map(str::to_string) {
+                    apply_collections(&mut by_collection, &mut by_repo, &did, &item.collections)?;
+                }
                 seq += 1;
                 set_seq(&mut item.frame, seq as i64);
                 let bytes = atproto::frame::encode_frame(&item.frame)
@@ -281,6 +306,34 @@ impl Store {
         Ok(out)
     }
 
+    /// Repos with records in `collection`, in DID order after `after`.
+    pub fn repos_by_collection(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(COLLECTIONS)?;
+        let prefix = format!("{collection}\0");
+        let start = match after {
+            Some(did) => format!("{prefix}{did}\u{1}"),
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in table.range(start.as_str()..)? {
+            let (k, _) = item?;
+            let Some(did) = k.value().strip_prefix(prefix.as_str()).map(str::to_string) else {
+                break;
+            };
+            out.push(did);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// One account's state.
     pub fn account(&self, did: &str) -> Result<Option<AccountState>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -349,6 +402,69 @@ impl Store {
         txn.commit()?;
         Ok(state)
     }
+}
+
+/// Sets one (collection, repo) count in both indexes; zero removes it.
+fn set_count(
+    by_collection: &mut redb::Table<&str, u64>,
+    by_repo: &mut redb::Table<&str, u64>,
+    did: &str,
+    collection: &str,
+    n: u64,
+) -> Result<(), StoreError> {
+    let ck = format!("{collection}\0{did}");
+    let rk = format!("{did}\0{collection}");
+    if n == 0 {
+        by_collection.remove(ck.as_str())?;
+        by_repo.remove(rk.as_str())?;
+    } else {
+        by_collection.insert(ck.as_str(), n)?;
+        by_repo.insert(rk.as_str(), n)?;
+    }
+    Ok(())
+}
+
+fn apply_collections(
+    by_collection: &mut redb::Table<&str, u64>,
+    by_repo: &mut redb::Table<&str, u64>,
+    did: &str,
+    change: &Collections,
+) -> Result<(), StoreError> {
+    match change {
+        Collections::Unchanged => {}
+        Collections::Delta(deltas) => {
+            for (collection, d) in deltas {
+                let rk = format!("{did}\0{collection}");
+                let current = by_repo.get(rk.as_str())?.map(|v| v.value()).unwrap_or(0);
+                set_count(
+                    by_collection,
+                    by_repo,
+                    did,
+                    collection,
+                    current.saturating_add_signed(*d),
+                )?;
+            }
+        }
+        Collections::Reset(counts) => {
+            let prefix = format!("{did}\0");
+            let mut old = Vec::new();
+            for item in by_repo.range(prefix.as_str()..)? {
+                let (k, _) = item?;
+                let Some(collection) = k.value().strip_prefix(prefix.as_str()).map(str::to_string)
+                else {
+                    break;
+                };
+                old.push(collection);
+            }
+            for collection in old {
+                set_count(by_collection, by_repo, did, &collection, 0)?;
+            }
+            for (collection, n) in counts {
+                set_count(by_collection, by_repo, did, collection, *n)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(

@@ -18,7 +18,7 @@ use atproto::syntax::Tid;
 use tokio::sync::mpsc;
 
 use crate::metrics::{DropReason, Metrics};
-use crate::store::{AccountState, Append};
+use crate::store::{AccountState, Append, Collections};
 
 /// How far in the future a rev may be, in microseconds (the spec's "a few minutes").
 const MAX_FUTURE_REV_MICROS: u64 = 5 * 60 * 1_000_000;
@@ -140,6 +140,7 @@ impl Shard {
                 Ok(Append {
                     frame: Frame::Identity(ev),
                     account: None,
+                    collections: Collections::Unchanged,
                 })
             }
             Frame::Account(ev) => {
@@ -149,6 +150,7 @@ impl Shard {
                 state.status = ev.status.clone();
                 self.accounts.insert(ev.did.clone(), state.clone());
                 Ok(Append {
+                    collections: Collections::Unchanged,
                     account: Some((ev.did.clone(), state)),
                     frame: Frame::Account(ev),
                 })
@@ -256,6 +258,7 @@ impl Shard {
         };
         self.accounts.insert(ev.repo.clone(), state.clone());
         Ok(Append {
+            collections: collection_delta(&ev.ops),
             account: Some((ev.repo.clone(), state)),
             frame: Frame::Commit(Box::new(ev)),
         })
@@ -275,6 +278,7 @@ impl Shard {
         let mut state = self.accounts.get(&ev.repo).cloned().unwrap_or_default();
         state.host = host.to_string();
         Ok(Append {
+            collections: Collections::Unchanged,
             account: Some((ev.repo.clone(), state)),
             frame: Frame::Commit(Box::new(ev)),
         })
@@ -307,6 +311,7 @@ impl Shard {
         };
         self.accounts.insert(ev.did.clone(), state.clone());
         Ok(Append {
+            collections: Collections::Unchanged,
             account: Some((ev.did.clone(), state)),
             frame: Frame::Sync(ev),
         })
@@ -343,7 +348,15 @@ impl Shard {
         // The whole tree must be present and hash-consistent.
         let mut tree =
             atproto::mst::Mst::load(commit.data, &car.blocks).map_err(|_| DropReason::Desync)?;
-        tree.entries(&car.blocks).map_err(|_| DropReason::Desync)?;
+        let entries = tree.entries(&car.blocks).map_err(|_| DropReason::Desync)?;
+        let mut per_collection: HashMap<String, u64> = HashMap::new();
+        for (key, _) in &entries {
+            let key = String::from_utf8_lossy(key);
+            *per_collection
+                .entry(key.split('/').next().unwrap_or_default().to_string())
+                .or_default() += 1;
+        }
+        let counts: Vec<(String, u64)> = per_collection.into_iter().collect();
         let blocks = write_car(&[root], [(&root, commit_bytes.as_slice())])
             .map_err(|_| DropReason::Desync)?;
         self.ctx.metrics.resyncs.increment(1);
@@ -364,10 +377,29 @@ impl Shard {
             time: now_rfc3339(),
         };
         Ok(Append {
+            collections: Collections::Reset(counts),
             account: Some((did.to_string(), state)),
             frame: Frame::Sync(ev),
         })
     }
+}
+
+/// Records added and removed per collection by a commit's ops.
+fn collection_delta(ops: &[atproto::frame::RepoOp]) -> Collections {
+    let mut delta: HashMap<&str, i64> = HashMap::new();
+    for op in ops {
+        let collection = op.path.split('/').next().unwrap_or_default();
+        match op.action.as_str() {
+            "create" => *delta.entry(collection).or_default() += 1,
+            "delete" => *delta.entry(collection).or_default() -= 1,
+            _ => {}
+        }
+    }
+    delta.retain(|_, d| *d != 0);
+    if delta.is_empty() {
+        return Collections::Unchanged;
+    }
+    Collections::Delta(delta.into_iter().map(|(c, d)| (c.to_string(), d)).collect())
 }
 
 fn classify(e: &CommitError) -> DropReason {
