@@ -8,7 +8,7 @@ use atproto::car::{read_car, CarLimits};
 use atproto::commit::{verify_commit_event, Commit};
 use atproto::crypto::PublicKey;
 use atproto::data::from_cbor;
-use atproto::frame::{decode_frame, encode_frame, split_frame, Frame};
+use atproto::frame::{decode_frame, encode_frame, split_frame, with_seq, Frame};
 use base64::Engine;
 
 #[test]
@@ -77,6 +77,17 @@ fn check_frames(path: &std::path::Path) {
             "{} re-encodes byte for byte",
             frame.kind()
         );
+        if let Some(seq) = frame.seq() {
+            // Re-sequencing in place gives what a full re-encode with the new seq gives.
+            for new_seq in [1, 23, 24, 255, 256, 65_536, seq + 1_000_000, (1 << 53) - 1] {
+                let mut renumbered = frame.clone();
+                set_seq(&mut renumbered, new_seq);
+                assert_eq!(
+                    with_seq(&bytes, new_seq).expect("with_seq"),
+                    encode_frame(&renumbered).expect("encode")
+                );
+            }
+        }
         *kinds.entry(frame.kind().to_string()).or_default() += 1;
 
         if let Frame::Error(e) = &frame {
@@ -120,5 +131,15 @@ fn check_frames(path: &std::path::Path) {
             kinds.get(kind).copied().unwrap_or(0) > 0,
             "no {kind} frame captured: {kinds:?}"
         );
+    }
+}
+
+fn set_seq(frame: &mut Frame, seq: i64) {
+    match frame {
+        Frame::Commit(e) => e.seq = seq,
+        Frame::Sync(e) => e.seq = seq,
+        Frame::Identity(e) => e.seq = seq,
+        Frame::Account(e) => e.seq = seq,
+        _ => {}
     }
 }

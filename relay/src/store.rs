@@ -112,6 +112,9 @@ pub struct Append {
     pub account: Option<(String, AccountState)>,
     /// The repo's collection counts, if they change.
     pub collections: Collections,
+    /// The frame exactly as the host sent it, when it is republished unchanged: only its
+    /// `seq` is rewritten (no re-encoding).
+    pub raw: Option<Bytes>,
 }
 
 /// The durable store. Cheap to clone; all methods block (call them off the async runtime).
@@ -192,9 +195,15 @@ impl Store {
                     apply_collections(&mut by_collection, &mut by_repo, &did, &item.collections)?;
                 }
                 seq += 1;
-                set_seq(&mut item.frame, seq as i64);
-                let bytes = atproto::frame::encode_frame(&item.frame)
-                    .map_err(|_| StoreError::Corrupt("frame does not encode"))?;
+                let bytes = match &item.raw {
+                    Some(raw) => atproto::frame::with_seq(raw, seq as i64)
+                        .map_err(|_| StoreError::Corrupt("frame has no seq to rewrite"))?,
+                    None => {
+                        set_seq(&mut item.frame, seq as i64);
+                        atproto::frame::encode_frame(&item.frame)
+                            .map_err(|_| StoreError::Corrupt("frame does not encode"))?
+                    }
+                };
                 events.insert(seq, bytes.as_slice())?;
                 times.insert(seq, now_ms)?;
                 if let Some((did, state)) = item.account {

@@ -140,6 +140,7 @@ async fn session(
             host: host.clone(),
             upstream_seq: seq,
             frame,
+            raw: bytes,
             received: Instant::now(),
         };
         // A full shard queue slows this host's reader: backpressure, nothing dropped.

@@ -32,6 +32,8 @@ pub struct Inbound {
     pub upstream_seq: i64,
     /// The decoded frame.
     pub frame: Frame,
+    /// The frame's bytes as received.
+    pub raw: bytes::Bytes,
     /// When it was read, for latency.
     pub received: Instant,
 }
@@ -111,8 +113,10 @@ impl Shard {
             host: source,
             upstream_seq,
             frame,
+            raw,
             received,
         } = inbound;
+        let input_kind = frame.kind().to_string();
         let host = source.url.clone();
         let skip = |host| Verified::Skip { host, upstream_seq };
         // A host serves at most its account limit: the first event of a new account counts.
@@ -141,6 +145,7 @@ impl Shard {
                     frame: Frame::Identity(ev),
                     account: None,
                     collections: Collections::Unchanged,
+                    raw: None,
                 })
             }
             Frame::Account(ev) => {
@@ -151,6 +156,7 @@ impl Shard {
                 self.accounts.insert(ev.did.clone(), state.clone());
                 Ok(Append {
                     collections: Collections::Unchanged,
+                    raw: None,
                     account: Some((ev.did.clone(), state)),
                     frame: Frame::Account(ev),
                 })
@@ -158,12 +164,19 @@ impl Shard {
             Frame::Info(_) | Frame::Error(_) | Frame::Unknown { .. } => return skip(host),
         };
         match result {
-            Ok(append) => Verified::Event {
-                append: Box::new(append),
-                host,
-                upstream_seq,
-                received,
-            },
+            Ok(mut append) => {
+                // Republished as received unless the relay made its own event (a repair
+                // turns a commit into a #sync).
+                if append.frame.kind() == input_kind {
+                    append.raw = Some(raw);
+                }
+                Verified::Event {
+                    append: Box::new(append),
+                    host,
+                    upstream_seq,
+                    received,
+                }
+            }
             Err(reason) => {
                 self.ctx.metrics.dropped(reason);
                 skip(host)
@@ -259,6 +272,7 @@ impl Shard {
         self.accounts.insert(ev.repo.clone(), state.clone());
         Ok(Append {
             collections: collection_delta(&ev.ops),
+            raw: None,
             account: Some((ev.repo.clone(), state)),
             frame: Frame::Commit(Box::new(ev)),
         })
@@ -279,6 +293,7 @@ impl Shard {
         state.host = host.to_string();
         Ok(Append {
             collections: Collections::Unchanged,
+            raw: None,
             account: Some((ev.repo.clone(), state)),
             frame: Frame::Commit(Box::new(ev)),
         })
@@ -312,6 +327,7 @@ impl Shard {
         self.accounts.insert(ev.did.clone(), state.clone());
         Ok(Append {
             collections: Collections::Unchanged,
+            raw: None,
             account: Some((ev.did.clone(), state)),
             frame: Frame::Sync(ev),
         })
@@ -378,6 +394,7 @@ impl Shard {
         };
         Ok(Append {
             collections: Collections::Reset(counts),
+            raw: None,
             account: Some((did.to_string(), state)),
             frame: Frame::Sync(ev),
         })
