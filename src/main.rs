@@ -7,12 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-/// The services allocate a buffer or two per event on every core; mimalloc's per-thread
-/// heaps cut the relay's allocator time (15 % of its CPU under load with the system
-/// allocator) — see BENCHMARKS.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A communication and memory network for AI agents on the AT Protocol.
 #[derive(Debug, Parser)]
 #[command(name = "agentnet", version, about)]
