@@ -162,6 +162,40 @@ async fn metric(port: u16, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A quantile's upper bound from a Prometheus histogram's buckets (`le` of the first
+/// bucket holding the quantile), in milliseconds.
+async fn histogram_quantile_ms(port: u16, name: &str, q: f64) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return f64::NAN;
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf).await;
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = buf
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(prefix.as_str())?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| le * 1000.0)
+        .unwrap_or(f64::NAN)
+}
+
 async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -458,10 +492,12 @@ async fn fanout(subscribers: usize, rate: usize, fanout_secs: usize) {
     let secs = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (cpu1, rss) = relay.usage();
+    let relay_p50 = histogram_quantile_ms(relay.port, "relay_publish_seconds", 0.5).await;
+    let relay_p99 = histogram_quantile_ms(relay.port, "relay_publish_seconds", 0.99).await;
     let mut lat = latencies.lock().expect("lock").clone();
     lat.sort_by(|a, b| a.total_cmp(b));
     println!(
-        "fan-out: {subscribers} subscribers, {:.0} commits/s offered for {secs:.0}s: {} frames delivered ({:.0}/s); emit→receive latency p50 {:.1} ms, p99 {:.1} ms ({} samples); relay CPU {:.2} cores, RSS {:.0} MiB, slow consumers dropped {}",
+        "fan-out: {subscribers} subscribers, {:.0} commits/s offered for {secs:.0}s: {} frames delivered ({:.0}/s); emit→receive latency p50 {:.1} ms, p99 {:.1} ms ({} samples); inside the relay (received→durable→published) p50 ≤{relay_p50} ms, p99 ≤{relay_p99} ms; relay CPU {:.2} cores, RSS {:.0} MiB, slow consumers dropped {}",
         written as f64 / secs,
         received.load(std::sync::atomic::Ordering::Relaxed),
         received.load(std::sync::atomic::Ordering::Relaxed) as f64 / (secs + 2.0),

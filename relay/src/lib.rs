@@ -151,12 +151,10 @@ pub async fn run_on(
 
     let (live, _) = broadcast::channel::<(u64, Bytes)>(config.live_buffer.max(16));
     let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
-    tasks.spawn(sequencer(
-        store.clone(),
-        seq_rx,
-        live.clone(),
-        metrics.clone(),
-    ));
+    {
+        let (store, live, metrics) = (store.clone(), live.clone(), metrics.clone());
+        tasks.spawn_blocking(move || sequencer(store, seq_rx, live, metrics));
+    }
     tasks.spawn(retention(
         store.clone(),
         config.clone(),
@@ -434,14 +432,16 @@ async fn crawler(
 }
 
 /// Assigns `seq`, appends durably in batches (one transaction and fsync per batch), and only
-/// then publishes each event to the live stream.
-async fn sequencer(
+/// then publishes each event to the live stream. Runs on its own thread: it is the one
+/// place every event passes through, and on the async runtime it would queue behind
+/// thousands of subscriber tasks that each event wakes.
+fn sequencer(
     store: Store,
     mut input: mpsc::Receiver<Verified>,
     live: broadcast::Sender<(u64, Bytes)>,
     metrics: Metrics,
 ) -> Result<(), Error> {
-    while let Some(first) = input.recv().await {
+    while let Some(first) = input.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match input.try_recv() {
@@ -474,10 +474,7 @@ async fn sequencer(
             .into_iter()
             .map(|(h, c)| (h.to_string(), c))
             .collect();
-        let s = store.clone();
-        let written = tokio::task::spawn_blocking(move || s.append(appends, &cursors, now_ms()))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
+        let written = store.append(appends, &cursors, now_ms())?;
         for ((seq, bytes), at) in written.into_iter().zip(received) {
             metrics.events_out.increment(1);
             metrics.publish_seconds.record(at.elapsed().as_secs_f64());
