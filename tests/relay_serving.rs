@@ -29,6 +29,12 @@ async fn setup(
     (fleet, relay, data)
 }
 
+async fn teardown(relay: RelayHandle, mut fleet: FleetHandle, data: &std::path::Path) {
+    relay.stop().await;
+    fleet.stop().await;
+    let _ = std::fs::remove_dir_all(data);
+}
+
 async fn published(relay: &RelayHandle, at_least: f64) {
     wait_for(&format!("{at_least} events out"), async || {
         relay.metric("relay_events_out_total").await >= at_least
@@ -38,7 +44,7 @@ async fn published(relay: &RelayHandle, at_least: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cursor_rules_and_seamless_replay() {
-    let (mut fleet, relay, data) = setup("cursor", 4, &[]).await;
+    let (fleet, relay, data) = setup("cursor", 4, &[]).await;
     // 5 accounts × (#identity, #account) + 4 genesis commits (the foreign one is refused).
     published(&relay, 14.0).await;
     for i in 0..20 {
@@ -91,14 +97,12 @@ async fn cursor_rules_and_seamless_replay() {
         Some(235)
     );
 
-    relay.stop().await;
-    fleet.stop().await;
-    let _ = std::fs::remove_dir_all(&data);
+    teardown(relay, fleet, &data).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outdated_cursor_starts_at_the_oldest_retained_event() {
-    let (mut fleet, relay, data) = setup(
+    let (fleet, relay, data) = setup(
         "outdated",
         2,
         &["--retention-events", "5", "--retention-interval-secs", "1"],
@@ -120,14 +124,12 @@ async fn outdated_cursor_starts_at_the_oldest_retained_event() {
     );
     let seqs: Vec<i64> = f[1..].iter().filter_map(Frame::seq).collect();
     assert_eq!(seqs, (14..=18).collect::<Vec<_>>());
-    relay.stop().await;
-    fleet.stop().await;
-    let _ = std::fs::remove_dir_all(&data);
+    teardown(relay, fleet, &data).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_select_frames_without_changing_them() {
-    let (mut fleet, relay, data) = setup("filters", 3, &[]).await;
+    let (fleet, relay, data) = setup("filters", 3, &[]).await;
     let dids = fleet.fleet.dids().await;
     for i in 0..9 {
         fleet.fleet.write_one(i % 3).await.expect("write");
@@ -189,14 +191,12 @@ async fn filters_select_frames_without_changing_them() {
     .await
     .expect("reply");
     assert_eq!(status, 400, "{body}");
-    relay.stop().await;
-    fleet.stop().await;
-    let _ = std::fs::remove_dir_all(&data);
+    teardown(relay, fleet, &data).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_is_dropped_and_nobody_waits() {
-    let (mut fleet, relay, data) = setup(
+    let (fleet, relay, data) = setup(
         "slow",
         2,
         &["--subscriber-send-timeout-secs", "1", "--live-buffer", "64"],
@@ -227,14 +227,12 @@ async fn a_stalled_subscriber_is_dropped_and_nobody_waits() {
         "the reading subscriber got everything"
     );
     drop(stalled);
-    relay.stop().await;
-    fleet.stop().await;
-    let _ = std::fs::remove_dir_all(&data);
+    teardown(relay, fleet, &data).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_xrpc_and_host_management() {
-    let (mut fleet, relay, data) = setup("xrpc", 2, &["--admin-token", "s3cret"]).await;
+    let (fleet, relay, data) = setup("xrpc", 2, &["--admin-token", "s3cret"]).await;
     published(&relay, 8.0).await;
     let dids = fleet.fleet.dids().await;
 
@@ -385,14 +383,12 @@ async fn sync_xrpc_and_host_management() {
             .contains("127.0.0.1:9")
     })
     .await;
-    relay.stop().await;
-    fleet.stop().await;
-    let _ = std::fs::remove_dir_all(&data);
+    teardown(relay, fleet, &data).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_limits_apply_and_change_without_restart() {
-    let mut fleet = FleetHandle::start(4, false).await;
+    let fleet = FleetHandle::start(4, false).await;
     let data = tempdir("limits");
     let mut args = relay_args(&data, &fleet.fleet);
     let at = args
@@ -448,14 +444,12 @@ async fn host_limits_apply_and_change_without_restart() {
         serde_json::from_str(&http_get(relay.port, &url).await.expect("status")).expect("json");
     assert_eq!(status["accountCount"], 4);
     assert_eq!(status["limits"]["perSecond"], 500);
-    relay.stop().await;
-    fleet.stop().await;
-    let _ = std::fs::remove_dir_all(&data);
+    teardown(relay, fleet, &data).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudflare_style_host_without_prev_data() {
-    let mut fleet = FleetHandle::start(1, true).await;
+    let fleet = FleetHandle::start(1, true).await;
     let data = tempdir("cloudflare");
     let args = relay_args(&data, &fleet.fleet);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -476,9 +470,7 @@ async fn cloudflare_style_host_without_prev_data() {
         |f| matches!(f, Frame::Commit(c) if c.prev_data.is_none() && c.repo.starts_with("did:web:"))
     ));
     assert_eq!(relay.metric("relay_resyncs_total").await, 0.0);
-    relay.stop().await;
-    fleet.stop().await;
-    let _ = std::fs::remove_dir_all(&data);
+    teardown(relay, fleet, &data).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,7 +482,7 @@ async fn host_restart_reconnects_and_resumes() {
     for i in 0..10 {
         fleet.fleet.write_one(i % 2).await.expect("write");
     }
-    let mut fleet = FleetHandle::serve(fleet.fleet.clone(), fleet.addr).await;
+    let fleet = FleetHandle::serve(fleet.fleet.clone(), fleet.addr).await;
     for i in 0..10 {
         fleet.fleet.write_one(i % 2).await.expect("write");
     }
@@ -501,9 +493,7 @@ async fn host_restart_reconnects_and_resumes() {
         f.iter().filter_map(Frame::seq).collect::<Vec<_>>(),
         (1..=28).collect::<Vec<_>>()
     );
-    relay.stop().await;
-    fleet.stop().await;
-    let _ = std::fs::remove_dir_all(&data);
+    teardown(relay, fleet, &data).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

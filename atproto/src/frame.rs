@@ -187,6 +187,17 @@ impl Frame {
         }
     }
 
+    /// Sets the sequence number, for the types that carry one.
+    pub fn set_seq(&mut self, seq: i64) {
+        match self {
+            Frame::Commit(e) => e.seq = seq,
+            Frame::Sync(e) => e.seq = seq,
+            Frame::Identity(e) => e.seq = seq,
+            Frame::Account(e) => e.seq = seq,
+            Frame::Info(_) | Frame::Error(_) | Frame::Unknown { .. } => {}
+        }
+    }
+
     /// The DID the event is about, for the types that carry one.
     pub fn did(&self) -> Option<&str> {
         match self {

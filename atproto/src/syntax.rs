@@ -441,6 +441,34 @@ pub fn validate_uri(s: &str) -> Result<(), SyntaxError> {
     Ok(())
 }
 
+/// The current UTC time as an atproto datetime with milliseconds
+/// (`2026-11-24T08:00:00.000Z`).
+pub fn datetime_now() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
 /// A timestamp identifier: 53 bits of microseconds since the Unix epoch and a 10-bit
 /// clock id, encoded base32-sortable. Used for commit revisions and record keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -520,6 +548,13 @@ mod tests {
         assert!(a.to_string() < b.to_string());
         assert_eq!(Tid::parse(&a.to_string()), Ok(a));
         validate_tid(&a.to_string()).expect("generated TIDs are valid");
+    }
+
+    #[test]
+    fn now_is_a_valid_datetime() {
+        let t = datetime_now();
+        validate_datetime(&t).expect("valid");
+        assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
     }
 
     #[test]

@@ -81,7 +81,7 @@ fn check_frames(path: &std::path::Path) {
             // Re-sequencing in place gives what a full re-encode with the new seq gives.
             for new_seq in [1, 23, 24, 255, 256, 65_536, seq + 1_000_000, (1 << 53) - 1] {
                 let mut renumbered = frame.clone();
-                set_seq(&mut renumbered, new_seq);
+                renumbered.set_seq(new_seq);
                 assert_eq!(
                     with_seq(&bytes, new_seq).expect("with_seq"),
                     encode_frame(&renumbered).expect("encode")
@@ -131,15 +131,5 @@ fn check_frames(path: &std::path::Path) {
             kinds.get(kind).copied().unwrap_or(0) > 0,
             "no {kind} frame captured: {kinds:?}"
         );
-    }
-}
-
-fn set_seq(frame: &mut Frame, seq: i64) {
-    match frame {
-        Frame::Commit(e) => e.seq = seq,
-        Frame::Sync(e) => e.seq = seq,
-        Frame::Identity(e) => e.seq = seq,
-        Frame::Account(e) => e.seq = seq,
-        _ => {}
     }
 }

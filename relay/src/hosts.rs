@@ -9,6 +9,17 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+/// A host as a base URL: a bare hostname (as `requestCrawl` and other relays' `listHosts`
+/// give it) is https on the default port; a URL keeps its scheme and port.
+pub fn normalize_url(host: &str) -> String {
+    let h = host.trim_end_matches('/');
+    if h.contains("://") {
+        h.to_string()
+    } else {
+        format!("https://{h}")
+    }
+}
+
 /// A host's limits. Defaults are close to the reference relay's for a new host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -292,11 +292,7 @@ async fn seed_from_relay(
             let Some(name) = h["hostname"].as_str() else {
                 continue;
             };
-            let url = if name.contains("://") {
-                name.trim_end_matches('/').to_string()
-            } else {
-                format!("https://{name}")
-            };
+            let url = hosts::normalize_url(name);
             if atproto::identity::check_host(&url, dev).is_err() {
                 continue;
             }

@@ -592,10 +592,10 @@ async fn get_host_status(
 ) -> Result<Json<serde_json::Value>, XrpcError> {
     let store = state.store.clone();
     let hosts = blocking(move || store.hosts()).await?;
-    let want = normalize_host(&p.hostname);
+    let want = crate::hosts::normalize_url(&p.hostname);
     let h = hosts
         .into_iter()
-        .find(|h| normalize_host(&h.url) == want)
+        .find(|h| crate::hosts::normalize_url(&h.url) == want)
         .ok_or_else(|| XrpcError(StatusCode::NOT_FOUND, "HostNotFound", p.hostname.clone()))?;
     let live = state.hosts.get(&h.url);
     let limits = live
@@ -619,15 +619,6 @@ async fn get_host_status(
     })))
 }
 
-fn normalize_host(h: &str) -> String {
-    let h = h.trim_end_matches('/');
-    if h.contains("://") {
-        h.to_string()
-    } else {
-        format!("https://{h}")
-    }
-}
-
 #[derive(Deserialize)]
 struct CrawlBody {
     hostname: String,
@@ -638,7 +629,7 @@ async fn request_crawl(
     Json(body): Json<CrawlBody>,
 ) -> Result<Json<serde_json::Value>, XrpcError> {
     // requestCrawl names a hostname; without a scheme it is https on the default port.
-    let url = normalize_host(&body.hostname);
+    let url = crate::hosts::normalize_url(&body.hostname);
     add_host(&state, url).await
 }
 

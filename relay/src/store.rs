@@ -199,7 +199,7 @@ impl Store {
                     Some(raw) => atproto::frame::with_seq(raw, seq as i64)
                         .map_err(|_| StoreError::Corrupt("frame has no seq to rewrite"))?,
                     None => {
-                        set_seq(&mut item.frame, seq as i64);
+                        item.frame.set_seq(seq as i64);
                         atproto::frame::encode_frame(&item.frame)
                             .map_err(|_| StoreError::Corrupt("frame does not encode"))?
                     }
@@ -481,15 +481,4 @@ fn decode_json<T: serde::de::DeserializeOwned>(
     what: &'static str,
 ) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt(what))
-}
-
-fn set_seq(frame: &mut atproto::frame::Frame, seq: i64) {
-    use atproto::frame::Frame;
-    match frame {
-        Frame::Commit(e) => e.seq = seq,
-        Frame::Sync(e) => e.seq = seq,
-        Frame::Identity(e) => e.seq = seq,
-        Frame::Account(e) => e.seq = seq,
-        Frame::Info(_) | Frame::Error(_) | Frame::Unknown { .. } => {}
-    }
 }

@@ -261,21 +261,34 @@ impl Shard {
                 return self.resync(host, &ev.repo, &id);
             }
         }
-        let state = AccountState {
-            host: host.to_string(),
-            rev: Some(ev.rev.clone()),
-            data: Some(verified.commit.data.to_string()),
-            head: Some(ev.commit.to_string()),
-            active: true,
-            status: None,
-        };
-        self.accounts.insert(ev.repo.clone(), state.clone());
+        let state = self.adopt(&ev.repo, host, &ev.rev, verified.commit.data, ev.commit);
         Ok(Append {
             collections: collection_delta(&ev.ops),
             raw: None,
             account: Some((ev.repo.clone(), state)),
             frame: Frame::Commit(Box::new(ev)),
         })
+    }
+
+    /// Records that `did` is now at `rev` (tree `data`, commit `head`), active on `host`.
+    fn adopt(
+        &mut self,
+        did: &str,
+        host: &str,
+        rev: &str,
+        data: atproto::Cid,
+        head: atproto::Cid,
+    ) -> AccountState {
+        let state = AccountState {
+            host: host.to_string(),
+            rev: Some(rev.to_string()),
+            data: Some(data.to_string()),
+            head: Some(head.to_string()),
+            active: true,
+            status: None,
+        };
+        self.accounts.insert(did.to_string(), state.clone());
+        state
     }
 
     /// In lenient mode a failed commit is still published (the failure is counted).
@@ -316,15 +329,7 @@ impl Shard {
         commit
             .verify(&id.signing_key)
             .map_err(|_| DropReason::BadSignature)?;
-        let state = AccountState {
-            host: host.to_string(),
-            rev: Some(commit.rev.clone()),
-            data: Some(commit.data.to_string()),
-            head: Some(root.to_string()),
-            active: true,
-            status: None,
-        };
-        self.accounts.insert(ev.did.clone(), state.clone());
+        let state = self.adopt(&ev.did, host, &commit.rev, commit.data, *root);
         Ok(Append {
             collections: Collections::Unchanged,
             raw: None,
@@ -376,21 +381,13 @@ impl Shard {
         let blocks = write_car(&[root], [(&root, commit_bytes.as_slice())])
             .map_err(|_| DropReason::Desync)?;
         self.ctx.metrics.resyncs.increment(1);
-        let state = AccountState {
-            host: host.to_string(),
-            rev: Some(commit.rev.clone()),
-            data: Some(commit.data.to_string()),
-            head: Some(root.to_string()),
-            active: true,
-            status: None,
-        };
-        self.accounts.insert(did.to_string(), state.clone());
+        let state = self.adopt(did, host, &commit.rev, commit.data, root);
         let ev = SyncEvent {
             seq: 0,
             did: did.to_string(),
             blocks: blocks.into(),
             rev: commit.rev,
-            time: now_rfc3339(),
+            time: atproto::syntax::datetime_now(),
         };
         Ok(Append {
             collections: Collections::Reset(counts),
@@ -454,30 +451,6 @@ fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
-/// The current time as an atproto datetime (UTC, milliseconds).
-pub fn now_rfc3339() -> String {
-    let ms = now_micros() / 1000;
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        ms % 1000
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,13 +478,6 @@ mod tests {
             false
         ));
         assert!(!same_host(None, "http://127.0.0.1:2583", true));
-    }
-
-    #[test]
-    fn timestamps_are_valid_datetimes() {
-        let t = now_rfc3339();
-        atproto::syntax::validate_datetime(&t).expect("valid");
-        assert!(t.starts_with("20"));
     }
 
     #[test]

@@ -96,28 +96,7 @@ struct Inner {
 pub struct Fleet(Arc<Inner>);
 
 fn now() -> String {
-    // Any valid datetime works for the events; the wall clock keeps it realistic.
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = secs / 86_400;
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    atproto::syntax::datetime_now()
 }
 
 /// A did:plc-shaped identifier derived from the account index (24 base32 characters).
@@ -228,7 +207,7 @@ impl Fleet {
         let mut log = self.0.log.write().unwrap_or_else(|p| p.into_inner());
         let seq = log.len() as u64 + 1;
         let mut frame = frame;
-        set_seq(&mut frame, seq as i64);
+        frame.set_seq(seq as i64);
         let bytes = Bytes::from(encode_frame(&frame).unwrap_or_default());
         log.push(bytes.clone());
         let _ = self.0.live.send((seq, bytes));
@@ -501,16 +480,6 @@ impl Fleet {
                 }
             }
         }
-    }
-}
-
-fn set_seq(frame: &mut Frame, seq: i64) {
-    match frame {
-        Frame::Commit(e) => e.seq = seq,
-        Frame::Sync(e) => e.seq = seq,
-        Frame::Identity(e) => e.seq = seq,
-        Frame::Account(e) => e.seq = seq,
-        _ => {}
     }
 }
 
