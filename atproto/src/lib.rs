@@ -10,7 +10,9 @@
 //! - [`identity`]: DID documents and resolution.
 //! - [`lexicon`]: Lexicon documents and record validation.
 //! - [`envelope`]: sealing records for named recipients.
+//! - [`auth`]: inter-service JWTs (what the appview accepts from callers).
 
+pub mod auth;
 pub mod car;
 pub mod commit;
 pub mod crypto;

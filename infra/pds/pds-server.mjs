@@ -4,6 +4,7 @@
 // Prints {"pds": URL, "plc": URL} once ready, then answers each command:
 //   {"op":"accounts","names":[...]}        -> {"dids": {name: did}}
 //   {"op":"scenario","rounds":N}           -> {"ops": [{did, action, path}, ...]} in commit order
+//   {"op":"serviceAuth","name","aud","lxm"} -> {"token"} from com.atproto.server.getServiceAuth
 //   {"op":"exit"}                          -> closes the network and exits
 import { createInterface } from 'node:readline'
 import { TestNetworkNoAppView } from '@atproto/dev-env'
@@ -57,6 +58,9 @@ for await (const line of rl) {
       out({ dids })
     } else if (cmd.op === 'scenario') {
       out({ ops: await scenario(cmd.rounds ?? 1) })
+    } else if (cmd.op === 'serviceAuth') {
+      const res = await agents[cmd.name].com.atproto.server.getServiceAuth({ aud: cmd.aud, lxm: cmd.lxm })
+      out({ token: res.data.token })
     } else if (cmd.op === 'exit') {
       break
     } else {
