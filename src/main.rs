@@ -30,6 +30,62 @@ enum Command {
     /// Work with the agent network's lexicons.
     #[command(subcommand)]
     Lexicon(LexiconCommand),
+    /// Act as an agent on its PDS: publish a key, write and read records.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// The agent's PDS.
+    #[arg(long, env = "AGENTNET_AGENT_PDS")]
+    pds: String,
+    /// Handle or DID to log in as.
+    #[arg(long, env = "AGENTNET_AGENT_IDENTIFIER")]
+    identifier: String,
+    /// Password (an app password is enough).
+    #[arg(long, env = "AGENTNET_AGENT_PASSWORD", hide_env_values = true)]
+    password: String,
+    /// Where the agent's private X25519 key is kept.
+    #[arg(
+        long,
+        env = "AGENTNET_AGENT_KEY_FILE",
+        default_value = "./agent-key.json"
+    )]
+    key_file: PathBuf,
+    /// PLC directory for resolving recipients.
+    #[arg(
+        long,
+        env = "AGENTNET_PLC_URL",
+        default_value = "https://plc.directory"
+    )]
+    plc_url: String,
+    /// Allow loopback and private hosts (local testing only).
+    #[arg(long, env = "AGENTNET_DEV", default_value_t = false)]
+    dev: bool,
+    #[command(subcommand)]
+    command: AgentCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Create (or reuse) the agent's X25519 key and publish it as agent.envelope.key/self.
+    Keygen,
+    /// Write a record (JSON with its $type) as public, shared or private.
+    Send {
+        /// The record file; `-` reads standard input.
+        file: PathBuf,
+        /// private (sealed for the author), shared (sealed for --to), or public.
+        #[arg(long, default_value = "private")]
+        privacy: agentnet_agent::Privacy,
+        /// A recipient DID for shared records (repeatable).
+        #[arg(long = "to")]
+        to: Vec<String>,
+    },
+    /// Read a record by AT-URI, opening it if it is sealed for this agent.
+    Read {
+        /// at://did/collection/rkey
+        uri: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,6 +152,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             serve(agentnet_fleet::run(config, shutdown_signal())).context("fleet")
         }
         Command::Lexicon(cmd) => lexicon(cmd),
+        Command::Agent(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(agent(args)),
     }
 }
 
@@ -125,6 +185,58 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
+}
+
+fn read_input(file: &std::path::Path) -> anyhow::Result<String> {
+    if file.as_os_str() == "-" {
+        Ok(std::io::read_to_string(std::io::stdin())?)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+    }
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    use std::num::NonZeroUsize;
+    let resolver = atproto::identity::CachingResolver::new(
+        atproto::identity::HttpResolver::new(atproto::identity::ResolverConfig {
+            plc_url: args.plc_url.clone(),
+            dev: args.dev,
+            timeout: std::time::Duration::from_secs(10),
+        })?,
+        NonZeroUsize::new(1024).context("cache size")?,
+        std::time::Duration::from_secs(300),
+    );
+    let mut me = agentnet_agent::Agent::login(&args.pds, &args.identifier, &args.password).await?;
+    let mut out = std::io::stdout().lock();
+    match args.command {
+        AgentCommand::Keygen => {
+            let key = me.keygen(&args.key_file).await?;
+            writeln!(out, "{} publishes {}", me.did(), key.public().multikey())?;
+        }
+        AgentCommand::Send { file, privacy, to } => {
+            let record: serde_json::Value =
+                serde_json::from_str(&read_input(&file)?).context("record is not JSON")?;
+            let uri = me.send(&record, privacy, &to, &resolver).await?;
+            writeln!(out, "{uri}")?;
+        }
+        AgentCommand::Read { uri } => {
+            let parts = atproto::syntax::parse_at_uri(&uri)?;
+            let (Some(collection), Some(rkey)) = (parts.collection, parts.rkey) else {
+                anyhow::bail!("{uri} does not name a record");
+            };
+            let record = me
+                .get_record(parts.authority, collection, rkey, &resolver)
+                .await?;
+            let value = if collection == lexicons::SEALED_NSID {
+                let key = agentnet_agent::load_key(&args.key_file, me.did())?;
+                agentnet_agent::open_json(&record["value"], &uri, me.did(), &key)?
+            } else {
+                record["value"].clone()
+            };
+            writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        }
+    }
+    Ok(())
 }
 
 fn lexicon(cmd: LexiconCommand) -> anyhow::Result<()> {

@@ -1,0 +1,391 @@
+//! The agent side of agentnet: an agent logs in to its PDS, publishes its X25519 key, and
+//! writes `agent.*` records — public (plaintext), shared (sealed for named recipients) or
+//! private (sealed for itself) — with the standard repo XRPC calls. The `agentnet agent`
+//! subcommand is a thin entry point over this.
+
+use std::path::Path;
+
+use atproto::envelope::{self, EncryptionKey, EncryptionPublicKey, Recipient, Sealed};
+use atproto::identity::{CachingResolver, DidResolver};
+use atproto::syntax::{datetime_now, TidClock};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use thiserror::Error;
+
+/// Largest XRPC response read, in bytes.
+const MAX_RESPONSE: usize = 4 * 1024 * 1024;
+
+/// Why an agent operation failed.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// The PDS or another service answered with an error.
+    #[error("{method}: {status} {error}: {message}")]
+    Xrpc {
+        /// The XRPC method.
+        method: String,
+        /// HTTP status.
+        status: u16,
+        /// The XRPC error name.
+        error: String,
+        /// Its message.
+        message: String,
+    },
+    /// The request could not be made.
+    #[error("{0}: {1}")]
+    Http(String, String),
+    /// A recipient has not published an encryption key.
+    #[error("{0} has published no agent.envelope.key")]
+    NoKey(String),
+    /// DID resolution failed.
+    #[error(transparent)]
+    Identity(#[from] atproto::identity::IdentityError),
+    /// Sealing or opening failed.
+    #[error(transparent)]
+    Envelope(#[from] envelope::EnvelopeError),
+    /// The record does not fit its lexicon or the data model.
+    #[error("invalid record: {0}")]
+    Record(String),
+    /// The local key file could not be read or written.
+    #[error("key file {0}: {1}")]
+    KeyFile(String, String),
+}
+
+/// Who can read a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privacy {
+    /// Sealed for the author alone; never indexed.
+    Private,
+    /// Sealed for named recipients.
+    Shared,
+    /// Plaintext.
+    Public,
+}
+
+impl std::str::FromStr for Privacy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "private" => Ok(Privacy::Private),
+            "shared" => Ok(Privacy::Shared),
+            "public" => Ok(Privacy::Public),
+            _ => Err(format!(
+                "privacy must be private, shared or public, not {s}"
+            )),
+        }
+    }
+}
+
+/// A logged-in session on the agent's PDS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    /// The agent's DID.
+    pub did: String,
+    /// Its handle.
+    pub handle: String,
+    /// Bearer token for the PDS.
+    pub access_jwt: String,
+}
+
+/// The agent's private encryption key as stored locally (never published).
+#[derive(Debug, Serialize, Deserialize)]
+struct KeyFile {
+    did: String,
+    /// Base64 of the 32 secret bytes.
+    x25519_secret: String,
+}
+
+/// An agent connected to its PDS.
+pub struct Agent {
+    pds: String,
+    http: reqwest::Client,
+    session: Session,
+    clock: TidClock,
+}
+
+/// Reads a JSON response, bounded, turning XRPC errors into [`AgentError::Xrpc`].
+async fn xrpc_json(
+    method: &str,
+    resp: Result<reqwest::Response, reqwest::Error>,
+) -> Result<Value, AgentError> {
+    let mut resp = resp.map_err(|e| AgentError::Http(method.into(), e.to_string()))?;
+    let status = resp.status();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| AgentError::Http(method.into(), e.to_string()))?
+    {
+        if body.len() + chunk.len() > MAX_RESPONSE {
+            return Err(AgentError::Http(method.into(), "response too large".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if !status.is_success() {
+        return Err(AgentError::Xrpc {
+            method: method.into(),
+            status: status.as_u16(),
+            error: value["error"].as_str().unwrap_or("Unknown").into(),
+            message: value["message"].as_str().unwrap_or_default().into(),
+        });
+    }
+    Ok(value)
+}
+
+impl Agent {
+    /// Logs in with `com.atproto.server.createSession`.
+    pub async fn login(pds: &str, identifier: &str, password: &str) -> Result<Agent, AgentError> {
+        let pds = pds.trim_end_matches('/').to_string();
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| AgentError::Http("client".into(), e.to_string()))?;
+        let method = "com.atproto.server.createSession";
+        let v = xrpc_json(
+            method,
+            http.post(format!("{pds}/xrpc/{method}"))
+                .json(&json!({"identifier": identifier, "password": password}))
+                .send()
+                .await,
+        )
+        .await?;
+        let session: Session = serde_json::from_value(v)
+            .map_err(|e| AgentError::Http(method.into(), e.to_string()))?;
+        Ok(Agent {
+            pds,
+            http,
+            session,
+            clock: TidClock::new(0),
+        })
+    }
+
+    /// The session.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The agent's DID.
+    pub fn did(&self) -> &str {
+        &self.session.did
+    }
+
+    async fn procedure(&self, method: &str, body: &Value) -> Result<Value, AgentError> {
+        let url = format!("{}/xrpc/{method}", self.pds);
+        xrpc_json(
+            method,
+            self.http
+                .post(url)
+                .bearer_auth(&self.session.access_jwt)
+                .json(body)
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    /// Writes a record at `collection/rkey` (`com.atproto.repo.putRecord`); returns its URI.
+    pub async fn put_record(
+        &self,
+        collection: &str,
+        rkey: &str,
+        record: &Value,
+    ) -> Result<String, AgentError> {
+        let v = self
+            .procedure(
+                "com.atproto.repo.putRecord",
+                &json!({"repo": self.did(), "collection": collection, "rkey": rkey, "record": record}),
+            )
+            .await?;
+        Ok(v["uri"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Creates the X25519 key (kept in `key_file`, mode 0600) and publishes its public half
+    /// as `agent.envelope.key/self`. An existing key file for this DID is reused.
+    pub async fn keygen(&self, key_file: &Path) -> Result<EncryptionKey, AgentError> {
+        let key = match load_key(key_file, self.did()) {
+            Ok(k) => k,
+            Err(_) => {
+                let k = EncryptionKey::generate();
+                save_key(key_file, self.did(), &k)?;
+                k
+            }
+        };
+        let record = json!({
+            "$type": lexicons::KEY_NSID,
+            "publicKey": key.public().multikey(),
+            "createdAt": datetime_now(),
+        });
+        self.put_record(lexicons::KEY_NSID, "self", &record).await?;
+        Ok(key)
+    }
+
+    /// Writes an `agent.*` record with the given privacy. `record` is the inner record's
+    /// JSON with its `$type`; shared records are sealed for `recipients` (and the author,
+    /// so it can read its own), private ones for the author alone. Returns the AT-URI.
+    pub async fn send<R: DidResolver>(
+        &mut self,
+        record: &Value,
+        privacy: Privacy,
+        recipients: &[String],
+        resolver: &CachingResolver<R>,
+    ) -> Result<String, AgentError> {
+        let collection = record["$type"]
+            .as_str()
+            .ok_or_else(|| AgentError::Record("no $type".into()))?
+            .to_string();
+        let rkey = self.clock.next_tid().to_string();
+        let data =
+            atproto::data::json_to_ipld(record).map_err(|e| AgentError::Record(e.to_string()))?;
+        let catalog = lexicons::catalog().map_err(|e| AgentError::Record(e.to_string()))?;
+        catalog
+            .validate_record(&collection, &rkey, &data)
+            .map_err(|e| AgentError::Record(e.to_string()))?;
+        if privacy == Privacy::Public {
+            return self.put_record(&collection, &rkey, record).await;
+        }
+        let mut dids: Vec<String> = vec![self.did().to_string()];
+        if privacy == Privacy::Shared {
+            for r in recipients {
+                if !dids.contains(r) {
+                    dids.push(r.clone());
+                }
+            }
+        }
+        let mut keys = Vec::with_capacity(dids.len());
+        for did in &dids {
+            keys.push(self.published_key(did, resolver).await?);
+        }
+        let plaintext =
+            atproto::data::to_cbor(&data).map_err(|e| AgentError::Record(e.to_string()))?;
+        let uri = format!("at://{}/{}/{rkey}", self.did(), lexicons::SEALED_NSID);
+        let rcpts: Vec<Recipient<'_>> = dids
+            .iter()
+            .zip(&keys)
+            .map(|(did, key)| Recipient { did, key })
+            .collect();
+        let sealed = envelope::seal(&uri, &collection, &datetime_now(), &plaintext, &rcpts)?;
+        self.put_record(lexicons::SEALED_NSID, &rkey, &sealed_json(&sealed)?)
+            .await
+    }
+
+    /// A DID's published X25519 key, read from its own repo on its own PDS.
+    pub async fn published_key<R: DidResolver>(
+        &self,
+        did: &str,
+        resolver: &CachingResolver<R>,
+    ) -> Result<EncryptionPublicKey, AgentError> {
+        let record = self
+            .get_record(did, lexicons::KEY_NSID, "self", resolver)
+            .await
+            .map_err(|e| match e {
+                AgentError::Xrpc { .. } => AgentError::NoKey(did.into()),
+                other => other,
+            })?;
+        let mk = record["value"]["publicKey"]
+            .as_str()
+            .ok_or_else(|| AgentError::NoKey(did.into()))?;
+        Ok(EncryptionPublicKey::from_multikey(mk)?)
+    }
+
+    /// `com.atproto.repo.getRecord` from the repo's own PDS.
+    pub async fn get_record<R: DidResolver>(
+        &self,
+        did: &str,
+        collection: &str,
+        rkey: &str,
+        resolver: &CachingResolver<R>,
+    ) -> Result<Value, AgentError> {
+        let id = resolver.identity(did).await?;
+        let pds = id
+            .pds
+            .as_deref()
+            .ok_or_else(|| AgentError::NoKey(did.into()))?
+            .trim_end_matches('/');
+        let method = "com.atproto.repo.getRecord";
+        let resp = self
+            .http
+            .get(format!("{pds}/xrpc/{method}"))
+            .query(&[("repo", did), ("collection", collection), ("rkey", rkey)])
+            .send()
+            .await;
+        xrpc_json(method, resp).await
+    }
+}
+
+/// The JSON form of a sealed record (bytes as `$bytes`), as the PDS's XRPC takes it.
+pub fn sealed_json(sealed: &Sealed) -> Result<Value, AgentError> {
+    let cbor = atproto::data::to_cbor(&TypedSealed {
+        kind: lexicons::SEALED_NSID,
+        sealed,
+    })
+    .map_err(|e| AgentError::Record(e.to_string()))?;
+    let ipld: atproto::Ipld =
+        atproto::data::from_cbor(&cbor).map_err(|e| AgentError::Record(e.to_string()))?;
+    Ok(atproto::data::ipld_to_json(&ipld))
+}
+
+#[derive(Serialize)]
+struct TypedSealed<'a> {
+    #[serde(rename = "$type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    sealed: &'a Sealed,
+}
+
+/// Opens a sealed record's JSON (as `getRecord` returns it) found at `uri`, as `did`.
+pub fn open_json(
+    value: &Value,
+    uri: &str,
+    did: &str,
+    key: &EncryptionKey,
+) -> Result<Value, AgentError> {
+    let ipld = atproto::data::json_to_ipld(value).map_err(|e| AgentError::Record(e.to_string()))?;
+    let cbor = atproto::data::to_cbor(&ipld).map_err(|e| AgentError::Record(e.to_string()))?;
+    let sealed: Sealed =
+        atproto::data::from_cbor(&cbor).map_err(|e| AgentError::Record(e.to_string()))?;
+    let plaintext = envelope::open(&sealed, uri, did, key)?;
+    let inner: atproto::Ipld =
+        atproto::data::from_cbor(&plaintext).map_err(|e| AgentError::Record(e.to_string()))?;
+    Ok(atproto::data::ipld_to_json(&inner))
+}
+
+/// Reads the agent's private key file.
+pub fn load_key(path: &Path, did: &str) -> Result<EncryptionKey, AgentError> {
+    use base64::Engine;
+    let err = |e: String| AgentError::KeyFile(path.display().to_string(), e);
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let file: KeyFile = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    if file.did != did {
+        return Err(err(format!("holds the key of {}, not {did}", file.did)));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(file.x25519_secret)
+        .map_err(|e| err(e.to_string()))?;
+    let raw: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| err("secret is not 32 bytes".into()))?;
+    Ok(EncryptionKey::from_bytes(raw))
+}
+
+/// Writes the agent's private key file, readable by its owner only.
+pub fn save_key(path: &Path, did: &str, key: &EncryptionKey) -> Result<(), AgentError> {
+    use base64::Engine;
+    let err = |e: String| AgentError::KeyFile(path.display().to_string(), e);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let file = KeyFile {
+        did: did.into(),
+        x25519_secret: base64::engine::general_purpose::STANDARD.encode(key.to_bytes()),
+    };
+    let text = serde_json::to_string_pretty(&file).map_err(|e| err(e.to_string()))?;
+    std::fs::write(path, text).map_err(|e| err(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| err(e.to_string()))?;
+    }
+    Ok(())
+}
