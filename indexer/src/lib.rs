@@ -1,10 +1,12 @@
 //! The agentnet indexer, as a library: [`Config`] holds its settings and [`run`] serves until
 //! shutdown. The `agentnet indexer` subcommand is a thin entry point over this.
 //!
-//! Status: the configuration contract is fixed here; the service itself is being built
-//! (see the project's issues), and [`run`] says so rather than pretending to serve.
+//! Status: [`extract`] (commit → index changes, with lexicon validation and privacy) is
+//! built; the firehose source, the stores and the embedder are being built (see the
+//! project's issues), and [`run`] says so rather than pretending to serve.
 
 mod config;
+pub mod extract;
 
 pub use config::Config;
 

@@ -1,0 +1,283 @@
+//! From a `#commit` to index changes, with privacy enforced before anything reaches a sink.
+//!
+//! - Only `agent.*` collections are indexed; every record is validated against the
+//!   lexicons first (invalid ones are skipped with their reason).
+//! - Public records are indexed in full.
+//! - Sealed records shared with others: their metadata (author, inner collection,
+//!   recipients, time, URI) always, so recipients can find them; their content only when
+//!   the appview's own key is among the recipients, decrypted here and validated as the
+//!   inner type.
+//! - Private records (sealed for the author alone) produce nothing at all.
+
+use atproto::car::{read_car, CarLimits};
+use atproto::envelope::{self, EncryptionKey, Sealed};
+use atproto::frame::CommitEvent;
+use atproto::lexicon::Catalog;
+use atproto::Ipld;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Who may see an indexed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Anyone.
+    Public,
+    /// The author and the named recipients.
+    Shared,
+}
+
+/// One record as the stores hold it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordRow {
+    /// The record's AT-URI (for sealed records, the sealed record's own).
+    pub uri: String,
+    /// The record's CID.
+    pub cid: String,
+    /// The repo it is in.
+    pub author: String,
+    /// The record type (for sealed records, the inner type).
+    pub collection: String,
+    /// The record key.
+    pub rkey: String,
+    /// The commit revision that wrote it (the row's version).
+    pub rev: String,
+    /// `createdAt` as the author states it.
+    pub created_at: String,
+    /// Who may see it.
+    pub visibility: Visibility,
+    /// For shared records: who it is sealed for.
+    pub recipients: Vec<String>,
+    /// The plaintext record: public ones, and shared ones the appview could open.
+    pub record: Option<Value>,
+    /// For shared records: the envelope, for recipients to open themselves.
+    pub sealed: Option<Value>,
+    /// What recall embeds: the record's human text, when the indexer can read it.
+    pub text: Option<String>,
+}
+
+/// A change to the index.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Change {
+    /// Insert or replace the row with this URI (newer `rev` wins).
+    Upsert(Box<RecordRow>),
+    /// Remove the row with this URI.
+    Delete {
+        /// The record's AT-URI.
+        uri: String,
+        /// The revision that deleted it.
+        rev: String,
+    },
+}
+
+/// Why an op produced no row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skipped {
+    /// Not an `agent.*` collection.
+    NotAgent,
+    /// Sealed for its author alone.
+    Private,
+    /// The record block is missing or does not decode.
+    Undecodable,
+    /// The record breaks its lexicon.
+    Invalid(String),
+}
+
+impl Skipped {
+    /// A label for metrics (bounded set).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Skipped::NotAgent => "not_agent",
+            Skipped::Private => "private",
+            Skipped::Undecodable => "undecodable",
+            Skipped::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// The appview's identity as a recipient of shared records.
+pub struct AppviewKey {
+    /// The appview's DID.
+    pub did: String,
+    /// Its X25519 key.
+    pub key: EncryptionKey,
+}
+
+/// Turns commits into index changes.
+pub struct Extractor {
+    catalog: Catalog,
+    appview: Option<AppviewKey>,
+}
+
+impl Extractor {
+    /// An extractor validating with `catalog`, opening shared records addressed to
+    /// `appview` (if given).
+    pub fn new(catalog: Catalog, appview: Option<AppviewKey>) -> Self {
+        Extractor { catalog, appview }
+    }
+
+    /// The changes a commit makes, and the ops it skipped with why.
+    pub fn extract(&self, ev: &CommitEvent) -> (Vec<Change>, Vec<(String, Skipped)>) {
+        let mut changes = Vec::new();
+        let mut skipped = Vec::new();
+        let blocks = read_car(&ev.blocks, CarLimits::FIREHOSE)
+            .map(|c| c.blocks)
+            .unwrap_or_default();
+        for op in &ev.ops {
+            let Some((collection, rkey)) = op.path.split_once('/') else {
+                skipped.push((op.path.clone(), Skipped::Undecodable));
+                continue;
+            };
+            if !collection.starts_with("agent.") {
+                skipped.push((op.path.clone(), Skipped::NotAgent));
+                continue;
+            }
+            let uri = format!("at://{}/{}", ev.repo, op.path);
+            if op.action == "delete" {
+                changes.push(Change::Delete {
+                    uri,
+                    rev: ev.rev.clone(),
+                });
+                continue;
+            }
+            let Some(cid) = op.cid else {
+                skipped.push((op.path.clone(), Skipped::Undecodable));
+                continue;
+            };
+            let Some(data) = blocks
+                .get(&cid)
+                .and_then(|b| atproto::data::from_cbor::<Ipld>(b).ok())
+            else {
+                skipped.push((op.path.clone(), Skipped::Undecodable));
+                continue;
+            };
+            if let Err(e) = self.catalog.validate_record(collection, rkey, &data) {
+                skipped.push((op.path.clone(), Skipped::Invalid(e.to_string())));
+                continue;
+            }
+            let base = RowBase {
+                uri,
+                cid: cid.to_string(),
+                author: &ev.repo,
+                rkey,
+                rev: &ev.rev,
+            };
+            let row = if collection == lexicons::SEALED_NSID {
+                match self.sealed_row(base, &data) {
+                    Ok(row) => row,
+                    Err(why) => {
+                        skipped.push((op.path.clone(), why));
+                        continue;
+                    }
+                }
+            } else {
+                base.public(collection, &data)
+            };
+            changes.push(Change::Upsert(Box::new(row)));
+        }
+        (changes, skipped)
+    }
+
+    fn sealed_row(&self, base: RowBase<'_>, data: &Ipld) -> Result<RecordRow, Skipped> {
+        let bytes = atproto::data::to_cbor(data).map_err(|_| Skipped::Undecodable)?;
+        let sealed: Sealed = atproto::data::from_cbor(&bytes).map_err(|_| Skipped::Undecodable)?;
+        if sealed.is_private_to(base.author) {
+            return Err(Skipped::Private);
+        }
+        let recipients: Vec<String> = sealed.recipient_dids().map(str::to_string).collect();
+        // Content only when the appview was named, and only if it opens and is valid.
+        let opened = self
+            .appview
+            .as_ref()
+            .filter(|a| recipients.contains(&a.did))
+            .and_then(|a| {
+                let plaintext = envelope::open(&sealed, &base.uri, &a.did, &a.key).ok()?;
+                let inner: Ipld = atproto::data::from_cbor(&plaintext).ok()?;
+                self.catalog
+                    .validate_record(&sealed.collection, base.rkey, &inner)
+                    .ok()?;
+                Some(inner)
+            });
+        let text = opened
+            .as_ref()
+            .and_then(|inner| text_of(&sealed.collection, inner));
+        Ok(RecordRow {
+            uri: base.uri,
+            cid: base.cid,
+            author: base.author.to_string(),
+            collection: sealed.collection.clone(),
+            rkey: base.rkey.to_string(),
+            rev: base.rev.to_string(),
+            created_at: sealed.created_at.clone(),
+            visibility: Visibility::Shared,
+            recipients,
+            record: opened.as_ref().map(atproto::data::ipld_to_json),
+            sealed: Some(atproto::data::ipld_to_json(data)),
+            text,
+        })
+    }
+}
+
+struct RowBase<'a> {
+    uri: String,
+    cid: String,
+    author: &'a str,
+    rkey: &'a str,
+    rev: &'a str,
+}
+
+impl RowBase<'_> {
+    fn public(self, collection: &str, data: &Ipld) -> RecordRow {
+        let created_at = match data {
+            Ipld::Map(m) => match m.get("createdAt") {
+                Some(Ipld::String(s)) => s.clone(),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
+        RecordRow {
+            uri: self.uri,
+            cid: self.cid,
+            author: self.author.to_string(),
+            collection: collection.to_string(),
+            rkey: self.rkey.to_string(),
+            rev: self.rev.to_string(),
+            created_at,
+            visibility: Visibility::Public,
+            recipients: Vec::new(),
+            record: Some(atproto::data::ipld_to_json(data)),
+            sealed: None,
+            text: text_of(collection, data),
+        }
+    }
+}
+
+/// The human text of a record, for embedding: what a reader would skim.
+pub fn text_of(collection: &str, record: &Ipld) -> Option<String> {
+    let Ipld::Map(m) = record else { return None };
+    let s = |k: &str| match m.get(k) {
+        Some(Ipld::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let content_text = || match m.get("content") {
+        Some(Ipld::Map(c)) => match c.get("text") {
+            Some(Ipld::String(t)) => Some(t.as_str()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let parts: Vec<&str> = match collection {
+        "agent.comms.message" => vec![content_text()?],
+        "agent.comms.broadcast" => [s("topic"), content_text()].into_iter().flatten().collect(),
+        "agent.comms.request" => vec![s("task")?],
+        "agent.comms.handoff" => vec![s("summary")?],
+        "agent.comms.response" => [s("status")].into_iter().flatten().collect(),
+        "agent.memory.note" => [s("summary"), s("text")].into_iter().flatten().collect(),
+        "agent.memory.decision" => [s("decision"), s("rationale")]
+            .into_iter()
+            .flatten()
+            .collect(),
+        _ => return None,
+    };
+    (!parts.is_empty()).then(|| parts.join("\n"))
+}
