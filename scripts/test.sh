@@ -16,5 +16,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== reference PDS (npm, once)"
 infra/pds/setup.sh
+echo "== ONNX Runtime (PyPI wheel, once)"
+ORT_DYLIB_PATH="$(infra/onnxruntime/setup.sh)"
+export ORT_DYLIB_PATH
+export AGENTNET_MODEL_DIR="${AGENTNET_MODEL_DIR:-$PWD/../shared/models/all-minilm-l6-v2}"
 echo "== cargo test"
 cargo test --workspace

@@ -6,6 +6,7 @@
 //! project's issues), and [`run`] says so rather than pretending to serve.
 
 mod config;
+pub mod embed;
 pub mod extract;
 
 pub use config::Config;
