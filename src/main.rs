@@ -92,9 +92,16 @@ enum AgentCommand {
 struct UpArgs {
     #[command(flatten)]
     relay: agentnet_relay::Config,
-    /// Also run synthetic agents that exchange messages at all three privacy levels.
+    /// Also run a synthetic fleet of agents (real keys, real signed commits) feeding the
+    /// relay at a gentle rate, so the firehose shows a live network at once.
     #[arg(long, env = "AGENTNET_DEMO", default_value_t = false)]
     demo: bool,
+    /// Agents in the demo fleet.
+    #[arg(long, env = "AGENTNET_DEMO_AGENTS", default_value_t = 20)]
+    demo_agents: usize,
+    /// Commits per second across the demo fleet.
+    #[arg(long, env = "AGENTNET_DEMO_RATE", default_value_t = 2.0)]
+    demo_rate: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,10 +145,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay(config) => {
             serve(agentnet_relay::run(config, shutdown_signal())).context("relay")
         }
-        Command::Up(args) => {
-            tracing::info!(demo = args.demo, "starting relay, indexer and appview");
-            serve(agentnet_relay::run(args.relay, shutdown_signal())).context("up")
-        }
+        Command::Up(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(up(args)),
         Command::Indexer(config) => {
             serve(agentnet_indexer::run(config, shutdown_signal())).context("indexer")
         }
@@ -185,6 +192,54 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
+}
+
+/// Runs the services on embedded stores in one process. This build has the relay; the
+/// indexer and appview join it as they are built. With `--demo`, a synthetic fleet on a
+/// loopback port feeds it.
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let mut relay = args.relay;
+    let mut fleet = None;
+    if args.demo {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let config = agentnet_fleet::FleetConfig {
+            listen: addr,
+            accounts: args.demo_agents,
+            rate: args.demo_rate,
+            keys: "mix".into(),
+            cloudflare: false,
+            ops_per_commit: 1,
+        };
+        relay.hosts.push(format!("http://{addr}"));
+        relay.plc_url = format!("http://{addr}/plc");
+        // The demo fleet is on loopback.
+        relay.dev = true;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(agentnet_fleet::run_on(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        fleet = Some((stop, task));
+    }
+    let listen = relay.listen;
+    println!("agentnet is up (relay; indexer and appview are not in this build yet)");
+    println!("  firehose  ws://{listen}/xrpc/com.atproto.sync.subscribeRepos?cursor=0");
+    println!("  repos     http://{listen}/xrpc/com.atproto.sync.listRepos");
+    println!("  metrics   http://{listen}/metrics");
+    if args.demo {
+        println!(
+            "  demo      {} synthetic agents writing {} commits/s",
+            args.demo_agents, args.demo_rate
+        );
+    }
+    let result = agentnet_relay::run(relay, shutdown_signal())
+        .await
+        .context("relay");
+    if let Some((stop, task)) = fleet {
+        let _ = stop.send(());
+        task.await.context("demo fleet")?.context("demo fleet")?;
+    }
+    result
 }
 
 fn read_input(file: &std::path::Path) -> anyhow::Result<String> {

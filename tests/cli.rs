@@ -103,3 +103,67 @@ fn lexicon_list_and_show() {
         .status
         .success());
 }
+
+/// The README's first command: `agentnet up --demo` shows a live network within seconds and
+/// shuts down cleanly on SIGTERM.
+#[test]
+fn up_demo_relays_a_live_fleet_and_stops_cleanly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let data = std::env::temp_dir().join(format!("agentnet-up-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentnet"))
+        .args([
+            "up",
+            "--demo",
+            "--demo-rate",
+            "20",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("AGENTNET_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("agentnet up");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut published = 0.0;
+    while std::time::Instant::now() < deadline && published < 10.0 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        published = metrics(port)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("relay_events_out_total")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0);
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().expect("wait");
+    assert!(published >= 10.0, "only {published} events relayed");
+    assert!(out.status.success(), "exit {:?}", out.status);
+    assert!(
+        text(&out.stdout).contains("firehose  ws://"),
+        "{}",
+        text(&out.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+fn metrics(port: u16) -> String {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf
+}
