@@ -115,7 +115,7 @@ fn up_demo_relays_a_live_fleet_and_stops_cleanly() {
         .port();
     let data = std::env::temp_dir().join(format!("agentnet-up-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentnet"))
+    let child = Command::new(env!("CARGO_BIN_EXE_agentnet"))
         .args([
             "up",
             "--demo",
