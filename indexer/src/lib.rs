@@ -8,6 +8,7 @@
 mod config;
 pub mod embed;
 pub mod extract;
+pub mod vectors;
 
 pub use config::Config;
 
