@@ -19,6 +19,9 @@ infra/pds/setup.sh
 echo "== ONNX Runtime (PyPI wheel, once)"
 ORT_DYLIB_PATH="$(infra/onnxruntime/setup.sh)"
 export ORT_DYLIB_PATH
+echo "== chDB (npm package, once)"
+AGENTNET_CHDB_LIB="$(infra/chdb/setup.sh)"
+export AGENTNET_CHDB_LIB
 export AGENTNET_MODEL_DIR="${AGENTNET_MODEL_DIR:-$PWD/../shared/models/all-minilm-l6-v2}"
 echo "== cargo test"
 cargo test --workspace

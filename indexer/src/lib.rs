@@ -5,6 +5,7 @@
 //! built; the firehose source, the stores and the embedder are being built (see the
 //! project's issues), and [`run`] says so rather than pretending to serve.
 
+pub mod chdb;
 mod config;
 pub mod embed;
 pub mod extract;
