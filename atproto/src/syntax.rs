@@ -480,6 +480,16 @@ impl Tid {
         Tid(((micros & ((1 << 53) - 1)) << 10) | u64::from(clock_id & 0x3ff))
     }
 
+    /// The TID with this 64-bit integer value.
+    pub fn from_u64(value: u64) -> Self {
+        Tid(value & !(1 << 63))
+    }
+
+    /// The TID as its 64-bit integer (orders like the string form).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+
     /// Microseconds since the Unix epoch.
     pub fn micros(self) -> u64 {
         self.0 >> 10

@@ -9,6 +9,7 @@ pub mod chdb;
 mod config;
 pub mod embed;
 pub mod extract;
+pub mod records;
 pub mod vectors;
 
 pub use config::Config;

@@ -51,8 +51,12 @@ fn statements_errors_and_persistence() {
     ));
     drop(db);
     let again = Chdb::open(&lib(), &dir).expect("reopen");
-    let n = String::from_utf8(again.query("SELECT count() FROM t FINAL", "CSV").expect("count"))
-        .expect("utf-8");
+    let n = String::from_utf8(
+        again
+            .query("SELECT count() FROM t FINAL", "CSV")
+            .expect("count"),
+    )
+    .expect("utf-8");
     assert_eq!(n.trim(), "2", "the rows survive reopening");
     drop(again);
     let _ = std::fs::remove_dir_all(&dir);
