@@ -87,14 +87,6 @@ pub struct Session {
     pub access_jwt: String,
 }
 
-/// The agent's private encryption key as stored locally (never published).
-#[derive(Debug, Serialize, Deserialize)]
-struct KeyFile {
-    did: String,
-    /// Base64 of the 32 secret bytes.
-    x25519_secret: String,
-}
-
 /// An agent connected to its PDS.
 pub struct Agent {
     pds: String,
@@ -352,40 +344,11 @@ pub fn open_json(
 
 /// Reads the agent's private key file.
 pub fn load_key(path: &Path, did: &str) -> Result<EncryptionKey, AgentError> {
-    use base64::Engine;
-    let err = |e: String| AgentError::KeyFile(path.display().to_string(), e);
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let file: KeyFile = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-    if file.did != did {
-        return Err(err(format!("holds the key of {}, not {did}", file.did)));
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(file.x25519_secret)
-        .map_err(|e| err(e.to_string()))?;
-    let raw: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| err("secret is not 32 bytes".into()))?;
-    Ok(EncryptionKey::from_bytes(raw))
+    EncryptionKey::load(path, did).map_err(|e| AgentError::KeyFile(path.display().to_string(), e))
 }
 
 /// Writes the agent's private key file, readable by its owner only.
 pub fn save_key(path: &Path, did: &str, key: &EncryptionKey) -> Result<(), AgentError> {
-    use base64::Engine;
-    let err = |e: String| AgentError::KeyFile(path.display().to_string(), e);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
-    let file = KeyFile {
-        did: did.into(),
-        x25519_secret: base64::engine::general_purpose::STANDARD.encode(key.to_bytes()),
-    };
-    let text = serde_json::to_string_pretty(&file).map_err(|e| err(e.to_string()))?;
-    std::fs::write(path, text).map_err(|e| err(e.to_string()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| err(e.to_string()))?;
-    }
-    Ok(())
+    key.save(path, did)
+        .map_err(|e| AgentError::KeyFile(path.display().to_string(), e))
 }

@@ -80,6 +80,69 @@ impl EncryptionKey {
     }
 }
 
+/// The private key as kept on disk: `{"did", "x25519_secret": base64}`, mode 0600.
+#[derive(Serialize, Deserialize)]
+struct KeyFile {
+    did: String,
+    x25519_secret: String,
+}
+
+impl EncryptionKey {
+    /// Reads the key kept for `did` at `path`.
+    pub fn load(path: &std::path::Path, did: &str) -> Result<Self, String> {
+        use base64::Engine;
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        let file: KeyFile = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        if file.did != did {
+            return Err(format!("holds the key of {}, not {did}", file.did));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(file.x25519_secret)
+            .map_err(|e| e.to_string())?;
+        let raw: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| "secret is not 32 bytes".to_string())?;
+        Ok(EncryptionKey::from_bytes(raw))
+    }
+
+    /// Writes the key for `did` at `path`, readable by its owner only.
+    pub fn save(&self, path: &std::path::Path, did: &str) -> Result<(), String> {
+        use base64::Engine;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        let file = KeyFile {
+            did: did.into(),
+            x25519_secret: base64::engine::general_purpose::STANDARD.encode(self.to_bytes()),
+        };
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&file).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The key kept for `did` at `path`, created (and saved) if there is none.
+    pub fn load_or_create(path: &std::path::Path, did: &str) -> Result<Self, String> {
+        match Self::load(path, did) {
+            Ok(k) => Ok(k),
+            Err(_) if !path.exists() => {
+                let k = EncryptionKey::generate();
+                k.save(path, did)?;
+                Ok(k)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// A recipient's published X25519 key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncryptionPublicKey(pub [u8; 32]);

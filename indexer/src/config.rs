@@ -21,9 +21,29 @@ pub struct Config {
     /// Qdrant server URL; without it the embedded vector store is used.
     #[arg(long, env = "AGENTNET_QDRANT_URL")]
     pub qdrant_url: Option<String>,
-    /// ONNX embedding model directory (e.g. ../shared/models/all-minilm-l6-v2).
+    /// ONNX embedding model directory (e.g. ../shared/models/all-minilm-l6-v2); without it
+    /// records are indexed without vectors (no recall).
     #[arg(long, env = "AGENTNET_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
+    /// Run the int8 graph of the model (about 3x faster on CPU) instead of fp32.
+    #[arg(long, env = "AGENTNET_MODEL_INT8", default_value_t = true, action = clap::ArgAction::Set)]
+    pub model_int8: bool,
+    /// chDB's library for the embedded ClickHouse (`infra/chdb/setup.sh` prints it).
+    #[arg(long, env = "AGENTNET_CHDB_LIB", default_value = "libchdb.so")]
+    pub chdb_lib: PathBuf,
+    /// The appview's DID: shared records naming it as a recipient are opened and indexed.
+    #[arg(
+        long,
+        env = "AGENTNET_APPVIEW_DID",
+        default_value = "did:web:localhost"
+    )]
+    pub appview_did: String,
+    /// Most events indexed in one batch (one write per sink, then the cursor).
+    #[arg(long, env = "AGENTNET_INDEX_BATCH", default_value_t = 256)]
+    pub batch: usize,
+    /// Longest an event waits for its batch to fill, in milliseconds.
+    #[arg(long, env = "AGENTNET_INDEX_BATCH_WAIT_MS", default_value_t = 100)]
+    pub batch_wait_ms: u64,
 }
 
 impl Config {
@@ -32,6 +52,11 @@ impl Config {
         if !(self.relay_url.starts_with("ws://") || self.relay_url.starts_with("wss://")) {
             return Err(Error::Config("--relay-url must be ws:// or wss://".into()));
         }
+        if self.batch == 0 {
+            return Err(Error::Config("--batch must be positive".into()));
+        }
+        atproto::syntax::validate_did(&self.appview_did)
+            .map_err(|e| Error::Config(e.to_string()))?;
         Ok(())
     }
 }

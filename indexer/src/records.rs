@@ -10,7 +10,10 @@ use thiserror::Error;
 use crate::extract::{Change, RecordRow, Visibility};
 
 /// Schema files in order; each runs once (`CREATE … IF NOT EXISTS`).
-pub const MIGRATIONS: &[(&str, &str)] = &[("001_records", include_str!("../sql/001_records.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("001_records", include_str!("../sql/001_records.sql")),
+    ("002_cursor", include_str!("../sql/002_cursor.sql")),
+];
 
 /// Collections that land in an agent's inbox.
 const INBOX_COLLECTIONS: &[&str] = &[
@@ -243,6 +246,31 @@ impl<T: SqlTransport> RecordStore<T> {
             .select(&[visible_to(caller), format!("uri = {}", sql_str(uri))], 1)?
             .into_iter()
             .next())
+    }
+
+    /// The last sequence number indexed from `source`.
+    pub fn cursor(&self, source: &str) -> Result<Option<u64>, RecordError> {
+        let sql = format!(
+            "SELECT max(seq) AS seq, count() AS n FROM cursors WHERE source = {}",
+            sql_str(source)
+        );
+        let out = String::from_utf8(self.sql.execute(&sql)?)
+            .map_err(|e| RecordError::Row(e.to_string()))?;
+        let v: Value =
+            serde_json::from_str(out.trim()).map_err(|e| RecordError::Row(e.to_string()))?;
+        let num = |x: &Value| match x {
+            Value::String(s) => s.parse().unwrap_or(0),
+            x => x.as_u64().unwrap_or(0),
+        };
+        Ok((num(&v["n"]) > 0).then(|| num(&v["seq"])))
+    }
+
+    /// Records that everything up to `seq` from `source` is in every sink.
+    pub fn save_cursor(&self, source: &str, seq: u64) -> Result<(), RecordError> {
+        let row = json!({"source": source, "seq": seq});
+        self.sql
+            .execute(&format!("INSERT INTO cursors FORMAT JSONEachRow {row}"))?;
+        Ok(())
     }
 
     /// Whether any stored row, visible or not, deleted or not, contains `needle` in any

@@ -1,0 +1,274 @@
+//! The indexer's loop: the relay's firehose, from the stored cursor, in batches; each
+//! batch extracted (lexicons, privacy), embedded, written to the vector store and the
+//! record index, and only then the cursor advanced. A kill at any point re-reads at most
+//! one batch, and re-writing it is harmless (rows and points are keyed by URI and
+//! versioned by rev).
+
+use std::time::{Duration, Instant};
+
+use atproto::frame::{decode_frame, Frame};
+use futures::StreamExt;
+
+use crate::embed::Embedder;
+use crate::extract::{Change, Extractor};
+use crate::records::{RecordStore, SqlTransport};
+use crate::vectors::{VectorPoint, VectorStore};
+use crate::Error;
+
+/// Everything a batch goes through.
+pub struct Sinks<T> {
+    /// Commit → changes.
+    pub extractor: Extractor,
+    /// The record index (and the cursor).
+    pub records: RecordStore<T>,
+    /// Vectors for recall, with the model that makes them; absent without a model.
+    pub vectors: Option<(Embedder, Box<dyn VectorStore>)>,
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Rows written.
+    pub rows: usize,
+    /// Vectors written.
+    pub vectors: usize,
+    /// Ops skipped (not agent records, private, invalid).
+    pub skipped: usize,
+}
+
+fn millis(datetime: &str) -> i64 {
+    // Only the date and time matter for `since` filters; a malformed value sorts first.
+    let b = datetime.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> i64 {
+        b.get(r)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    if b.len() < 19 {
+        return 0;
+    }
+    let (y, mo, d, h, mi, s) = (
+        num(0..4),
+        num(5..7),
+        num(8..10),
+        num(11..13),
+        num(14..16),
+        num(17..19),
+    );
+    // Days from civil (Howard Hinnant), then seconds; the offset is ignored (UTC assumed).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 86_400) + h * 3600 + mi * 60 + s) * 1000
+}
+
+impl<T: SqlTransport> Sinks<T> {
+    /// Indexes one batch of frames and then stores `last_seq` as the cursor for `source`.
+    pub fn index(
+        &mut self,
+        frames: &[Frame],
+        source: &str,
+        last_seq: u64,
+        now_ms: i64,
+    ) -> Result<BatchStats, Error> {
+        let mut stats = BatchStats::default();
+        let mut changes: Vec<Change> = Vec::new();
+        for frame in frames {
+            if let Frame::Commit(ev) = frame {
+                let (c, skipped) = self.extractor.extract(ev);
+                stats.skipped += skipped.len();
+                changes.extend(c);
+            }
+        }
+        if let Some((embedder, store)) = &mut self.vectors {
+            let with_text: Vec<&crate::extract::RecordRow> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Upsert(r) if r.text.is_some() => Some(r.as_ref()),
+                    _ => None,
+                })
+                .collect();
+            if !with_text.is_empty() {
+                let texts: Vec<String> = with_text
+                    .iter()
+                    .map(|r| r.text.clone().unwrap_or_default())
+                    .collect();
+                let vectors = embedder
+                    .embed(&texts, 64)
+                    .map_err(|e| Error::Sink(e.to_string()))?;
+                let points: Vec<VectorPoint> = with_text
+                    .iter()
+                    .zip(vectors)
+                    .map(|(r, vector)| VectorPoint {
+                        uri: r.uri.clone(),
+                        author: r.author.clone(),
+                        collection: r.collection.clone(),
+                        visibility: match r.visibility {
+                            crate::extract::Visibility::Public => "public".into(),
+                            crate::extract::Visibility::Shared => "shared".into(),
+                        },
+                        recipients: r.recipients.clone(),
+                        created_ms: millis(&r.created_at),
+                        vector,
+                    })
+                    .collect();
+                store
+                    .upsert(&points)
+                    .map_err(|e| Error::Sink(e.to_string()))?;
+                stats.vectors = points.len();
+            }
+            let deleted: Vec<String> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Delete { uri, .. } => Some(uri.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !deleted.is_empty() {
+                store
+                    .delete(&deleted)
+                    .map_err(|e| Error::Sink(e.to_string()))?;
+            }
+        }
+        self.records
+            .apply(&changes, now_ms)
+            .map_err(|e| Error::Sink(e.to_string()))?;
+        stats.rows = changes.len();
+        // Only after every sink has the batch.
+        self.records
+            .save_cursor(source, last_seq)
+            .map_err(|e| Error::Sink(e.to_string()))?;
+        Ok(stats)
+    }
+}
+
+/// Follows the relay at `url` from the stored cursor until `stop` fires, indexing in
+/// batches of at most `batch` frames or `wait`, and hands the sinks back. Sinks run on a
+/// blocking thread.
+pub async fn follow<T: SqlTransport + 'static>(
+    url: &str,
+    mut sinks: Sinks<T>,
+    batch: usize,
+    wait: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Sinks<T>, Error> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let cursor = sinks
+            .records
+            .cursor(url)
+            .map_err(|e| Error::Sink(e.to_string()))?;
+        let endpoint = match cursor {
+            Some(c) => format!("{url}/xrpc/com.atproto.sync.subscribeRepos?cursor={c}"),
+            None => format!("{url}/xrpc/com.atproto.sync.subscribeRepos?cursor=0"),
+        };
+        let stream = tokio::select! {
+            _ = stop.changed() => return Ok(sinks),
+            s = tokio_tungstenite::connect_async(endpoint.as_str()) => s,
+        };
+        let mut ws = match stream {
+            Ok((ws, _)) => {
+                backoff = Duration::from_millis(200);
+                ws
+            }
+            Err(error) => {
+                tracing::warn!(%url, %error, "relay unreachable");
+                tokio::select! {
+                    _ = stop.changed() => return Ok(sinks),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        let mut pending: Vec<Frame> = Vec::with_capacity(batch);
+        let mut last_seq = 0u64;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let timeout = deadline
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(3600));
+            let next = tokio::select! {
+                _ = stop.changed() => None,
+                m = tokio::time::timeout(timeout, ws.next()) => Some(m),
+            };
+            let Some(next) = next else {
+                // Stopping: finish what was read.
+                if !pending.is_empty() {
+                    sinks = flush(sinks, pending, url, last_seq).await?;
+                }
+                return Ok(sinks);
+            };
+            match next {
+                Ok(Some(Ok(msg))) if msg.is_binary() => {
+                    let bytes = msg.into_data();
+                    match decode_frame(&bytes) {
+                        Ok(Frame::Error(e)) => {
+                            tracing::warn!(error = %e.error, "relay sent an error frame");
+                            break;
+                        }
+                        Ok(frame) => {
+                            if let Some(seq) = frame.seq() {
+                                last_seq = seq as u64;
+                                pending.push(frame);
+                                deadline.get_or_insert_with(|| Instant::now() + wait);
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "undecodable frame from the relay"),
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => break,
+                Err(_) => {} // batch wait elapsed
+            }
+            let due = deadline.is_some_and(|d| Instant::now() >= d);
+            if !pending.is_empty() && (pending.len() >= batch || due) {
+                sinks = flush(sinks, std::mem::take(&mut pending), url, last_seq).await?;
+                deadline = None;
+            }
+        }
+        if !pending.is_empty() {
+            sinks = flush(sinks, std::mem::take(&mut pending), url, last_seq).await?;
+        }
+    }
+}
+
+async fn flush<T: SqlTransport + 'static>(
+    mut sinks: Sinks<T>,
+    frames: Vec<Frame>,
+    source: &str,
+    last_seq: u64,
+) -> Result<Sinks<T>, Error> {
+    let source = source.to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    tokio::task::spawn_blocking(move || {
+        let stats = sinks.index(&frames, &source, last_seq, now)?;
+        tracing::debug!(
+            rows = stats.rows,
+            vectors = stats.vectors,
+            skipped = stats.skipped,
+            last_seq,
+            "indexed batch"
+        );
+        Ok(sinks)
+    })
+    .await
+    .map_err(|e| Error::Sink(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn datetime_millis() {
+        assert_eq!(super::millis("1970-01-01T00:00:01.000Z"), 1000);
+        assert_eq!(super::millis("2026-11-24T08:00:00.000Z"), 1_795_507_200_000);
+        assert_eq!(super::millis("garbage"), 0);
+    }
+}

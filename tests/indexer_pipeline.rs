@@ -1,0 +1,133 @@
+//! Synthetic agents → relay → indexer: every commit lands in the record index and the vector
+//! store, the cursor follows, and a restart resumes where it stopped without duplicates.
+//! Needs AGENTNET_CHDB_LIB, ORT_DYLIB_PATH and the model (scripts/test.sh sets them).
+
+mod inproc;
+
+use std::time::Duration;
+
+use agentnet_indexer::chdb::Chdb;
+use agentnet_indexer::embed::{Embedder, Precision};
+use agentnet_indexer::extract::Extractor;
+use agentnet_indexer::pipeline::{follow, Sinks};
+use agentnet_indexer::records::RecordStore;
+use agentnet_indexer::vectors::{ExactStore, Query, VectorStore};
+use inproc::{relay_args, tempdir, wait_for, FleetHandle, RelayHandle};
+
+fn model_dir() -> std::path::PathBuf {
+    std::env::var("AGENTNET_MODEL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../shared/models/all-minilm-l6-v2")
+        })
+}
+
+/// Follows the relay for a few seconds (long enough to drain what it holds), then stops.
+async fn follow_for_a_while(sinks: Sinks<Chdb>, relay: &str) -> Sinks<Chdb> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let url = relay.to_string();
+    let task =
+        tokio::spawn(
+            async move { follow(&url, sinks, 64, Duration::from_millis(50), stopped).await },
+        );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = stop.send(true);
+    task.await.expect("join").expect("indexer ran cleanly")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_to_relay_to_index_and_resume() {
+    let lib = std::env::var("AGENTNET_CHDB_LIB")
+        .expect("AGENTNET_CHDB_LIB must name libchdb.so: run infra/chdb/setup.sh");
+    let mut fleet = FleetHandle::start(3, false).await;
+    let data = tempdir("indexer-pipeline");
+    let args = relay_args(&data.join("relay"), &fleet.fleet);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = RelayHandle::start(&args).await;
+    wait_for("the relay to subscribe", async || {
+        relay.metric("relay_upstream_connects_total").await >= 1.0
+    })
+    .await;
+    fleet.fleet.genesis().await.expect("genesis");
+    for i in 0..12 {
+        fleet.fleet.write_one(i % 3).await.expect("write");
+    }
+    wait_for("relay to publish", async || {
+        relay.metric("relay_events_out_total").await >= 23.0
+    })
+    .await;
+    let dids = fleet.fleet.dids().await;
+
+    let sinks = Sinks {
+        extractor: Extractor::new(lexicons::catalog().expect("catalog"), None),
+        records: RecordStore::open(
+            Chdb::open(std::path::Path::new(&lib), &data.join("clickhouse")).expect("chdb"),
+        )
+        .expect("schema"),
+        vectors: Some((
+            Embedder::load(&model_dir(), Precision::Int8, Some(1)).expect("model"),
+            Box::new(ExactStore::new()) as Box<dyn VectorStore>,
+        )),
+    };
+    let relay_url = format!("ws://127.0.0.1:{}", relay.port);
+    let sinks = follow_for_a_while(sinks, &relay_url).await;
+
+    // The fleet's messages are addressed to their senders: each account's inbox holds its
+    // own genesis and round-robin messages, 5 each.
+    for did in &dids[..3] {
+        let inbox = sinks
+            .records
+            .inbox(None, did, None, None, 100)
+            .expect("inbox");
+        assert_eq!(inbox.len(), 5, "{did}: {inbox:?}");
+    }
+    let cursor = sinks
+        .records
+        .cursor(&relay_url)
+        .expect("cursor")
+        .expect("saved");
+    assert!(cursor >= 23, "cursor {cursor}");
+    let (embedder, store) = sinks.vectors.as_ref().expect("vectors");
+    let _ = embedder;
+    let hits = store
+        .search(
+            None,
+            &Query {
+                vector: vec![0.0; 384]
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, _)| if i == 0 { 1.0 } else { 0.0 })
+                    .collect(),
+                limit: 100,
+                ..Query::default()
+            },
+        )
+        .expect("search");
+    assert_eq!(hits.len(), 15, "one vector per message");
+
+    // More writes while stopped; a restart resumes from the cursor without duplicates.
+    for i in 0..6 {
+        fleet.fleet.write_one(i % 3).await.expect("write");
+    }
+    wait_for("relay to publish", async || {
+        relay.metric("relay_events_out_total").await >= 29.0
+    })
+    .await;
+    let sinks = follow_for_a_while(sinks, &relay_url).await;
+    for did in &dids[..3] {
+        assert_eq!(
+            sinks
+                .records
+                .inbox(None, did, None, None, 100)
+                .expect("inbox")
+                .len(),
+            7,
+            "{did}"
+        );
+    }
+    relay.stop().await;
+    fleet.stop().await;
+    drop(sinks);
+    let _ = std::fs::remove_dir_all(&data);
+}
