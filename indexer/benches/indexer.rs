@@ -1,0 +1,291 @@
+//! Indexer benchmarks, with baselines measured in the same run:
+//!
+//! 1. Embedding: the batcher serving single-text requests vs. the model called directly on
+//!    whole batches of the same texts (the floor the pipeline adds overhead to), int8 and
+//!    fp32.
+//! 2. Indexing throughput: commits through extract → (embed) → vectors → ClickHouse → cursor,
+//!    without embeddings, with int8, with fp32.
+//! 3. Recall latency: p50/p99 of filtered searches at N vectors, qdrant-edge after
+//!    `optimize()` vs. the exact store.
+//! 4. Inbox query latency on embedded ClickHouse at the indexed size.
+//!
+//! Needs AGENTNET_CHDB_LIB, ORT_DYLIB_PATH and the model (AGENTNET_MODEL_DIR or
+//! ../shared/models/all-minilm-l6-v2). `cargo bench -p agentnet-indexer --bench indexer`;
+//! sizes via AGENTNET_BENCH_COMMITS (default 2000) and AGENTNET_BENCH_VECTORS (100000).
+
+use std::time::{Duration, Instant};
+
+use agentnet_indexer::chdb::Chdb;
+use agentnet_indexer::embed::{BatchConfig, Batcher, Embedder, Precision};
+use agentnet_indexer::extract::Extractor;
+use agentnet_indexer::pipeline::Sinks;
+use agentnet_indexer::records::RecordStore;
+use agentnet_indexer::vectors::{EdgeStore, ExactStore, Query, VectorPoint, VectorStore};
+use atproto::commit::{RepoWriter, Write};
+use atproto::crypto::{Algorithm, Keypair};
+use atproto::frame::Frame;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn model_dir() -> std::path::PathBuf {
+    std::env::var("AGENTNET_MODEL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/models/all-minilm-l6-v2")
+        })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+const WORDS: &[&str] = &[
+    "deploy",
+    "staging",
+    "keys",
+    "rotate",
+    "summary",
+    "incident",
+    "ledger",
+    "audit",
+    "handoff",
+    "research",
+    "latency",
+    "relay",
+    "index",
+    "memory",
+    "agent",
+    "review",
+    "budget",
+    "schedule",
+    "vendor",
+    "contract",
+    "migration",
+    "cache",
+];
+
+fn sentence(i: usize) -> String {
+    (0..12)
+        .map(|k| WORDS[(i * 7 + k * 13 + k * k) % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let texts: Vec<String> = (0..256).map(sentence).collect();
+
+    // 1. Embedding pipeline vs. direct batches.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for precision in [Precision::Int8, Precision::Fp32] {
+        let mut direct = Embedder::load(&model_dir(), precision, None).expect("model");
+        direct.embed(&texts[..32], 32).expect("warm up");
+        let t = Instant::now();
+        direct.embed(&texts, 32).expect("embed");
+        let direct_rate = texts.len() as f64 / t.elapsed().as_secs_f64();
+        let (batcher, thread) = Batcher::start(
+            Embedder::load(&model_dir(), precision, None).expect("model"),
+            BatchConfig {
+                max_batch: 32,
+                max_wait: Duration::from_millis(5),
+            },
+        );
+        let t = Instant::now();
+        rt.block_on(async {
+            let handles: Vec<_> = texts
+                .iter()
+                .cloned()
+                .map(|s| {
+                    let b = batcher.clone();
+                    tokio::spawn(async move { b.embed(s).await })
+                })
+                .collect();
+            for h in handles {
+                h.await.expect("join").expect("embedded");
+            }
+        });
+        let batched_rate = texts.len() as f64 / t.elapsed().as_secs_f64();
+        drop(batcher);
+        thread.join().expect("batcher");
+        println!(
+            "embedding {precision:?}: direct batches of 32 {direct_rate:.0} texts/s; batcher (single-text requests) {batched_rate:.0} texts/s = {:.0} % of direct",
+            100.0 * batched_rate / direct_rate
+        );
+    }
+
+    // 2. Indexing throughput.
+    let commits = env_or("AGENTNET_BENCH_COMMITS", 2000);
+    let mut frames = Vec::with_capacity(commits);
+    let mut writers: Vec<RepoWriter> = (0..20)
+        .map(|i| {
+            RepoWriter::new(
+                format!("did:plc:{:0>24}", format!("bench{i}")).replace('0', "a"),
+                Keypair::generate(Algorithm::K256),
+            )
+            .expect("repo")
+        })
+        .collect();
+    for i in 0..commits {
+        let w = &mut writers[i % 20];
+        let did = w.did().to_string();
+        let rkey = w.next_rkey().to_string();
+        let record = serde_json::json!({"$type": "agent.comms.message", "sender": did, "recipient": did, "content": {"kind": "text", "text": sentence(i)}, "createdAt": "2026-11-24T08:00:00.000Z"});
+        let record = atproto::data::to_cbor(&atproto::data::json_to_ipld(&record).expect("data"))
+            .expect("cbor");
+        let mut ev = w
+            .commit(
+                &[Write::Create {
+                    collection: "agent.comms.message".into(),
+                    rkey,
+                    record,
+                }],
+                "2026-11-24T08:00:00.000Z",
+            )
+            .expect("commit");
+        ev.seq = i as i64 + 1;
+        frames.push(Frame::Commit(Box::new(ev)));
+    }
+    let lib = std::env::var("AGENTNET_CHDB_LIB").expect("AGENTNET_CHDB_LIB");
+    let dir = std::env::temp_dir().join(format!("agentnet-index-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let db = Chdb::open(std::path::Path::new(&lib), &dir.join("clickhouse")).expect("chdb");
+    let mut sinks = Sinks {
+        extractor: Extractor::new(lexicons::catalog().expect("catalog"), None),
+        records: RecordStore::open(db).expect("schema"),
+        vectors: None,
+    };
+    for (label, precision) in [
+        ("no embeddings", None),
+        ("int8", Some(Precision::Int8)),
+        ("fp32", Some(Precision::Fp32)),
+    ] {
+        sinks.vectors = precision.map(|p| {
+            let e = Embedder::load(&model_dir(), p, None).expect("model");
+            let store: Box<dyn VectorStore> = Box::new(
+                EdgeStore::open(&dir.join(format!("vectors-{label}")), e.dimensions())
+                    .expect("edge"),
+            );
+            (e, store)
+        });
+        let t = Instant::now();
+        for (i, chunk) in frames.chunks(256).enumerate() {
+            sinks
+                .index(chunk, label, ((i + 1) * 256) as u64, 0)
+                .expect("index");
+        }
+        println!(
+            "indexing, {label}: {commits} commits in {:.2}s = {:.0} records/s",
+            t.elapsed().as_secs_f64(),
+            commits as f64 / t.elapsed().as_secs_f64()
+        );
+    }
+
+    // 4. Inbox latency at the indexed size.
+    let did = writers[3].did().to_string();
+    let mut lat = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let rows = sinks
+            .records
+            .inbox(Some(&did), &did, None, None, 50)
+            .expect("inbox");
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert!(!rows.is_empty());
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "inbox query ({} rows indexed, 3 passes): p50 {:.2} ms, p99 {:.2} ms",
+        commits * 3,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+
+    // 3. Recall latency at N vectors.
+    let n = env_or("AGENTNET_BENCH_VECTORS", 100_000);
+    let edge = EdgeStore::open(&dir.join("recall"), 384).expect("edge");
+    let exact = ExactStore::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    };
+    let t = Instant::now();
+    for chunk in 0..n.div_ceil(1000) {
+        let points: Vec<VectorPoint> = (chunk * 1000..((chunk + 1) * 1000).min(n))
+            .map(|i| VectorPoint {
+                uri: format!("at://did:plc:x/agent.memory.note/{i}"),
+                author: format!("did:plc:author{}", i % 100),
+                collection: if i % 2 == 0 {
+                    "agent.memory.note"
+                } else {
+                    "agent.comms.message"
+                }
+                .into(),
+                visibility: if i % 3 == 0 { "shared" } else { "public" }.into(),
+                recipients: if i % 3 == 0 {
+                    vec![format!("did:plc:author{}", (i + 1) % 100)]
+                } else {
+                    vec![]
+                },
+                created_ms: i as i64,
+                vector: (0..384).map(|_| rnd()).collect(),
+            })
+            .collect();
+        edge.upsert(&points).expect("upsert");
+        exact.upsert(&points).expect("upsert");
+    }
+    let upsert_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    edge.optimize().expect("optimize");
+    let optimize_secs = t.elapsed().as_secs_f64();
+    let queries: Vec<Vec<f32>> = (0..200)
+        .map(|_| (0..384).map(|_| rnd()).collect())
+        .collect();
+    for (name, store) in [
+        ("qdrant-edge (HNSW)", &edge as &dyn VectorStore),
+        ("exact scan", &exact as &dyn VectorStore),
+    ] {
+        let mut lat = Vec::new();
+        let mut recall_hits = 0usize;
+        for (i, q) in queries.iter().enumerate() {
+            let query = Query {
+                vector: q.clone(),
+                limit: 10,
+                ..Query::default()
+            };
+            let caller = format!("did:plc:author{}", i % 100);
+            let t = Instant::now();
+            let hits = store.search(Some(&caller), &query).expect("search");
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            let truth = exact.search(Some(&caller), &query).expect("search");
+            recall_hits += hits
+                .iter()
+                .filter(|h| truth.iter().any(|t| t.uri == h.uri))
+                .count();
+        }
+        lat.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "recall at {n} vectors, {name}: p50 {:.2} ms, p99 {:.2} ms, recall@10 vs exact {:.3}",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            recall_hits as f64 / (10 * queries.len()) as f64
+        );
+    }
+    println!("  (qdrant-edge: upsert {n} points in {upsert_secs:.1}s, with the exact store; optimize {optimize_secs:.1}s)");
+    drop(sinks);
+    let _ = std::fs::remove_dir_all(&dir);
+}
