@@ -286,6 +286,8 @@ fn main() {
         );
     }
     println!("  (qdrant-edge: upsert {n} points in {upsert_secs:.1}s, with the exact store; optimize {optimize_secs:.1}s)");
+    // Close the stores before their files go (qdrant-edge flushes on drop).
+    drop(edge);
     drop(sinks);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -242,7 +242,12 @@ impl VectorStore for EdgeStore {
                 must: Some(must),
                 must_not: None,
             }),
-            params: None,
+            // A wider beam than the default: filtered searches over recall-sized sets lose
+            // neighbours at small ef (measured in benches/indexer.rs).
+            params: Some(qdrant_edge::SearchParams {
+                hnsw_ef: Some((query.limit * 16).clamp(128, 1024)),
+                ..qdrant_edge::SearchParams::default()
+            }),
             limit: query.limit.clamp(1, 1000),
             offset: 0,
             with_payload: Some(qdrant_edge::WithPayloadInterface::Bool(true)),
