@@ -4,12 +4,8 @@
 
 mod support;
 
-use std::num::NonZeroUsize;
-use std::time::Duration;
-
 use agentnet_agent::{open_json, Agent, AgentError, Privacy};
 use atproto::envelope::EnvelopeError;
-use atproto::identity::{CachingResolver, HttpResolver, ResolverConfig};
 use serde_json::json;
 use support::Pds;
 
@@ -24,16 +20,7 @@ async fn agents_seal_for_recipients_on_a_real_pds() {
     })
     .await
     .expect("accounts");
-    let resolver = CachingResolver::new(
-        HttpResolver::new(ResolverConfig {
-            plc_url: pds.plc.clone(),
-            dev: true,
-            timeout: Duration::from_secs(5),
-        })
-        .expect("client"),
-        NonZeroUsize::new(64).expect("nonzero"),
-        Duration::from_secs(60),
-    );
+    let resolver = pds.resolver();
     let dir = std::env::temp_dir().join(format!("agentnet-agents-{}", std::process::id()));
     let mut ann = Agent::login(&pds.url, "ann.test", "hunter2-agentnet")
         .await

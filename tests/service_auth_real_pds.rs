@@ -4,11 +4,7 @@
 
 mod support;
 
-use std::num::NonZeroUsize;
-use std::time::Duration;
-
 use atproto::auth::{verify, AuthError};
-use atproto::identity::{CachingResolver, HttpResolver, ResolverConfig};
 use serde_json::json;
 use support::Pds;
 
@@ -29,16 +25,7 @@ async fn reference_pds_service_tokens_verify() {
     let did = dids["dids"]["ada"].as_str().expect("did").to_string();
     let token = token["token"].as_str().expect("token").to_string();
 
-    let resolver = CachingResolver::new(
-        HttpResolver::new(ResolverConfig {
-            plc_url: pds.plc.clone(),
-            dev: true,
-            timeout: Duration::from_secs(5),
-        })
-        .expect("client"),
-        NonZeroUsize::new(16).expect("nonzero"),
-        Duration::from_secs(60),
-    );
+    let resolver = pds.resolver();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")

@@ -319,7 +319,7 @@ impl VectorStore for ExactStore {
             .filter(|p| query.since_ms.is_none_or(|s| p.created_ms >= s))
             .map(|p| Hit {
                 uri: p.uri.clone(),
-                score: cosine(&p.vector, &query.vector),
+                score: crate::embed::cosine(&p.vector, &query.vector),
             })
             .collect();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -330,8 +330,4 @@ impl VectorStore for ExactStore {
     fn optimize(&self) -> Result<(), VectorError> {
         Ok(())
     }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    crate::embed::cosine(a, b)
 }

@@ -2,10 +2,13 @@
 //! when the appview is a recipient), private ones not at all; invalid and foreign records
 //! skipped with a reason.
 
+mod common;
+
 use agentnet_indexer::extract::{AppviewKey, Change, Extractor, Skipped, Visibility};
 use atproto::commit::{RepoWriter, Write};
 use atproto::crypto::{Algorithm, Keypair};
 use atproto::envelope::{seal, EncryptionKey, Recipient};
+use common::{cbor, sealed_record};
 use lexicons::Record;
 use serde_json::json;
 
@@ -13,10 +16,6 @@ const NOW: &str = "2026-11-24T08:00:00.000Z";
 const APPVIEW: &str = "did:web:appview.agentnet.test";
 const B: &str = "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb";
 const SECRET: &str = "the private memory says the launch code is 0000";
-
-fn cbor(v: &serde_json::Value) -> Vec<u8> {
-    atproto::data::to_cbor(&atproto::data::json_to_ipld(v).expect("data")).expect("cbor")
-}
 
 fn create(collection: &str, rkey: &str, record: Vec<u8>) -> Write {
     Write::Create {
@@ -43,12 +42,7 @@ fn privacy_levels_validation_and_deletes() {
 
     let message = |text: &str| json!({"$type": "agent.comms.message", "sender": a, "recipient": B, "content": {"kind": "text", "text": text}, "createdAt": NOW});
     let sealed_at = |rkey: &str, inner: &serde_json::Value, to: &[Recipient<'_>]| {
-        let uri = format!("at://{a}/agent.envelope.sealed/{rkey}");
-        let collection = inner["$type"].as_str().expect("$type");
-        seal(&uri, collection, NOW, &cbor(inner), to)
-            .expect("seal")
-            .to_cbor()
-            .expect("cbor")
+        sealed_record(&a, rkey, NOW, inner, to)
     };
     let with_appview = [
         Recipient {

@@ -2,13 +2,15 @@
 //! lookups answer each caller only what it may see, replays do not duplicate, deletes
 //! apply, and a private record leaves no trace in any column. Needs AGENTNET_CHDB_LIB.
 
+mod common;
+
 use agentnet_indexer::chdb::Chdb;
 use agentnet_indexer::extract::{AppviewKey, Change, Extractor};
 use agentnet_indexer::records::RecordStore;
 use atproto::commit::{RepoWriter, Write};
 use atproto::crypto::{Algorithm, Keypair};
-use atproto::envelope::{seal, EncryptionKey, Recipient};
-use lexicons::Record;
+use atproto::envelope::{EncryptionKey, Recipient};
+use common::{cbor, sealed_record};
 use serde_json::json;
 
 const NOW: &str = "2026-11-24T08:00:00.000Z";
@@ -16,10 +18,6 @@ const APPVIEW: &str = "did:web:appview.agentnet.test";
 const B: &str = "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb";
 const C: &str = "did:plc:cccccccccccccccccccccccc";
 const SECRET: &str = "private: the escrow code is 4242";
-
-fn cbor(v: &serde_json::Value) -> Vec<u8> {
-    atproto::data::to_cbor(&atproto::data::json_to_ipld(v).expect("data")).expect("cbor")
-}
 
 #[test]
 fn inbox_access_control_replay_delete_and_no_private_trace() {
@@ -49,17 +47,7 @@ fn inbox_access_control_replay_delete_and_no_private_trace() {
         av_key.public(),
     );
     let sealed = |rkey: &str, inner: &serde_json::Value, to: &[Recipient<'_>]| {
-        let uri = format!("at://{a}/agent.envelope.sealed/{rkey}");
-        seal(
-            &uri,
-            inner["$type"].as_str().expect("$type"),
-            NOW,
-            &cbor(inner),
-            to,
-        )
-        .expect("seal")
-        .to_cbor()
-        .expect("cbor")
+        sealed_record(&a, rkey, NOW, inner, to)
     };
     let msg = |to: &str, text: &str| json!({"$type": "agent.comms.message", "sender": a, "recipient": to, "content": {"kind": "text", "text": text}, "createdAt": NOW});
     let req = json!({"$type": "agent.comms.request", "sender": a, "assignee": C, "task": "audit the ledger", "createdAt": NOW});

@@ -88,6 +88,20 @@ impl Pds {
         }
     }
 
+    /// A DID resolver against this network's PLC (dev mode: loopback allowed).
+    pub fn resolver(&self) -> atproto::identity::CachingResolver<atproto::identity::HttpResolver> {
+        atproto::identity::CachingResolver::new(
+            atproto::identity::HttpResolver::new(atproto::identity::ResolverConfig {
+                plc_url: self.plc.clone(),
+                dev: true,
+                timeout: Duration::from_secs(5),
+            })
+            .expect("client"),
+            std::num::NonZeroUsize::new(64).expect("nonzero"),
+            Duration::from_secs(60),
+        )
+    }
+
     pub fn send(&mut self, cmd: serde_json::Value) {
         writeln!(self.stdin, "{cmd}").expect("PDS command");
     }
