@@ -234,6 +234,8 @@ fn new_fleet(accounts: usize, keys: &str) -> (Fleet, std::net::SocketAddr) {
         keys: keys.into(),
         cloudflare: false,
         ops_per_commit: 1,
+        traffic: "messages".into(),
+        appview: None,
     };
     (Fleet::new(config, addr).expect("fleet"), addr)
 }

@@ -62,6 +62,14 @@ struct AgentArgs {
     /// Allow loopback and private hosts (local testing only).
     #[arg(long, env = "AGENTNET_DEV", default_value_t = false)]
     dev: bool,
+    /// The appview to query (`inbox`, `recall`, `query`); its DID is read from its
+    /// `/.well-known/did.json`.
+    #[arg(
+        long,
+        env = "AGENTNET_APPVIEW_URL",
+        default_value = "http://127.0.0.1:2470"
+    )]
+    appview: String,
     #[command(subcommand)]
     command: AgentCommand,
 }
@@ -86,22 +94,87 @@ enum AgentCommand {
         /// at://did/collection/rkey
         uri: String,
     },
+    /// The agent's inbox from the appview, newest first (sealed items opened locally).
+    Inbox {
+        /// Most items.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Records nearest in meaning to a query, among those the agent may see.
+    Recall {
+        /// What to recall.
+        q: String,
+        /// Most results.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
+    /// Any appview query, as this agent: `query agent.comms.listTasks status=open`.
+    Query {
+        /// The query's NSID.
+        nsid: String,
+        /// Parameters as name=value.
+        params: Vec<String>,
+    },
 }
 
+/// `agentnet up`: relay, indexer and appview in one process on embedded stores, sharing
+/// one listener.
 #[derive(Debug, clap::Args)]
 struct UpArgs {
-    #[command(flatten)]
-    relay: agentnet_relay::Config,
-    /// Also run a synthetic fleet of agents (real keys, real signed commits) feeding the
-    /// relay at a gentle rate, so the firehose shows a live network at once.
+    /// Address for the firehose, the sync and appview XRPC, the DID document and the
+    /// dashboard.
+    #[arg(long, env = "AGENTNET_LISTEN", default_value = "127.0.0.1:2470")]
+    listen: std::net::SocketAddr,
+    /// Directory for everything: `relay/` (the event log) and `index/` (ClickHouse, vectors,
+    /// the appview's key).
+    #[arg(long, env = "AGENTNET_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// A PDS to crawl, by full URL with port (repeatable).
+    #[arg(long = "host", env = "AGENTNET_HOSTS", value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// PLC directory for resolving did:plc.
+    #[arg(
+        long,
+        env = "AGENTNET_PLC_URL",
+        default_value = "https://plc.directory"
+    )]
+    plc_url: String,
+    /// Allow loopback and private hosts and plain-http did:web (local testing only).
+    #[arg(long, env = "AGENTNET_DEV", default_value_t = false)]
+    dev: bool,
+    /// ONNX embedding model directory (e.g. ../shared/models/all-minilm-l6-v2); without it
+    /// nothing is embedded and recall is off.
+    #[arg(long, env = "AGENTNET_MODEL_DIR")]
+    model_dir: Option<PathBuf>,
+    /// Run the int8 graph of the model (about 3x faster on CPU) instead of fp32.
+    #[arg(long, env = "AGENTNET_MODEL_INT8", default_value_t = true, action = clap::ArgAction::Set)]
+    model_int8: bool,
+    /// chDB's library for the embedded ClickHouse (`infra/chdb/setup.sh` prints it).
+    #[arg(long, env = "AGENTNET_CHDB_LIB", default_value = "libchdb.so")]
+    chdb_lib: PathBuf,
+    /// The appview's DID; default `did:web:` + the listen address.
+    #[arg(long, env = "AGENTNET_APPVIEW_DID")]
+    appview_did: Option<String>,
+    /// The URL agents reach this node at; default `http://` + the listen address.
+    #[arg(long, env = "AGENTNET_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Also run synthetic agents (on a loopback PDS fleet of their own) talking at all three
+    /// privacy levels, so the firehose, inbox and recall show a live network.
     #[arg(long, env = "AGENTNET_DEMO", default_value_t = false)]
     demo: bool,
-    /// Agents in the demo fleet.
-    #[arg(long, env = "AGENTNET_DEMO_AGENTS", default_value_t = 20)]
+    /// Demo agents.
+    #[arg(long, env = "AGENTNET_DEMO_AGENTS", default_value_t = 12)]
     demo_agents: usize,
-    /// Commits per second across the demo fleet.
+    /// Demo records written per second, across all agents.
     #[arg(long, env = "AGENTNET_DEMO_RATE", default_value_t = 2.0)]
     demo_rate: f64,
+}
+
+/// Defaults (and environment overrides) of a service's own settings, for `up`.
+#[derive(Debug, Parser)]
+struct Defaults<T: clap::Args> {
+    #[command(flatten)]
+    config: T,
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,48 +271,175 @@ async fn shutdown_signal() {
 /// indexer and appview join it as they are built. With `--demo`, a synthetic fleet on a
 /// loopback port feeds it.
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let mut relay = args.relay;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let local = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let did = args
+        .appview_did
+        .clone()
+        .unwrap_or_else(|| agentnet_appview::did_web_for(&local));
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"));
+    let index_dir = args.data_dir.join("index");
+    std::fs::create_dir_all(&index_dir)
+        .with_context(|| format!("creating {}", index_dir.display()))?;
+    let key = agentnet_indexer::appview_key(&index_dir.join("appview-key.json"), &did)?;
+
+    let mut relay = Defaults::<agentnet_relay::Config>::try_parse_from(["relay"])?.config;
+    relay.listen = addr;
+    relay.data_dir = args.data_dir.join("relay");
+    relay.hosts = args.hosts.clone();
+    relay.plc_url = args.plc_url.clone();
+    relay.dev = args.dev;
+    let mut indexer = Defaults::<agentnet_indexer::Config>::try_parse_from(["indexer"])?.config;
+    indexer.relay_url = format!("ws://{local}");
+    indexer.data_dir = index_dir.clone();
+    indexer.model_dir = args.model_dir.clone();
+    indexer.model_int8 = args.model_int8;
+    indexer.chdb_lib = args.chdb_lib.clone();
+    indexer.appview_did = did.clone();
+    indexer.clickhouse_url = None;
+    indexer.qdrant_url = None;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
     let mut fleet = None;
     if args.demo {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let fleet_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let fleet_addr = fleet_listener.local_addr()?;
         let config = agentnet_fleet::FleetConfig {
-            listen: addr,
+            listen: fleet_addr,
             accounts: args.demo_agents,
             rate: args.demo_rate,
             keys: "mix".into(),
             cloudflare: false,
             ops_per_commit: 1,
+            traffic: "conversation".into(),
+            appview: Some(format!("{did}={}", key.public().multikey())),
         };
-        relay.hosts.push(format!("http://{addr}"));
-        relay.plc_url = format!("http://{addr}/plc");
+        relay.hosts.push(format!("http://{fleet_addr}"));
+        relay.plc_url = format!("http://{fleet_addr}/plc");
         // The demo fleet is on loopback.
         relay.dev = true;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(agentnet_fleet::run_on(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        fleet = Some((stop, task));
+        fleet = Some(tokio::spawn(agentnet_fleet::run_on(
+            config,
+            fleet_listener,
+            stopped(stop_rx.clone()),
+        )));
     }
-    let listen = relay.listen;
-    println!("agentnet is up (relay; indexer and appview are not in this build yet)");
-    println!("  firehose  ws://{listen}/xrpc/com.atproto.sync.subscribeRepos?cursor=0");
-    println!("  repos     http://{listen}/xrpc/com.atproto.sync.listRepos");
-    println!("  metrics   http://{listen}/metrics");
+
+    // One model instance for indexing (a blocking thread), one for queries (the batcher).
+    let embedder = agentnet_indexer::load_model(&indexer)?;
+    let stores = {
+        let (config, dims) = (
+            indexer.clone(),
+            embedder.as_ref().map(store::embed::Embedder::dimensions),
+        );
+        tokio::task::spawn_blocking(move || agentnet_indexer::open_stores(&config, dims)).await??
+    };
+    let mut embed_thread = None;
+    let recall = match (&args.model_dir, &stores.vectors) {
+        (Some(dir), Some(vectors)) => {
+            let model = store::embed::Embedder::load(
+                dir,
+                agentnet_appview::precision(args.model_int8),
+                None,
+            )?;
+            let (batcher, thread) =
+                store::embed::Batcher::start(model, agentnet_appview::QUERY_BATCH);
+            embed_thread = Some(thread);
+            Some((batcher, vectors.clone()))
+        }
+        _ => None,
+    };
+    let appview = agentnet_appview::Appview::new(agentnet_appview::Parts {
+        did: did.clone(),
+        public_url: public_url.clone(),
+        key: key.public(),
+        records: stores.records.clone(),
+        recall,
+        plc_url: relay.plc_url.clone(),
+        dev: relay.dev,
+    })?;
+
+    println!("agentnet is up: relay, indexer and appview on {local}");
+    println!("  dashboard http://{local}/");
+    println!("  firehose  ws://{local}/xrpc/com.atproto.sync.subscribeRepos?cursor=0");
+    println!("  agents    http://{local}/xrpc/agent.comms.listAgents");
+    println!("  recall    http://{local}/xrpc/agent.memory.recall?q=database+credentials");
+    println!("  appview   {did} (http://{local}/.well-known/did.json)");
+    println!("  metrics   http://{local}/metrics");
+    if args.model_dir.is_none() {
+        println!("  (no --model-dir: records are indexed without vectors; recall is off)");
+    }
     if args.demo {
         println!(
-            "  demo      {} synthetic agents writing {} commits/s",
+            "  demo      {} synthetic agents writing {} records/s at all three privacy levels",
             args.demo_agents, args.demo_rate
         );
     }
-    let result = agentnet_relay::run(relay, shutdown_signal())
-        .await
-        .context("relay");
-    if let Some((stop, task)) = fleet {
-        let _ = stop.send(());
-        task.await.context("demo fleet")?.context("demo fleet")?;
+
+    let relay_task = tokio::spawn(agentnet_relay::run_serving(
+        relay,
+        listener,
+        agentnet_appview::router(appview),
+        stopped(stop_rx.clone()),
+    ));
+    let indexer_task = tokio::spawn(agentnet_indexer::run_with(
+        indexer,
+        stores,
+        embedder,
+        key,
+        stopped(stop_rx.clone()),
+    ));
+    // Whichever ends first (a signal, or a part failing) stops the others.
+    let signal = tokio::spawn(async move {
+        shutdown_signal().await;
+    });
+    let (mut relay_task, mut indexer_task) = (relay_task, indexer_task);
+    let mut relay_done = None;
+    let mut indexer_done = None;
+    tokio::select! {
+        _ = signal => {}
+        r = &mut relay_task => relay_done = Some(r),
+        r = &mut indexer_task => indexer_done = Some(r),
     }
-    result
+    let _ = stop_tx.send(true);
+    let relay_result = match relay_done {
+        Some(r) => r,
+        None => relay_task.await,
+    };
+    let indexer_result = match indexer_done {
+        Some(r) => r,
+        None => indexer_task.await,
+    };
+    let fleet_result = match fleet {
+        Some(task) => Some(task.await),
+        None => None,
+    };
+    if let Some(thread) = embed_thread {
+        // Every batcher handle went with the appview's router; the model thread ends.
+        tokio::task::spawn_blocking(move || thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the query embedding thread panicked"))?;
+    }
+    relay_result?.context("relay")?;
+    indexer_result?.context("indexer")?;
+    if let Some(r) = fleet_result {
+        r?.context("demo fleet")?;
+    }
+    Ok(())
 }
 
 fn read_input(file: &std::path::Path) -> anyhow::Result<String> {
@@ -263,19 +463,45 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     );
     let mut me = agentnet_agent::Agent::login(&args.pds, &args.identifier, &args.password).await?;
     let mut out = std::io::stdout().lock();
-    match args.command {
+    match &args.command {
         AgentCommand::Keygen => {
             let key = me.keygen(&args.key_file).await?;
             writeln!(out, "{} publishes {}", me.did(), key.public().multikey())?;
         }
         AgentCommand::Send { file, privacy, to } => {
             let record: serde_json::Value =
-                serde_json::from_str(&read_input(&file)?).context("record is not JSON")?;
-            let uri = me.send(&record, privacy, &to, &resolver).await?;
+                serde_json::from_str(&read_input(file)?).context("record is not JSON")?;
+            let uri = me.send(&record, *privacy, to, &resolver).await?;
             writeln!(out, "{uri}")?;
         }
+        AgentCommand::Inbox { limit } => {
+            let limit = limit.to_string();
+            appview_query(
+                &me,
+                &args,
+                "agent.comms.getInbox",
+                &[("limit", &limit)],
+                &mut out,
+            )
+            .await?;
+        }
+        AgentCommand::Recall { q, limit } => {
+            let limit = limit.to_string();
+            let params = [("q", q.as_str()), ("limit", limit.as_str())];
+            appview_query(&me, &args, "agent.memory.recall", &params, &mut out).await?;
+        }
+        AgentCommand::Query { nsid, params } => {
+            let mut pairs = Vec::with_capacity(params.len());
+            for p in params {
+                pairs.push(
+                    p.split_once('=')
+                        .with_context(|| format!("parameter {p} is not name=value"))?,
+                );
+            }
+            appview_query(&me, &args, nsid, &pairs, &mut out).await?;
+        }
         AgentCommand::Read { uri } => {
-            let parts = atproto::syntax::parse_at_uri(&uri)?;
+            let parts = atproto::syntax::parse_at_uri(uri)?;
             let (Some(collection), Some(rkey)) = (parts.collection, parts.rkey) else {
                 anyhow::bail!("{uri} does not name a record");
             };
@@ -284,13 +510,31 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
                 .await?;
             let value = if collection == lexicons::SEALED_NSID {
                 let key = agentnet_agent::load_key(&args.key_file, me.did())?;
-                agentnet_agent::open_json(&record["value"], &uri, me.did(), &key)?
+                agentnet_agent::open_json(&record["value"], uri, me.did(), &key)?
             } else {
                 record["value"].clone()
             };
             writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         }
     }
+    Ok(())
+}
+
+/// Runs an appview query as the agent and prints the answer, with sealed items opened by
+/// the agent's own key where it has one.
+async fn appview_query(
+    me: &agentnet_agent::Agent,
+    args: &AgentArgs,
+    nsid: &str,
+    params: &[(&str, &str)],
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let appview = agentnet_agent::Appview::discover(&args.appview).await?;
+    let mut answer = me.query(&appview, nsid, params).await?;
+    if let Ok(key) = agentnet_agent::load_key(&args.key_file, me.did()) {
+        agentnet_agent::open_items(&mut answer, me.did(), &key);
+    }
+    writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
     Ok(())
 }
 

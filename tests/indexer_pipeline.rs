@@ -6,13 +6,13 @@ mod inproc;
 
 use std::time::Duration;
 
-use agentnet_indexer::chdb::Chdb;
-use agentnet_indexer::embed::{Embedder, Precision};
 use agentnet_indexer::extract::Extractor;
 use agentnet_indexer::pipeline::{follow, Sinks};
-use agentnet_indexer::records::RecordStore;
-use agentnet_indexer::vectors::{ExactStore, Query, VectorStore};
 use inproc::{relay_args, tempdir, wait_for, FleetHandle, RelayHandle};
+use store::chdb::Chdb;
+use store::embed::{Embedder, Precision};
+use store::records::{Page, RecordStore};
+use store::vectors::{ExactStore, Query, VectorStore};
 
 fn model_dir() -> std::path::PathBuf {
     std::env::var("AGENTNET_MODEL_DIR")
@@ -46,7 +46,7 @@ async fn fleet_to_relay_to_index_and_resume() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let relay = RelayHandle::start(&args).await;
     wait_for("the relay to subscribe", async || {
-        relay.metric("relay_upstream_connects_total").await >= 1.0
+        fleet.fleet.subscribers() >= 1
     })
     .await;
     fleet.fleet.genesis().await.expect("genesis");
@@ -67,7 +67,7 @@ async fn fleet_to_relay_to_index_and_resume() {
         .expect("schema"),
         vectors: Some((
             Embedder::load(&model_dir(), Precision::Int8, Some(1)).expect("model"),
-            Box::new(ExactStore::new()) as Box<dyn VectorStore>,
+            std::sync::Arc::new(ExactStore::new()) as std::sync::Arc<dyn VectorStore>,
         )),
     };
     let relay_url = format!("ws://127.0.0.1:{}", relay.port);
@@ -78,8 +78,9 @@ async fn fleet_to_relay_to_index_and_resume() {
     for did in &dids[..3] {
         let inbox = sinks
             .records
-            .inbox(None, did, None, None, 100)
-            .expect("inbox");
+            .inbox(None, did, None, &Page::first(100))
+            .expect("inbox")
+            .rows;
         assert_eq!(inbox.len(), 5, "{did}: {inbox:?}");
     }
     let cursor = sinks
@@ -119,8 +120,9 @@ async fn fleet_to_relay_to_index_and_resume() {
         assert_eq!(
             sinks
                 .records
-                .inbox(None, did, None, None, 100)
+                .inbox(None, did, None, &Page::first(100))
                 .expect("inbox")
+                .rows
                 .len(),
             7,
             "{did}"

@@ -21,8 +21,10 @@ async fn setup(
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let relay = RelayHandle::start(&args).await;
+    // Attached at the host, not only connected: a live-tail subscriber misses what the
+    // host emits before it attaches, and this host's genesis is emitted only once.
     wait_for("the relay to subscribe", async || {
-        relay.metric("relay_upstream_connects_total").await >= 1.0
+        fleet.fleet.subscribers() >= 1
     })
     .await;
     fleet.fleet.genesis().await.expect("genesis");
@@ -400,8 +402,10 @@ async fn host_limits_apply_and_change_without_restart() {
     args.extend(["--admin-token".to_string(), "t0ken".to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let relay = RelayHandle::start(&args).await;
+    // Attached at the host, not only connected: a live-tail subscriber misses what the
+    // host emits before it attaches, and this host's genesis is emitted only once.
     wait_for("the relay to subscribe", async || {
-        relay.metric("relay_upstream_connects_total").await >= 1.0
+        fleet.fleet.subscribers() >= 1
     })
     .await;
     fleet.fleet.genesis().await.expect("genesis");
@@ -454,8 +458,10 @@ async fn cloudflare_style_host_without_prev_data() {
     let args = relay_args(&data, &fleet.fleet);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let relay = RelayHandle::start(&args).await;
+    // Attached at the host, not only connected: a live-tail subscriber misses what the
+    // host emits before it attaches, and this host's genesis is emitted only once.
     wait_for("the relay to subscribe", async || {
-        relay.metric("relay_upstream_connects_total").await >= 1.0
+        fleet.fleet.subscribers() >= 1
     })
     .await;
     fleet.fleet.genesis().await.expect("genesis");

@@ -261,12 +261,26 @@ impl Agent {
             .await
     }
 
-    /// A DID's published X25519 key, read from its own repo on its own PDS.
+    /// A DID's published X25519 key: the `keyAgreement` key of its DID document (how
+    /// services such as the appview publish theirs), else the `agent.envelope.key/self`
+    /// record in its own repo on its own PDS.
     pub async fn published_key<R: DidResolver>(
         &self,
         did: &str,
         resolver: &CachingResolver<R>,
     ) -> Result<EncryptionPublicKey, AgentError> {
+        let in_document = match resolver.identity(did).await {
+            Ok(id) => id.document.key_agreement_multikey().map(str::to_string),
+            // A service DID may have no repo signing key; its document can still carry one.
+            Err(_) => resolver
+                .document(did)
+                .await?
+                .key_agreement_multikey()
+                .map(str::to_string),
+        };
+        if let Some(mk) = in_document {
+            return Ok(EncryptionPublicKey::from_multikey(&mk)?);
+        }
         let record = self
             .get_record(did, lexicons::KEY_NSID, "self", resolver)
             .await
@@ -278,6 +292,38 @@ impl Agent {
             .as_str()
             .ok_or_else(|| AgentError::NoKey(did.into()))?;
         Ok(EncryptionPublicKey::from_multikey(mk)?)
+    }
+
+    /// A service JWT from the agent's PDS (`com.atproto.server.getServiceAuth`) for
+    /// service `aud` and method `lxm`.
+    pub async fn service_token(&self, aud: &str, lxm: &str) -> Result<String, AgentError> {
+        let method = "com.atproto.server.getServiceAuth";
+        let v = xrpc_json(
+            method,
+            self.http
+                .get(format!("{}/xrpc/{method}", self.pds))
+                .bearer_auth(&self.session.access_jwt)
+                .query(&[("aud", aud), ("lxm", lxm)])
+                .send()
+                .await,
+        )
+        .await?;
+        v["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| AgentError::Http(method.into(), "no token in the answer".into()))
+    }
+
+    /// Calls appview query `nsid` as this agent: a fresh service token for `appview`
+    /// (its DID and URL) and method `nsid`, then `GET /xrpc/{nsid}` with `params`.
+    pub async fn query(
+        &self,
+        appview: &Appview,
+        nsid: &str,
+        params: &[(&str, &str)],
+    ) -> Result<Value, AgentError> {
+        let token = self.service_token(&appview.did, nsid).await?;
+        appview.query(&self.http, Some(&token), nsid, params).await
     }
 
     /// `com.atproto.repo.getRecord` from the repo's own PDS.
@@ -351,4 +397,85 @@ pub fn load_key(path: &Path, did: &str) -> Result<EncryptionKey, AgentError> {
 pub fn save_key(path: &Path, did: &str, key: &EncryptionKey) -> Result<(), AgentError> {
     key.save(path, did)
         .map_err(|e| AgentError::KeyFile(path.display().to_string(), e))
+}
+
+/// An appview, found by URL: its DID is read from its `/.well-known/did.json`.
+#[derive(Debug, Clone)]
+pub struct Appview {
+    /// Its DID (the audience of service tokens).
+    pub did: String,
+    /// Its base URL.
+    pub url: String,
+}
+
+impl Appview {
+    /// Reads the DID document at `url` (the appview's own `did:web` document).
+    pub async fn discover(url: &str) -> Result<Appview, AgentError> {
+        let url = url.trim_end_matches('/').to_string();
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| AgentError::Http("client".into(), e.to_string()))?;
+        let doc = xrpc_json(
+            "did.json",
+            http.get(format!("{url}/.well-known/did.json")).send().await,
+        )
+        .await?;
+        let did = doc["id"]
+            .as_str()
+            .ok_or_else(|| AgentError::Http("did.json".into(), "no id".into()))?;
+        atproto::syntax::validate_did(did)
+            .map_err(|e| AgentError::Http("did.json".into(), e.to_string()))?;
+        Ok(Appview {
+            did: did.to_string(),
+            url,
+        })
+    }
+
+    /// `GET /xrpc/{nsid}` with `params`, authenticated with `token` when given.
+    pub async fn query(
+        &self,
+        http: &reqwest::Client,
+        token: Option<&str>,
+        nsid: &str,
+        params: &[(&str, &str)],
+    ) -> Result<Value, AgentError> {
+        let mut req = http.get(format!("{}/xrpc/{nsid}", self.url)).query(params);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        xrpc_json(nsid, req.send().await).await
+    }
+}
+
+/// Opens, in place, every sealed record in an appview answer that `did` can open with
+/// `key` (items the appview could not decrypt arrive sealed); returns how many it opened.
+pub fn open_items(answer: &mut Value, did: &str, key: &EncryptionKey) -> usize {
+    let mut opened = 0;
+    let mut visit = |item: &mut Value| {
+        let sealed = item["record"]["$type"].as_str() == Some(lexicons::SEALED_NSID);
+        if let (true, Some(uri)) = (sealed, item["uri"].as_str().map(str::to_string)) {
+            if let Ok(plain) = open_json(&item["record"], &uri, did, key) {
+                item["record"] = plain;
+                opened += 1;
+            }
+        }
+    };
+    for list in ["items", "results", "tasks"] {
+        if let Some(arr) = answer.get_mut(list).and_then(Value::as_array_mut) {
+            for entry in arr {
+                match list {
+                    "results" => visit(&mut entry["item"]),
+                    "tasks" => {
+                        visit(&mut entry["request"]);
+                        if entry.get("response").is_some() {
+                            visit(&mut entry["response"]);
+                        }
+                    }
+                    _ => visit(entry),
+                }
+            }
+        }
+    }
+    opened
 }

@@ -6,18 +6,50 @@ use crate::Error;
 /// Appview settings. Every option has a default and an `AGENTNET_…` environment override.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Address for the XRPC queries and the dashboard.
+    /// Address for the XRPC queries, the DID document and the dashboard.
     #[arg(long, env = "AGENTNET_LISTEN", default_value = "127.0.0.1:2471")]
     pub listen: SocketAddr,
-    /// Directory of the indexer's embedded stores.
+    /// Directory of the stores the indexer writes (embedded ones, and the appview's key).
     #[arg(long, env = "AGENTNET_DATA_DIR", default_value = "./data/indexer")]
     pub data_dir: PathBuf,
+    /// The appview's DID (a `did:web` this service answers for at
+    /// `/.well-known/did.json`); default `did:web:` + the listen address.
+    #[arg(long, env = "AGENTNET_APPVIEW_DID")]
+    pub appview_did: Option<String>,
+    /// The appview's X25519 key file (the indexer's, shared); default
+    /// `<data-dir>/appview-key.json`.
+    #[arg(long, env = "AGENTNET_APPVIEW_KEY_FILE")]
+    pub appview_key_file: Option<PathBuf>,
+    /// The URL agents reach this appview at, published in its DID document; default
+    /// `http://` + the listen address.
+    #[arg(long, env = "AGENTNET_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// ClickHouse server URL; without it the embedded store is used.
     #[arg(long, env = "AGENTNET_CLICKHOUSE_URL")]
     pub clickhouse_url: Option<String>,
     /// Qdrant server URL; without it the embedded vector store is used.
     #[arg(long, env = "AGENTNET_QDRANT_URL")]
     pub qdrant_url: Option<String>,
+    /// chDB's library for the embedded ClickHouse (`infra/chdb/setup.sh` prints it).
+    #[arg(long, env = "AGENTNET_CHDB_LIB", default_value = "libchdb.so")]
+    pub chdb_lib: PathBuf,
+    /// ONNX embedding model directory for recall queries (the indexer's model); without
+    /// it `agent.memory.recall` answers MethodNotImplemented.
+    #[arg(long, env = "AGENTNET_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Run the int8 graph of the model (must match the indexer's choice).
+    #[arg(long, env = "AGENTNET_MODEL_INT8", default_value_t = true, action = clap::ArgAction::Set)]
+    pub model_int8: bool,
+    /// PLC directory for resolving callers' DIDs (service-auth tokens).
+    #[arg(
+        long,
+        env = "AGENTNET_PLC_URL",
+        default_value = "https://plc.directory"
+    )]
+    pub plc_url: String,
+    /// Development mode: loopback and private addresses allowed for DID resolution.
+    #[arg(long, env = "AGENTNET_DEV", default_value_t = false)]
+    pub dev: bool,
 }
 
 impl Config {
@@ -26,6 +58,44 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(Error::Config("--data-dir is empty".into()));
         }
+        atproto::syntax::validate_did(&self.did()).map_err(|e| Error::Config(e.to_string()))?;
         Ok(())
+    }
+
+    /// The appview's DID.
+    pub fn did(&self) -> String {
+        self.appview_did
+            .clone()
+            .unwrap_or_else(|| did_web_for(&self.listen))
+    }
+
+    /// Where agents reach the appview.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// Where the appview's key is kept.
+    pub fn key_file(&self) -> PathBuf {
+        self.appview_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("appview-key.json"))
+    }
+}
+
+/// The `did:web` for a service at `addr` (the port percent-encoded, as did:web requires).
+/// Loopback addresses become `localhost`: atproto allows a port in a did:web only there.
+pub fn did_web_for(addr: &SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_loopback() => "localhost".to_string(),
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    match addr.port() {
+        443 => format!("did:web:{host}"),
+        port => format!("did:web:{host}%3A{port}"),
     }
 }

@@ -1,12 +1,29 @@
-//! The agentnet appview, as a library: [`Config`] holds its settings and [`run`] serves until
-//! shutdown. The `agentnet appview` subcommand is a thin entry point over this.
+//! The agentnet appview, as a library: the coordination and recall queries over the stores
+//! the indexer writes, answering each caller only what it may see.
 //!
-//! Status: the configuration contract is fixed here; the service itself is being built
-//! (see the project's issues), and [`run`] says so rather than pretending to serve.
+//! - XRPC (`agent.comms.getInbox`, `getThread`, `listTasks`, `listHandoffs`,
+//!   `listBroadcasts`, `listAgents`, `agent.memory.recall`): the caller is who an
+//!   inter-service JWT says it is (verified against the issuer's DID document), or
+//!   anonymous; the access rule is part of every store query.
+//! - `/.well-known/did.json`: the appview's `did:web` document with its X25519 key as
+//!   `keyAgreement`, so agents can seal shared records for it.
+//! - `/`: the operator's dashboard.
+//!
+//! [`router`] serves on any axum server (`agentnet up` merges it with the relay's on one
+//! listener); [`run`] serves it alone.
 
 mod config;
+mod xrpc;
 
-pub use config::Config;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atproto::envelope::EncryptionPublicKey;
+use atproto::identity::{CachingResolver, HttpResolver, ResolverConfig};
+use store::embed::Batcher;
+
+pub use config::{did_web_for, Config};
 
 /// Why the appview stopped.
 #[derive(Debug, thiserror::Error)]
@@ -14,17 +31,178 @@ pub enum Error {
     /// The configuration is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// This build does not include the service yet.
-    #[error("the appview is not part of this build yet")]
-    NotBuilt,
+    /// A store could not be opened.
+    #[error("stores: {0}")]
+    Store(String),
+    /// The listener could not be bound or the server failed.
+    #[error("serving: {0}")]
+    Serve(String),
 }
 
-/// Runs the appview until `shutdown` resolves.
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct Appview {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    did: String,
+    public_url: String,
+    key: EncryptionPublicKey,
+    records: store::Records,
+    recall: Option<(Batcher, store::Vectors)>,
+    resolver: CachingResolver<HttpResolver>,
+}
+
+/// What an appview is built from.
+pub struct Parts {
+    /// Its DID (`did:web`).
+    pub did: String,
+    /// Where agents reach it.
+    pub public_url: String,
+    /// Its X25519 public key (the indexer holds the secret half).
+    pub key: EncryptionPublicKey,
+    /// The record index.
+    pub records: store::Records,
+    /// Recall: the query embedder and the vector store; absent without a model.
+    pub recall: Option<(Batcher, store::Vectors)>,
+    /// PLC directory for callers' DIDs.
+    pub plc_url: String,
+    /// Loopback and private addresses allowed for DID resolution.
+    pub dev: bool,
+}
+
+impl Appview {
+    /// An appview over `parts`.
+    pub fn new(parts: Parts) -> Result<Self, Error> {
+        let resolver = CachingResolver::new(
+            HttpResolver::new(ResolverConfig {
+                plc_url: parts.plc_url,
+                dev: parts.dev,
+                timeout: Duration::from_secs(10),
+            })
+            .map_err(|e| Error::Config(e.to_string()))?,
+            NonZeroUsize::new(10_000).ok_or_else(|| Error::Config("cache size".into()))?,
+            Duration::from_secs(300),
+        );
+        Ok(Appview {
+            inner: Arc::new(Inner {
+                did: parts.did,
+                public_url: parts.public_url,
+                key: parts.key,
+                records: parts.records,
+                recall: parts.recall,
+                resolver,
+            }),
+        })
+    }
+
+    /// The appview's DID.
+    pub fn did(&self) -> &str {
+        &self.inner.did
+    }
+
+    /// The appview's DID document.
+    pub fn did_document(&self) -> serde_json::Value {
+        let did = &self.inner.did;
+        serde_json::json!({
+            "@context": [
+                "https://www.w3.org/ns/did/v1",
+                "https://w3id.org/security/multikey/v1"
+            ],
+            "id": did,
+            "verificationMethod": [{
+                "id": format!("{did}#agentnet_encryption"),
+                "type": "Multikey",
+                "controller": did,
+                "publicKeyMultibase": self.inner.key.multikey(),
+            }],
+            "keyAgreement": [format!("{did}#agentnet_encryption")],
+            "service": [{
+                "id": "#agentnet_appview",
+                "type": "AgentnetAppView",
+                "serviceEndpoint": self.inner.public_url,
+            }]
+        })
+    }
+}
+
+/// The appview's routes: XRPC, the DID document, the dashboard.
+pub fn router(app: Appview) -> axum::Router {
+    xrpc::routes(app)
+}
+
+/// Runs the appview alone until `shutdown` resolves: its own listener, the stores the
+/// configuration names, and the model for recall queries.
 pub async fn run(
     config: Config,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     config.validate()?;
-    drop(shutdown);
-    Err(Error::NotBuilt)
+    if config.clickhouse_url.is_some() || config.qdrant_url.is_some() {
+        return Err(Error::Config(
+            "server backends are not in this build yet; omit --clickhouse-url/--qdrant-url".into(),
+        ));
+    }
+    let did = config.did();
+    let key = atproto::envelope::EncryptionKey::load_or_create(&config.key_file(), &did)
+        .map_err(|e| Error::Config(format!("appview key: {e}")))?
+        .public();
+    let records =
+        store::open_embedded_records(&config.chdb_lib, &config.data_dir.join("clickhouse"))
+            .map_err(|e| Error::Store(e.to_string()))?;
+    let mut embed_thread = None;
+    let recall = match &config.model_dir {
+        None => None,
+        Some(dir) => {
+            let embedder = store::embed::Embedder::load(dir, precision(config.model_int8), None)
+                .map_err(|e| Error::Config(e.to_string()))?;
+            let vectors = store::open_embedded_vectors(
+                &config.data_dir.join("vectors"),
+                embedder.dimensions(),
+            )
+            .map_err(|e| Error::Store(e.to_string()))?;
+            let (batcher, thread) = Batcher::start(embedder, QUERY_BATCH);
+            embed_thread = Some(thread);
+            Some((batcher, vectors))
+        }
+    };
+    let app = Appview::new(Parts {
+        did,
+        public_url: config.public_url(),
+        key,
+        records,
+        recall,
+        plc_url: config.plc_url.clone(),
+        dev: config.dev,
+    })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Serve(format!("{}: {e}", config.listen)))?;
+    tracing::info!(listen = %config.listen, did = app.did(), "appview running");
+    let served = axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::Serve(e.to_string()));
+    // The router (and with it every batcher handle) is gone: the model thread ends.
+    if let Some(t) = embed_thread {
+        t.join()
+            .map_err(|_| Error::Serve("the embedding thread panicked".into()))?;
+    }
+    served
+}
+
+/// How query embeddings are batched: small batches, short waits (a query is waiting).
+pub const QUERY_BATCH: store::embed::BatchConfig = store::embed::BatchConfig {
+    max_batch: 16,
+    max_wait: Duration::from_millis(2),
+};
+
+/// The model graph for a precision flag.
+pub fn precision(int8: bool) -> store::embed::Precision {
+    if int8 {
+        store::embed::Precision::Int8
+    } else {
+        store::embed::Precision::Fp32
+    }
 }

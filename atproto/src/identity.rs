@@ -123,6 +123,21 @@ impl DidDocument {
         })
     }
 
+    /// The first key-agreement key given as a `Multikey` (embedded, or a reference to a
+    /// verification method), as its multibase string: where agentnet services publish
+    /// their X25519 encryption keys.
+    pub fn key_agreement_multikey(&self) -> Option<&str> {
+        self.key_agreement.iter().find_map(|entry| match entry {
+            serde_json::Value::String(id) => self
+                .verification_method
+                .iter()
+                .find(|m| &m.id == id || fragment_matches(&m.id, &self.id, id))
+                .and_then(|m| m.public_key_multibase.as_deref()),
+            serde_json::Value::Object(m) => m.get("publicKeyMultibase")?.as_str(),
+            _ => None,
+        })
+    }
+
     /// The PDS endpoint: the `#atproto_pds` service.
     pub fn pds_endpoint(&self) -> Option<&str> {
         self.service
@@ -327,6 +342,12 @@ impl<R: DidResolver> CachingResolver<R> {
             cache: Mutex::new(lru::LruCache::new(capacity)),
             ttl,
         }
+    }
+
+    /// The document for `did` straight from the resolver, uncached and without requiring a
+    /// signing key (service DIDs that only publish keys and endpoints).
+    pub async fn document(&self, did: &str) -> Result<DidDocument, IdentityError> {
+        self.inner.resolve(did).await
     }
 
     /// The identity for `did`, from the cache while fresh.

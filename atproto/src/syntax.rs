@@ -446,12 +446,17 @@ pub fn validate_uri(s: &str) -> Result<(), SyntaxError> {
 pub fn datetime_now() -> String {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
+    datetime_from_millis(ms)
+}
+
+/// Milliseconds since the Unix epoch as an atproto datetime (UTC, millisecond precision).
+pub fn datetime_from_millis(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
+    let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -465,8 +470,48 @@ pub fn datetime_now() -> String {
         rem / 3600,
         (rem % 3600) / 60,
         rem % 60,
-        ms % 1000
+        ms.rem_euclid(1000)
     )
+}
+
+/// An atproto datetime as milliseconds since the Unix epoch, honouring its offset; `None`
+/// if it is not a valid datetime.
+pub fn datetime_to_millis(s: &str) -> Option<i64> {
+    validate_datetime(s).ok()?;
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        std::str::from_utf8(b.get(r)?).ok()?.parse().ok()
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &s[19..];
+    let mut frac_ms = 0;
+    if let Some(f) = rest.strip_prefix('.') {
+        let digits = f.bytes().take_while(u8::is_ascii_digit).count();
+        let mut ms = 0i64;
+        for (i, c) in f[..digits].bytes().take(3).enumerate() {
+            ms += i64::from(c - b'0') * [100, 10, 1][i];
+        }
+        frac_ms = ms;
+        rest = &f[digits..];
+    }
+    let offset_min = match rest {
+        "Z" | "z" => 0,
+        o => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            let oh: i64 = o.get(1..3)?.parse().ok()?;
+            let om: i64 = o.get(4..6)?.parse().ok()?;
+            sign * (oh * 60 + om)
+        }
+    };
+    // Days from civil (Howard Hinnant), then seconds.
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60) * 1000 + frac_ms)
 }
 
 /// A timestamp identifier: 53 bits of microseconds since the Unix epoch and a 10-bit
@@ -548,6 +593,24 @@ impl TidClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datetime_millis_round_trip_and_offsets() {
+        assert_eq!(datetime_to_millis("1970-01-01T00:00:01.000Z"), Some(1000));
+        assert_eq!(
+            datetime_to_millis("2026-11-24T08:00:00.250Z"),
+            Some(1_795_507_200_250)
+        );
+        assert_eq!(
+            datetime_to_millis("2026-11-24T10:00:00+02:00"),
+            datetime_to_millis("2026-11-24T08:00:00Z")
+        );
+        assert_eq!(datetime_to_millis("garbage"), None);
+        for ms in [0, 951_782_400_123, 1_795_507_200_250, 4_102_444_800_000] {
+            let s = datetime_from_millis(ms);
+            assert_eq!(datetime_to_millis(&s), Some(ms), "{s}");
+        }
+    }
 
     #[test]
     fn tid_round_trips_and_orders() {

@@ -15,15 +15,15 @@
 
 use std::time::{Duration, Instant};
 
-use agentnet_indexer::chdb::Chdb;
-use agentnet_indexer::embed::{BatchConfig, Batcher, Embedder, Precision};
 use agentnet_indexer::extract::Extractor;
 use agentnet_indexer::pipeline::Sinks;
-use agentnet_indexer::records::RecordStore;
-use agentnet_indexer::vectors::{EdgeStore, ExactStore, Query, VectorPoint, VectorStore};
 use atproto::commit::{RepoWriter, Write};
 use atproto::crypto::{Algorithm, Keypair};
 use atproto::frame::Frame;
+use store::chdb::Chdb;
+use store::embed::{BatchConfig, Batcher, Embedder, Precision};
+use store::records::{Page, RecordStore};
+use store::vectors::{EdgeStore, ExactStore, Query, VectorPoint, VectorStore};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -173,7 +173,7 @@ fn main() {
     ] {
         sinks.vectors = precision.map(|p| {
             let e = Embedder::load(&model_dir(), p, None).expect("model");
-            let store: Box<dyn VectorStore> = Box::new(
+            let store: std::sync::Arc<dyn VectorStore> = std::sync::Arc::new(
                 EdgeStore::open(&dir.join(format!("vectors-{label}")), e.dimensions())
                     .expect("edge"),
             );
@@ -199,10 +199,10 @@ fn main() {
         let t = Instant::now();
         let rows = sinks
             .records
-            .inbox(Some(&did), &did, None, None, 50)
+            .inbox(Some(&did), &did, None, &Page::first(50))
             .expect("inbox");
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert!(!rows.is_empty());
+        assert!(!rows.rows.is_empty());
     }
     lat.sort_by(|a, b| a.total_cmp(b));
     println!(

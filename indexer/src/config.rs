@@ -38,6 +38,10 @@ pub struct Config {
         default_value = "did:web:localhost"
     )]
     pub appview_did: String,
+    /// The appview's X25519 key file (created on first use); default
+    /// `<data-dir>/appview-key.json`. The appview must use the same file.
+    #[arg(long, env = "AGENTNET_APPVIEW_KEY_FILE")]
+    pub appview_key_file: Option<PathBuf>,
     /// Most events indexed in one batch (one write per sink, then the cursor).
     #[arg(long, env = "AGENTNET_INDEX_BATCH", default_value_t = 256)]
     pub batch: usize,
@@ -47,6 +51,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where the appview's key is kept.
+    pub fn appview_key_file(&self) -> PathBuf {
+        self.appview_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("appview-key.json"))
+    }
+
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), Error> {
         if !(self.relay_url.starts_with("ws://") || self.relay_url.starts_with("wss://")) {

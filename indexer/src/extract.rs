@@ -14,61 +14,7 @@ use atproto::envelope::{self, EncryptionKey, Sealed};
 use atproto::frame::CommitEvent;
 use atproto::lexicon::Catalog;
 use atproto::Ipld;
-use serde::Serialize;
-use serde_json::Value;
-
-/// Who may see an indexed record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Visibility {
-    /// Anyone.
-    Public,
-    /// The author and the named recipients.
-    Shared,
-}
-
-/// One record as the stores hold it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RecordRow {
-    /// The record's AT-URI (for sealed records, the sealed record's own).
-    pub uri: String,
-    /// The record's CID.
-    pub cid: String,
-    /// The repo it is in.
-    pub author: String,
-    /// The record type (for sealed records, the inner type).
-    pub collection: String,
-    /// The record key.
-    pub rkey: String,
-    /// The commit revision that wrote it (the row's version).
-    pub rev: String,
-    /// `createdAt` as the author states it.
-    pub created_at: String,
-    /// Who may see it.
-    pub visibility: Visibility,
-    /// For shared records: who it is sealed for.
-    pub recipients: Vec<String>,
-    /// The plaintext record: public ones, and shared ones the appview could open.
-    pub record: Option<Value>,
-    /// For shared records: the envelope, for recipients to open themselves.
-    pub sealed: Option<Value>,
-    /// What recall embeds: the record's human text, when the indexer can read it.
-    pub text: Option<String>,
-}
-
-/// A change to the index.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub enum Change {
-    /// Insert or replace the row with this URI (newer `rev` wins).
-    Upsert(Box<RecordRow>),
-    /// Remove the row with this URI.
-    Delete {
-        /// The record's AT-URI.
-        uri: String,
-        /// The revision that deleted it.
-        rev: String,
-    },
-}
+use store::records::{Change, RecordRow, Visibility};
 
 /// Why an op produced no row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,6 +160,7 @@ impl Extractor {
             record: opened.as_ref().map(atproto::data::ipld_to_json),
             sealed: Some(atproto::data::ipld_to_json(data)),
             text,
+            indexed_ms: 0,
         })
     }
 }
@@ -248,6 +195,7 @@ impl RowBase<'_> {
             record: Some(atproto::data::ipld_to_json(data)),
             sealed: None,
             text: text_of(collection, data),
+            indexed_ms: 0,
         }
     }
 }

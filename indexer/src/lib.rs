@@ -5,13 +5,11 @@
 //! relay firehose ─▶ batch ─▶ extract (lexicons, privacy) ─▶ embed ─▶ vectors + ClickHouse ─▶ cursor
 //! ```
 
-pub mod chdb;
 mod config;
-pub mod embed;
 pub mod extract;
 pub mod pipeline;
-pub mod records;
-pub mod vectors;
+
+use store::embed;
 
 pub use config::Config;
 
@@ -26,41 +24,86 @@ pub enum Error {
     Sink(String),
 }
 
-/// Runs the indexer until `shutdown` resolves: embedded ClickHouse (chDB) and, with a
-/// model, embeddings in the embedded vector store, following the relay.
-pub async fn run(
-    config: Config,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    config.validate()?;
+/// What the indexer writes to, opened by [`open_stores`] or shared by a caller that runs the
+/// appview in the same process (`agentnet up`).
+pub struct Stores {
+    /// The record index and the cursor.
+    pub records: store::Records,
+    /// Vectors for recall; absent without a model.
+    pub vectors: Option<store::Vectors>,
+}
+
+/// The appview's key for opening shared records addressed to it, kept in `path`
+/// (created on first use).
+pub fn appview_key(
+    path: &std::path::Path,
+    did: &str,
+) -> Result<atproto::envelope::EncryptionKey, Error> {
+    atproto::envelope::EncryptionKey::load_or_create(path, did)
+        .map_err(|e| Error::Config(format!("appview key {}: {e}", path.display())))
+}
+
+/// Opens the embedded stores under the configured data directory.
+pub fn open_stores(config: &Config, dimensions: Option<usize>) -> Result<Stores, Error> {
     if config.clickhouse_url.is_some() || config.qdrant_url.is_some() {
         return Err(Error::Config(
             "server backends are not in this build yet; omit --clickhouse-url/--qdrant-url".into(),
         ));
     }
-    let data = config.data_dir.clone();
-    let key = atproto::envelope::EncryptionKey::load_or_create(
-        &data.join("appview-key.json"),
-        &config.appview_did,
-    )
-    .map_err(|e| Error::Config(format!("appview key: {e}")))?;
-    let db = chdb::Chdb::open(&config.chdb_lib, &data.join("clickhouse"))
+    let data = &config.data_dir;
+    let records = store::open_embedded_records(&config.chdb_lib, &data.join("clickhouse"))
         .map_err(|e| Error::Config(e.to_string()))?;
-    let records = records::RecordStore::open(db).map_err(|e| Error::Sink(e.to_string()))?;
+    let vectors = dimensions
+        .map(|d| store::open_embedded_vectors(&data.join("vectors"), d))
+        .transpose()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    Ok(Stores { records, vectors })
+}
+
+/// Loads the configured embedding model, if any.
+pub fn load_model(config: &Config) -> Result<Option<embed::Embedder>, Error> {
+    let Some(dir) = &config.model_dir else {
+        return Ok(None);
+    };
+    let precision = if config.model_int8 {
+        embed::Precision::Int8
+    } else {
+        embed::Precision::Fp32
+    };
+    embed::Embedder::load(dir, precision, None)
+        .map(Some)
+        .map_err(|e| Error::Config(e.to_string()))
+}
+
+/// Runs the indexer until `shutdown` resolves, on the stores the configuration names.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    config.validate()?;
+    let embedder = load_model(&config)?;
+    let stores = open_stores(&config, embedder.as_ref().map(embed::Embedder::dimensions))?;
+    let key = appview_key(&config.appview_key_file(), &config.appview_did)?;
+    run_with(config, stores, embedder, key, shutdown).await
+}
+
+/// Runs the indexer on stores the caller opened, following the relay until `shutdown`.
+pub async fn run_with(
+    config: Config,
+    stores: Stores,
+    embedder: Option<embed::Embedder>,
+    key: atproto::envelope::EncryptionKey,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    config.validate()?;
     let catalog = lexicons::catalog().map_err(|e| Error::Config(e.to_string()))?;
-    let vectors = match &config.model_dir {
-        None => None,
-        Some(dir) => {
-            let precision = if config.model_int8 {
-                embed::Precision::Int8
-            } else {
-                embed::Precision::Fp32
-            };
-            let embedder = embed::Embedder::load(dir, precision, None)
-                .map_err(|e| Error::Config(e.to_string()))?;
-            let store = vectors::EdgeStore::open(&data.join("vectors"), embedder.dimensions())
-                .map_err(|e| Error::Sink(e.to_string()))?;
-            Some((embedder, Box::new(store) as Box<dyn vectors::VectorStore>))
+    let vectors = match (embedder, stores.vectors) {
+        (Some(e), Some(v)) => Some((e, v)),
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(Error::Config(
+                "a model was loaded but no vector store was opened".into(),
+            ))
         }
     };
     let sinks = pipeline::Sinks {
@@ -71,7 +114,7 @@ pub async fn run(
                 key,
             }),
         ),
-        records,
+        records: stores.records,
         vectors,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use atproto::frame::{decode_frame, Frame};
 use futures::StreamExt;
 
-use crate::embed::Embedder;
-use crate::extract::{Change, Extractor};
-use crate::records::{RecordStore, SqlTransport};
-use crate::vectors::{VectorPoint, VectorStore};
+use crate::extract::Extractor;
 use crate::Error;
+use store::embed::Embedder;
+use store::records::Change;
+use store::records::{RecordStore, SqlTransport};
+use store::vectors::{VectorPoint, VectorStore};
 
 /// Everything a batch goes through.
 pub struct Sinks<T> {
@@ -22,7 +23,7 @@ pub struct Sinks<T> {
     /// The record index (and the cursor).
     pub records: RecordStore<T>,
     /// Vectors for recall, with the model that makes them; absent without a model.
-    pub vectors: Option<(Embedder, Box<dyn VectorStore>)>,
+    pub vectors: Option<(Embedder, std::sync::Arc<dyn VectorStore>)>,
 }
 
 /// What one batch did.
@@ -34,36 +35,6 @@ pub struct BatchStats {
     pub vectors: usize,
     /// Ops skipped (not agent records, private, invalid).
     pub skipped: usize,
-}
-
-fn millis(datetime: &str) -> i64 {
-    // Only the date and time matter for `since` filters; a malformed value sorts first.
-    let b = datetime.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> i64 {
-        b.get(r)
-            .and_then(|s| std::str::from_utf8(s).ok())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
-    };
-    if b.len() < 19 {
-        return 0;
-    }
-    let (y, mo, d, h, mi, s) = (
-        num(0..4),
-        num(5..7),
-        num(8..10),
-        num(11..13),
-        num(14..16),
-        num(17..19),
-    );
-    // Days from civil (Howard Hinnant), then seconds; the offset is ignored (UTC assumed).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    ((days * 86_400) + h * 3600 + mi * 60 + s) * 1000
 }
 
 impl<T: SqlTransport> Sinks<T> {
@@ -85,7 +56,7 @@ impl<T: SqlTransport> Sinks<T> {
             }
         }
         if let Some((embedder, store)) = &mut self.vectors {
-            let with_text: Vec<&crate::extract::RecordRow> = changes
+            let with_text: Vec<&store::records::RecordRow> = changes
                 .iter()
                 .filter_map(|c| match c {
                     Change::Upsert(r) if r.text.is_some() => Some(r.as_ref()),
@@ -108,11 +79,11 @@ impl<T: SqlTransport> Sinks<T> {
                         author: r.author.clone(),
                         collection: r.collection.clone(),
                         visibility: match r.visibility {
-                            crate::extract::Visibility::Public => "public".into(),
-                            crate::extract::Visibility::Shared => "shared".into(),
+                            store::records::Visibility::Public => "public".into(),
+                            store::records::Visibility::Shared => "shared".into(),
                         },
                         recipients: r.recipients.clone(),
-                        created_ms: millis(&r.created_at),
+                        created_ms: atproto::syntax::datetime_to_millis(&r.created_at).unwrap_or(0),
                         vector,
                     })
                     .collect();
@@ -261,14 +232,4 @@ async fn flush<T: SqlTransport + 'static>(
     })
     .await
     .map_err(|e| Error::Sink(e.to_string()))?
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn datetime_millis() {
-        assert_eq!(super::millis("1970-01-01T00:00:01.000Z"), 1000);
-        assert_eq!(super::millis("2026-11-24T08:00:00.000Z"), 1_795_507_200_000);
-        assert_eq!(super::millis("garbage"), 0);
-    }
 }

@@ -4,13 +4,14 @@
 
 mod common;
 
-use agentnet_indexer::extract::{AppviewKey, Change, Extractor, Skipped, Visibility};
+use agentnet_indexer::extract::{AppviewKey, Extractor, Skipped};
 use atproto::commit::{RepoWriter, Write};
 use atproto::crypto::{Algorithm, Keypair};
 use atproto::envelope::{seal, EncryptionKey, Recipient};
 use common::{cbor, sealed_record};
 use lexicons::Record;
 use serde_json::json;
+use store::records::{Change, Visibility};
 
 const NOW: &str = "2026-11-24T08:00:00.000Z";
 const APPVIEW: &str = "did:web:appview.agentnet.test";

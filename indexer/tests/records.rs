@@ -4,14 +4,15 @@
 
 mod common;
 
-use agentnet_indexer::chdb::Chdb;
-use agentnet_indexer::extract::{AppviewKey, Change, Extractor};
-use agentnet_indexer::records::RecordStore;
+use agentnet_indexer::extract::{AppviewKey, Extractor};
 use atproto::commit::{RepoWriter, Write};
 use atproto::crypto::{Algorithm, Keypair};
 use atproto::envelope::{EncryptionKey, Recipient};
 use common::{cbor, sealed_record};
 use serde_json::json;
+use store::chdb::Chdb;
+use store::records::Change;
+use store::records::{Page, RecordStore};
 
 const NOW: &str = "2026-11-24T08:00:00.000Z";
 const APPVIEW: &str = "did:web:appview.agentnet.test";
@@ -125,10 +126,14 @@ fn inbox_access_control_replay_delete_and_no_private_trace() {
         .apply(&changes, 2)
         .expect("replaying a batch is harmless");
 
-    let uris = |rows: Vec<agentnet_indexer::extract::RecordRow>| {
-        rows.into_iter().map(|r| r.rkey).collect::<Vec<_>>()
-    };
-    let mut b_inbox = uris(store.inbox(Some(B), B, None, None, 50).expect("inbox"));
+    let uris =
+        |rows: Vec<store::records::RecordRow>| rows.into_iter().map(|r| r.rkey).collect::<Vec<_>>();
+    let mut b_inbox = uris(
+        store
+            .inbox(Some(B), B, None, &Page::first(50))
+            .expect("inbox")
+            .rows,
+    );
     b_inbox.sort();
     assert_eq!(
         b_inbox,
@@ -136,17 +141,32 @@ fn inbox_access_control_replay_delete_and_no_private_trace() {
         "B: the public and the shared message, once each"
     );
     assert_eq!(
-        uris(store.inbox(None, B, None, None, 50).expect("inbox")),
+        uris(
+            store
+                .inbox(None, B, None, &Page::first(50))
+                .expect("inbox")
+                .rows
+        ),
         vec!["3l3aaaaaaaaa2"],
         "anonymous: public only"
     );
     assert_eq!(
-        uris(store.inbox(Some(C), B, None, None, 50).expect("inbox")),
+        uris(
+            store
+                .inbox(Some(C), B, None, &Page::first(50))
+                .expect("inbox")
+                .rows
+        ),
         vec!["3l3aaaaaaaaa2"],
         "C cannot see what A shared with B"
     );
     assert_eq!(
-        uris(store.inbox(Some(C), C, None, None, 50).expect("inbox")),
+        uris(
+            store
+                .inbox(Some(C), C, None, &Page::first(50))
+                .expect("inbox")
+                .rows
+        ),
         vec!["3l3aaaaaaaaa4"],
         "C's request, sealed for C"
     );
@@ -189,7 +209,12 @@ fn inbox_access_control_replay_delete_and_no_private_trace() {
     assert!(matches!(changes.as_slice(), [Change::Delete { .. }]));
     store.apply(&changes, 3).expect("apply delete");
     assert_eq!(
-        uris(store.inbox(Some(B), B, None, None, 50).expect("inbox")),
+        uris(
+            store
+                .inbox(Some(B), B, None, &Page::first(50))
+                .expect("inbox")
+                .rows
+        ),
         vec!["3l3aaaaaaaaa3"]
     );
     drop(store);

@@ -77,6 +77,17 @@ pub async fn run_on(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    run_serving(config, listener, axum::Router::new(), shutdown).await
+}
+
+/// Like [`run_on`], also serving `routes` on the same listener (`agentnet up` puts the
+/// appview there). The routes must not overlap the relay's.
+pub async fn run_serving(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    routes: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     config.validate()?;
     let metrics = Metrics::new();
     let store = {
@@ -212,7 +223,8 @@ pub async fn run_on(
         send_timeout: Duration::from_secs(config.subscriber_send_timeout_secs.max(1)),
         hosts,
         default_limits: config.default_limits(),
-    });
+    })
+    .merge(routes);
     let server_cancel = cancel.clone();
     tasks.spawn(async move {
         axum::serve(listener, app)

@@ -52,6 +52,8 @@ impl FleetHandle {
             keys: "mix".into(),
             cloudflare,
             ops_per_commit: 1,
+            traffic: "messages".into(),
+            appview: None,
         };
         Self::serve(Fleet::new(config, addr).expect("fleet"), addr).await
     }

@@ -11,6 +11,8 @@
 //! account is `did:web` served by the host itself, commits carry no `prevData`, and
 //! `listRepos` returns no cursor.
 
+mod conversation;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast, Mutex};
 use tokio_util::sync::CancellationToken;
+
+/// In conversation traffic, an agent re-publishes its key record every this many commits.
+const KEY_EVERY: u64 = 8;
 
 /// Fleet settings. Every option has a default and an `AGENTNET_FLEET_…` override.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,6 +57,16 @@ pub struct FleetConfig {
     /// Ops per commit.
     #[arg(long, env = "AGENTNET_FLEET_OPS_PER_COMMIT", default_value_t = 1)]
     pub ops_per_commit: usize,
+    /// What the accounts write: `messages` (a plain message to themselves per op, for load
+    /// and fault tests) or `conversation` (agents with published keys messaging, asking,
+    /// answering, handing off, broadcasting and remembering at all three privacy levels;
+    /// one op per commit).
+    #[arg(long, env = "AGENTNET_FLEET_TRAFFIC", default_value = "messages")]
+    pub traffic: String,
+    /// In conversation traffic, the appview shared records are also sealed for
+    /// (`DID=MULTIKEY`, its X25519 key), so it can index them for their recipients.
+    #[arg(long, env = "AGENTNET_FLEET_APPVIEW")]
+    pub appview: Option<String>,
 }
 
 /// Why the fleet stopped.
@@ -75,10 +90,16 @@ struct Account {
     elsewhere: bool,
     /// The last frame emitted for this account (for replay faults).
     last_frame: Option<Frame>,
+    /// Commits made (conversation traffic re-announces its key every few).
+    commits: u64,
 }
 
 struct Inner {
     config: FleetConfig,
+    /// Conversation traffic's keys and open requests.
+    conversation: Option<conversation::Conversation>,
+    /// Every account's DID, by index.
+    dids: Vec<String>,
     base_url: String,
     accounts: Vec<Mutex<Account>>,
     /// Every frame emitted, index = seq - 1.
@@ -151,11 +172,36 @@ impl Fleet {
                 writer,
                 elsewhere: !config.cloudflare && i == config.accounts,
                 last_frame: None,
+                commits: 0,
             }));
+        }
+        let conversation = match config.traffic.as_str() {
+            "messages" => None,
+            "conversation" => {
+                let appview = match &config.appview {
+                    None => None,
+                    Some(spec) => {
+                        let (did, key) = spec.split_once('=').ok_or_else(|| {
+                            FleetError::Config("--appview takes DID=MULTIKEY".into())
+                        })?;
+                        let key = atproto::envelope::EncryptionPublicKey::from_multikey(key)
+                            .map_err(|e| FleetError::Config(format!("appview key: {e}")))?;
+                        Some((did.to_string(), key))
+                    }
+                };
+                Some(conversation::Conversation::new(total, appview))
+            }
+            other => return Err(FleetError::Config(format!("unknown traffic {other}"))),
+        };
+        let mut dids = Vec::with_capacity(total);
+        for a in &accounts {
+            dids.push(a.try_lock().map(|a| a.did.clone()).unwrap_or_default());
         }
         let (live, _) = broadcast::channel(65_536);
         Ok(Fleet(Arc::new(Inner {
             config,
+            conversation,
+            dids,
             base_url,
             accounts,
             log: std::sync::RwLock::new(Vec::new()),
@@ -195,6 +241,11 @@ impl Fleet {
             .writer
             .rev()
             .map(str::to_string)
+    }
+
+    /// Firehose subscribers attached now (each sees every frame emitted from then on).
+    pub fn subscribers(&self) -> usize {
+        self.0.live.receiver_count()
     }
 
     /// Frames emitted so far.
@@ -253,7 +304,7 @@ impl Fleet {
     pub async fn write_one(&self, i: usize) -> Result<u64, FleetError> {
         let ev = {
             let mut a = self.0.accounts[i].lock().await;
-            let writes = self.writes_for(&mut a);
+            let writes = self.writes_for(&mut a, i);
             let mut ev = a.writer.commit(&writes, &now())?;
             if self.0.config.cloudflare {
                 ev.prev_data = None;
@@ -264,7 +315,46 @@ impl Fleet {
         Ok(self.publish(Frame::Commit(Box::new(ev))).await)
     }
 
-    fn writes_for(&self, a: &mut Account) -> Vec<Write> {
+    fn writes_for(&self, a: &mut Account, i: usize) -> Vec<Write> {
+        let talking = self
+            .0
+            .conversation
+            .as_ref()
+            .filter(|_| i < self.0.config.accounts);
+        if let Some(c) = talking {
+            let rkey = a.writer.next_rkey().to_string();
+            a.commits += 1;
+            // The key first, and again every few records, so a relay that joins late (it
+            // starts at the live tail) still passes every agent's key to the index.
+            if a.commits % KEY_EVERY == 1 {
+                let (collection, rkey, record) = (
+                    "agent.envelope.key".to_string(),
+                    "self".to_string(),
+                    c.key_record(i),
+                );
+                return vec![if a.commits == 1 {
+                    Write::Create {
+                        collection,
+                        rkey,
+                        record,
+                    }
+                } else {
+                    Write::Update {
+                        collection,
+                        rkey,
+                        record,
+                    }
+                }];
+            }
+            // The regular accounts talk among themselves (the wrong-host account, last,
+            // keeps writing plain messages).
+            let w = c.next(i, &self.0.dids[..self.0.config.accounts], &rkey);
+            return vec![Write::Create {
+                collection: w.collection.into(),
+                rkey,
+                record: w.record,
+            }];
+        }
         let n = self.0.config.ops_per_commit;
         (0..n)
             .map(|_| {
@@ -393,7 +483,7 @@ impl Fleet {
     /// A fresh commit by account `i`, not yet published.
     async fn commit_event(&self, i: usize) -> Result<CommitEvent, FleetError> {
         let mut a = self.0.accounts[i].lock().await;
-        let writes = self.writes_for(&mut a);
+        let writes = self.writes_for(&mut a, i);
         Ok(a.writer.commit(&writes, &now())?)
     }
 

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agentnet_indexer::embed::{cosine, BatchConfig, Batcher, Embedder, Precision};
+use store::embed::{cosine, BatchConfig, Batcher, Embedder, Precision};
 
 fn model_dir() -> PathBuf {
     let dir = std::env::var("AGENTNET_MODEL_DIR")

@@ -2,7 +2,7 @@
 //! errors, data persists across reopening. Needs AGENTNET_CHDB_LIB (scripts/test.sh sets it
 //! from infra/chdb/setup.sh).
 
-use agentnet_indexer::chdb::{Chdb, ChdbError};
+use store::chdb::{Chdb, ChdbError};
 
 fn lib() -> std::path::PathBuf {
     let path = std::env::var("AGENTNET_CHDB_LIB")

@@ -1,9 +1,7 @@
 //! One test suite for every vector-store backend: access control inside the query, filters,
 //! replace-by-URI, deletes, and (for the embedded store) persistence and optimization.
 
-use agentnet_indexer::vectors::{
-    EdgeStore, ExactStore, Query, VectorError, VectorPoint, VectorStore,
-};
+use store::vectors::{EdgeStore, ExactStore, Query, VectorError, VectorPoint, VectorStore};
 
 const A: &str = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
 const B: &str = "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb";

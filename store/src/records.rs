@@ -1,0 +1,717 @@
+//! The record index in ClickHouse: versioned schema (`store/sql/`), writes of index
+//! changes, and the coordination queries with the caller's access rule inside the SQL. The
+//! same SQL runs on any transport: embedded chDB by default, a ClickHouse server when
+//! scaled out.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use thiserror::Error;
+
+/// Who may see an indexed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Anyone.
+    Public,
+    /// The author and the named recipients.
+    Shared,
+}
+
+/// One record as the stores hold it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordRow {
+    /// The record's AT-URI (for sealed records, the sealed record's own).
+    pub uri: String,
+    /// The record's CID.
+    pub cid: String,
+    /// The repo it is in.
+    pub author: String,
+    /// The record type (for sealed records, the inner type).
+    pub collection: String,
+    /// The record key.
+    pub rkey: String,
+    /// The commit revision that wrote it (the row's version).
+    pub rev: String,
+    /// `createdAt` as the author states it.
+    pub created_at: String,
+    /// Who may see it.
+    pub visibility: Visibility,
+    /// For shared records: who it is sealed for.
+    pub recipients: Vec<String>,
+    /// The plaintext record: public ones, and shared ones the appview could open.
+    pub record: Option<Value>,
+    /// For shared records: the envelope, for recipients to open themselves.
+    pub sealed: Option<Value>,
+    /// What recall embeds: the record's human text, when the indexer can read it.
+    pub text: Option<String>,
+    /// When the index stored it (ms since the epoch; 0 before it is stored).
+    #[serde(skip)]
+    pub indexed_ms: i64,
+}
+
+/// A change to the index.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Change {
+    /// Insert or replace the row with this URI (newer `rev` wins).
+    Upsert(Box<RecordRow>),
+    /// Remove the row with this URI.
+    Delete {
+        /// The record's AT-URI.
+        uri: String,
+        /// The revision that deleted it.
+        rev: String,
+    },
+}
+
+/// Schema files in order; each runs once (`CREATE … IF NOT EXISTS`).
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("001_records", include_str!("../sql/001_records.sql")),
+    ("002_cursor", include_str!("../sql/002_cursor.sql")),
+    ("003_links", include_str!("../sql/003_links.sql")),
+];
+
+/// Collections that land in an agent's inbox.
+const INBOX_COLLECTIONS: &[&str] = &[
+    "agent.comms.message",
+    "agent.comms.request",
+    "agent.comms.handoff",
+];
+/// Most rows one query returns.
+pub const MAX_LIMIT: usize = 100;
+/// Most agents one `agents` call returns.
+pub const MAX_AGENTS: usize = 500;
+
+fn collection_in(collections: &[&str]) -> String {
+    let list: Vec<String> = collections.iter().map(|c| sql_str(c)).collect();
+    format!("collection IN ({})", list.join(", "))
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Error)]
+pub enum RecordError {
+    /// The transport failed or ClickHouse refused the statement.
+    #[error("ClickHouse: {0}")]
+    Sql(String),
+    /// A row came back in a shape this code does not read.
+    #[error("unexpected row: {0}")]
+    Row(String),
+    /// A page cursor this store did not issue.
+    #[error("malformed cursor {0:?}")]
+    BadCursor(String),
+}
+
+/// Somewhere SQL runs: statements in, `JSONEachRow` out.
+pub trait SqlTransport: Send + Sync {
+    /// Runs one statement.
+    fn execute(&self, sql: &str) -> Result<Vec<u8>, RecordError>;
+}
+
+impl<T: SqlTransport + ?Sized> SqlTransport for std::sync::Arc<T> {
+    fn execute(&self, sql: &str) -> Result<Vec<u8>, RecordError> {
+        (**self).execute(sql)
+    }
+}
+
+impl SqlTransport for crate::chdb::Chdb {
+    fn execute(&self, sql: &str) -> Result<Vec<u8>, RecordError> {
+        self.query(sql, "JSONEachRow")
+            .map_err(|e| RecordError::Sql(e.to_string()))
+    }
+}
+
+/// A string literal for ClickHouse SQL.
+pub fn sql_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// The caller's access rule as a SQL condition: public records, or the caller is the
+/// author or a recipient. Anonymous callers see public records only.
+pub fn visible_to(caller: Option<&str>) -> String {
+    match caller {
+        None => "visibility = 'public'".to_string(),
+        Some(did) => {
+            let d = sql_str(did);
+            format!("(visibility = 'public' OR author = {d} OR has(recipients, {d}))")
+        }
+    }
+}
+
+/// The record index. Cloning shares the transport.
+#[derive(Clone)]
+pub struct RecordStore<T> {
+    sql: T,
+}
+
+#[derive(Deserialize)]
+struct Row {
+    uri: String,
+    cid: String,
+    author: String,
+    collection: String,
+    rkey: String,
+    created_at: String,
+    visibility: String,
+    recipients: Vec<String>,
+    record: String,
+    sealed: String,
+    text: String,
+    ver: Value,
+    indexed_ms: Value,
+}
+
+fn number(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        v => v.as_i64().unwrap_or(0),
+    }
+}
+
+impl Row {
+    fn into_record(self) -> RecordRow {
+        let parse = |s: &str| {
+            if s.is_empty() {
+                None
+            } else {
+                serde_json::from_str(s).ok()
+            }
+        };
+        let ver = number(&self.ver) as u64;
+        RecordRow {
+            record: parse(&self.record),
+            sealed: parse(&self.sealed),
+            text: (!self.text.is_empty()).then_some(self.text),
+            uri: self.uri,
+            cid: self.cid,
+            author: self.author,
+            collection: self.collection,
+            rkey: self.rkey,
+            rev: atproto::syntax::Tid::from_u64(ver).to_string(),
+            created_at: self.created_at,
+            visibility: if self.visibility == "public" {
+                Visibility::Public
+            } else {
+                Visibility::Shared
+            },
+            recipients: self.recipients,
+            indexed_ms: number(&self.indexed_ms),
+        }
+    }
+}
+
+fn version(rev: &str) -> u64 {
+    atproto::syntax::Tid::parse(rev)
+        .map(|t| t.as_u64())
+        .unwrap_or(0)
+}
+
+/// Who a record is addressed to, for inbox and broadcast queries: the record's own
+/// addressee fields (and a broadcast's audience selectors) when it is readable, otherwise
+/// (sealed) its recipients other than the author.
+fn subjects(row: &RecordRow) -> Vec<String> {
+    let mut out: Vec<String> = match &row.record {
+        Some(r) => {
+            let mut v: Vec<String> = ["recipient", "assignee", "to"]
+                .iter()
+                .filter_map(|k| r.get(*k).and_then(Value::as_str).map(str::to_string))
+                .collect();
+            v.extend(strings(r.get("audience")));
+            v
+        }
+        None => row
+            .recipients
+            .iter()
+            .filter(|d| **d != row.author)
+            .cloned()
+            .collect(),
+    };
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn strings(v: Option<&Value>) -> impl Iterator<Item = String> + '_ {
+    v.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+}
+
+/// How a readable record joins others: its conversation key (a message's `thread`, a
+/// handoff's `session`) and the records it points at (`inReplyTo`, a response's `request`,
+/// `context`), for threads and task status.
+fn links(row: &RecordRow) -> (String, Vec<String>) {
+    let Some(r) = &row.record else {
+        return (String::new(), Vec::new());
+    };
+    let field = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+    let thread = field("thread")
+        .or_else(|| field("session"))
+        .unwrap_or_default();
+    let mut refs: Vec<String> = [field("inReplyTo"), field("request")]
+        .into_iter()
+        .flatten()
+        .collect();
+    refs.extend(strings(r.get("context")));
+    refs.sort();
+    refs.dedup();
+    (thread, refs)
+}
+
+/// One page of a listing and where the next one starts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listing {
+    /// Newest first.
+    pub rows: Vec<RecordRow>,
+    /// For the next page, when this one was full.
+    pub cursor: Option<String>,
+}
+
+/// A page request: at most `limit` rows after `cursor` (from a previous [`Listing`]).
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Most rows (clamped to 1..=[`MAX_LIMIT`]).
+    pub limit: usize,
+    /// Where the previous page ended.
+    pub cursor: Option<String>,
+}
+
+impl Page {
+    /// The first `limit` rows.
+    pub fn first(limit: usize) -> Self {
+        Page {
+            limit,
+            cursor: None,
+        }
+    }
+
+    fn limit(&self) -> usize {
+        self.limit.clamp(1, MAX_LIMIT)
+    }
+
+    /// The condition for rows after the cursor (`createdAt` then URI), or an error for a
+    /// cursor this store did not issue.
+    fn after(&self) -> Result<Option<String>, RecordError> {
+        let Some(c) = &self.cursor else {
+            return Ok(None);
+        };
+        let (created, uri) = c
+            .split_once('|')
+            .ok_or_else(|| RecordError::BadCursor(c.clone()))?;
+        let (created, uri) = (sql_str(created), sql_str(uri));
+        Ok(Some(format!(
+            "(created_at < {created} OR (created_at = {created} AND uri > {uri}))"
+        )))
+    }
+}
+
+/// A task: a request with the latest response from its assignee, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// The request.
+    pub request: RecordRow,
+    /// `open` until the assignee responds, then the response's status.
+    pub status: String,
+    /// The response that set the status.
+    pub response: Option<RecordRow>,
+}
+
+/// An agent the index has seen, with its published encryption key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRow {
+    /// The agent's DID.
+    pub did: String,
+    /// Its `agent.envelope.key` public key (multibase), if published.
+    pub encryption_key: Option<String>,
+    /// `createdAt` of its latest record the caller may see.
+    pub last_seen: String,
+}
+
+const COLUMNS: &str = "uri, cid, author, collection, rkey, created_at, visibility, recipients, \
+                       record, sealed, text, ver, indexed_ms";
+
+impl<T: SqlTransport> RecordStore<T> {
+    /// A store over `sql`, with the schema brought up to date.
+    pub fn open(sql: T) -> Result<Self, RecordError> {
+        for (_, statement) in MIGRATIONS {
+            sql.execute(statement)?;
+        }
+        Ok(RecordStore { sql })
+    }
+
+    /// Writes index changes (idempotent: replaying a batch leaves the same rows visible).
+    pub fn apply(&self, changes: &[Change], indexed_ms: i64) -> Result<(), RecordError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut body = String::new();
+        for change in changes {
+            let row = match change {
+                Change::Upsert(r) => {
+                    let (thread, refs) = links(r);
+                    json!({
+                        "uri": r.uri, "ver": version(&r.rev), "deleted": 0, "cid": r.cid, "author": r.author,
+                        "collection": r.collection, "rkey": r.rkey, "created_at": r.created_at, "indexed_ms": indexed_ms,
+                        "visibility": match r.visibility { Visibility::Public => "public", Visibility::Shared => "shared" },
+                        "recipients": r.recipients, "subjects": subjects(r),
+                        "record": r.record.as_ref().map(Value::to_string).unwrap_or_default(),
+                        "sealed": r.sealed.as_ref().map(Value::to_string).unwrap_or_default(),
+                        "text": r.text.clone().unwrap_or_default(), "thread": thread, "refs": refs,
+                        "topic": r.record.as_ref().and_then(|v| v.get("topic")).and_then(Value::as_str).unwrap_or_default(),
+                    })
+                }
+                Change::Delete { uri, rev } => json!({
+                    "uri": uri, "ver": version(rev), "deleted": 1, "cid": "", "author": "", "collection": "",
+                    "rkey": "", "created_at": "", "indexed_ms": indexed_ms, "visibility": "shared",
+                    "recipients": [], "subjects": [], "record": "", "sealed": "", "text": "",
+                    "thread": "", "refs": [], "topic": "",
+                }),
+            };
+            body.push_str(&row.to_string());
+            body.push('\n');
+        }
+        self.sql
+            .execute(&format!("INSERT INTO records FORMAT JSONEachRow {body}"))?;
+        Ok(())
+    }
+
+    fn rows(&self, sql: &str) -> Result<Vec<RecordRow>, RecordError> {
+        let out = self.sql.execute(sql)?;
+        let text = String::from_utf8(out).map_err(|e| RecordError::Row(e.to_string()))?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str::<Row>(l)
+                    .map(Row::into_record)
+                    .map_err(|e| RecordError::Row(e.to_string()))
+            })
+            .collect()
+    }
+
+    fn select(&self, conditions: &[String], limit: usize) -> Result<Vec<RecordRow>, RecordError> {
+        self.rows(&format!(
+            "SELECT {COLUMNS} FROM records FINAL WHERE deleted = 0 AND {} \
+             ORDER BY created_at DESC, uri LIMIT {}",
+            conditions.join(" AND "),
+            limit.clamp(1, MAX_LIMIT)
+        ))
+    }
+
+    /// Newest first, one page, with the cursor for the next.
+    fn list(&self, mut conditions: Vec<String>, page: &Page) -> Result<Listing, RecordError> {
+        conditions.extend(page.after()?);
+        let rows = self.select(&conditions, page.limit())?;
+        let cursor = (rows.len() == page.limit())
+            .then(|| rows.last().map(|r| format!("{}|{}", r.created_at, r.uri)))
+            .flatten();
+        Ok(Listing { rows, cursor })
+    }
+
+    /// Messages, requests and handoffs addressed to `recipient` that `caller` may see,
+    /// newest first; `since` (a `createdAt`) bounds how far back.
+    pub fn inbox(
+        &self,
+        caller: Option<&str>,
+        recipient: &str,
+        since: Option<&str>,
+        page: &Page,
+    ) -> Result<Listing, RecordError> {
+        let mut conditions = vec![
+            visible_to(caller),
+            format!("has(subjects, {})", sql_str(recipient)),
+            collection_in(INBOX_COLLECTIONS),
+        ];
+        if let Some(s) = since {
+            conditions.push(format!("created_at > {}", sql_str(s)));
+        }
+        self.list(conditions, page)
+    }
+
+    /// One record, if `caller` may see it.
+    pub fn get(&self, caller: Option<&str>, uri: &str) -> Result<Option<RecordRow>, RecordError> {
+        Ok(self
+            .select(&[visible_to(caller), format!("uri = {}", sql_str(uri))], 1)?
+            .into_iter()
+            .next())
+    }
+
+    /// Records by URI that `caller` may see, in no particular order (absent and hidden
+    /// ones left out).
+    pub fn get_many(
+        &self,
+        caller: Option<&str>,
+        uris: &[String],
+    ) -> Result<Vec<RecordRow>, RecordError> {
+        if uris.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = uris.iter().map(|u| sql_str(u)).collect();
+        self.select(
+            &[visible_to(caller), format!("uri IN ({})", list.join(", "))],
+            uris.len(),
+        )
+    }
+
+    /// The conversation around `uri`, oldest first: the record, what it points at, what
+    /// points at it, and what shares its thread (or handoff session) — all that `caller`
+    /// may see. `None` when the record itself is not visible.
+    pub fn thread(
+        &self,
+        caller: Option<&str>,
+        uri: &str,
+    ) -> Result<Option<Vec<RecordRow>>, RecordError> {
+        let Some(root) = self.get(caller, uri)? else {
+            return Ok(None);
+        };
+        let (thread, refs) = links(&root);
+        let u = sql_str(uri);
+        let mut related = vec![format!("uri = {u}"), format!("has(refs, {u})")];
+        if !refs.is_empty() {
+            let list: Vec<String> = refs.iter().map(|r| sql_str(r)).collect();
+            related.push(format!("uri IN ({})", list.join(", ")));
+        }
+        if !thread.is_empty() {
+            related.push(format!("thread = {}", sql_str(&thread)));
+        }
+        let mut rows = self.select(
+            &[visible_to(caller), format!("({})", related.join(" OR "))],
+            MAX_LIMIT,
+        )?;
+        rows.reverse();
+        Ok(Some(rows))
+    }
+
+    /// Requests assigned to `assignee` and/or sent by `sender`, newest first, each with its
+    /// status: `open` until the assignee answers, then the latest response's `status`.
+    /// Only responses `caller` may see count. `status` filters within the page.
+    pub fn tasks(
+        &self,
+        caller: Option<&str>,
+        assignee: Option<&str>,
+        sender: Option<&str>,
+        status: Option<&str>,
+        page: &Page,
+    ) -> Result<(Vec<Task>, Option<String>), RecordError> {
+        let mut conditions = vec![visible_to(caller), collection_in(&["agent.comms.request"])];
+        if let Some(a) = assignee {
+            conditions.push(format!("has(subjects, {})", sql_str(a)));
+        }
+        if let Some(s) = sender {
+            conditions.push(format!("author = {}", sql_str(s)));
+        }
+        let listing = self.list(conditions, page)?;
+        let uris: Vec<String> = listing.rows.iter().map(|r| sql_str(&r.uri)).collect();
+        let responses = if uris.is_empty() {
+            Vec::new()
+        } else {
+            self.select(
+                &[
+                    visible_to(caller),
+                    collection_in(&["agent.comms.response"]),
+                    format!("hasAny(refs, [{}])", uris.join(", ")),
+                ],
+                MAX_LIMIT,
+            )?
+        };
+        let tasks = listing
+            .rows
+            .into_iter()
+            .map(|request| {
+                let assignee = request
+                    .record
+                    .as_ref()
+                    .and_then(|r| r.get("assignee"))
+                    .and_then(Value::as_str);
+                // Newest first, so the first match is the latest; only the assignee's
+                // answer settles a task.
+                let response = responses
+                    .iter()
+                    .find(|r| {
+                        Some(r.author.as_str()) == assignee
+                            && r.record
+                                .as_ref()
+                                .and_then(|v| v.get("request"))
+                                .and_then(Value::as_str)
+                                == Some(request.uri.as_str())
+                    })
+                    .cloned();
+                let status = response
+                    .as_ref()
+                    .and_then(|r| r.record.as_ref())
+                    .and_then(|r| r.get("status"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("open")
+                    .to_string();
+                Task {
+                    request,
+                    status,
+                    response,
+                }
+            })
+            .filter(|t| status.is_none_or(|s| t.status == s))
+            .collect();
+        Ok((tasks, listing.cursor))
+    }
+
+    /// Handoffs to `to` and/or from `from` that `caller` may see, newest first.
+    pub fn handoffs(
+        &self,
+        caller: Option<&str>,
+        to: Option<&str>,
+        from: Option<&str>,
+        page: &Page,
+    ) -> Result<Listing, RecordError> {
+        let mut conditions = vec![visible_to(caller), collection_in(&["agent.comms.handoff"])];
+        if let Some(t) = to {
+            conditions.push(format!("has(subjects, {})", sql_str(t)));
+        }
+        if let Some(f) = from {
+            conditions.push(format!("author = {}", sql_str(f)));
+        }
+        self.list(conditions, page)
+    }
+
+    /// Broadcasts that `caller` may see, newest first, optionally by topic, by an
+    /// audience selector, and since a time.
+    pub fn broadcasts(
+        &self,
+        caller: Option<&str>,
+        topic: Option<&str>,
+        audience: Option<&str>,
+        since: Option<&str>,
+        page: &Page,
+    ) -> Result<Listing, RecordError> {
+        let mut conditions = vec![
+            visible_to(caller),
+            collection_in(&["agent.comms.broadcast"]),
+        ];
+        if let Some(t) = topic {
+            conditions.push(format!("topic = {}", sql_str(t)));
+        }
+        if let Some(a) = audience {
+            conditions.push(format!("has(subjects, {})", sql_str(a)));
+        }
+        if let Some(s) = since {
+            conditions.push(format!("created_at > {}", sql_str(s)));
+        }
+        self.list(conditions, page)
+    }
+
+    /// Agents with records `caller` may see, by DID, with their published encryption keys
+    /// (`agent.envelope.key/self`, always public).
+    pub fn agents(
+        &self,
+        caller: Option<&str>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<AgentRow>, RecordError> {
+        let mut conditions = vec![visible_to(caller)];
+        if let Some(a) = after {
+            conditions.push(format!("author > {}", sql_str(a)));
+        }
+        let sql = format!(
+            "SELECT author, max(created_at) AS last_seen, \
+             argMaxIf(record, ver, collection = 'agent.envelope.key') AS key_record \
+             FROM records FINAL WHERE deleted = 0 AND {} GROUP BY author ORDER BY author LIMIT {}",
+            conditions.join(" AND "),
+            limit.clamp(1, MAX_AGENTS)
+        );
+        #[derive(Deserialize)]
+        struct A {
+            author: String,
+            last_seen: String,
+            key_record: String,
+        }
+        let out = String::from_utf8(self.sql.execute(&sql)?)
+            .map_err(|e| RecordError::Row(e.to_string()))?;
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let a: A = serde_json::from_str(l).map_err(|e| RecordError::Row(e.to_string()))?;
+                let encryption_key =
+                    serde_json::from_str::<Value>(&a.key_record)
+                        .ok()
+                        .and_then(|v| {
+                            v.get("publicKey")
+                                .and_then(Value::as_str)
+                                .map(str::to_string)
+                        });
+                Ok(AgentRow {
+                    did: a.author,
+                    encryption_key,
+                    last_seen: a.last_seen,
+                })
+            })
+            .collect()
+    }
+
+    /// Rows and the cursor per table, for the operator's dashboard.
+    pub fn counts(&self) -> Result<Vec<(String, String, u64)>, RecordError> {
+        let out = String::from_utf8(self.sql.execute(
+            "SELECT collection, visibility, count() AS n FROM records FINAL WHERE deleted = 0 \
+             GROUP BY collection, visibility ORDER BY collection, visibility",
+        )?)
+        .map_err(|e| RecordError::Row(e.to_string()))?;
+        #[derive(Deserialize)]
+        struct C {
+            collection: String,
+            visibility: String,
+            n: Value,
+        }
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let c: C = serde_json::from_str(l).map_err(|e| RecordError::Row(e.to_string()))?;
+                Ok((c.collection, c.visibility, number(&c.n) as u64))
+            })
+            .collect()
+    }
+
+    /// The last sequence number indexed from `source`.
+    pub fn cursor(&self, source: &str) -> Result<Option<u64>, RecordError> {
+        let sql = format!(
+            "SELECT max(seq) AS seq, count() AS n FROM cursors WHERE source = {}",
+            sql_str(source)
+        );
+        let out = String::from_utf8(self.sql.execute(&sql)?)
+            .map_err(|e| RecordError::Row(e.to_string()))?;
+        let v: Value =
+            serde_json::from_str(out.trim()).map_err(|e| RecordError::Row(e.to_string()))?;
+        Ok((number(&v["n"]) > 0).then(|| number(&v["seq"]) as u64))
+    }
+
+    /// Records that everything up to `seq` from `source` is in every sink.
+    pub fn save_cursor(&self, source: &str, seq: u64) -> Result<(), RecordError> {
+        let row = json!({"source": source, "seq": seq});
+        self.sql
+            .execute(&format!("INSERT INTO cursors FORMAT JSONEachRow {row}"))?;
+        Ok(())
+    }
+
+    /// Whether any stored row, visible or not, deleted or not, contains `needle` in any
+    /// column. For privacy tests: a private record must leave no trace.
+    pub fn anywhere(&self, needle: &str) -> Result<bool, RecordError> {
+        let n = sql_str(needle);
+        let sql = format!(
+            "SELECT count() AS n FROM records WHERE position(concat(uri, cid, author, collection, rkey, record, sealed, text, \
+             arrayStringConcat(recipients, ','), arrayStringConcat(subjects, ','), thread, \
+             arrayStringConcat(refs, ','), topic), {n}) > 0"
+        );
+        let out = String::from_utf8(self.sql.execute(&sql)?)
+            .map_err(|e| RecordError::Row(e.to_string()))?;
+        let v: Value =
+            serde_json::from_str(out.trim()).map_err(|e| RecordError::Row(e.to_string()))?;
+        Ok(number(&v["n"]) > 0)
+    }
+}
