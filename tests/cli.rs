@@ -104,10 +104,13 @@ fn lexicon_list_and_show() {
         .success());
 }
 
-/// The README's first command: `agentnet up --demo` shows a live network within seconds and
+/// The README's first command: `agentnet up --demo` shows a live network within a minute —
+/// relayed, indexed (agents with their keys), recallable by anyone for public records — and
 /// shuts down cleanly on SIGTERM.
 #[test]
-fn up_demo_relays_a_live_fleet_and_stops_cleanly() {
+fn up_demo_runs_a_live_network_and_stops_cleanly() {
+    let model = std::env::var("AGENTNET_MODEL_DIR")
+        .expect("AGENTNET_MODEL_DIR must name the ONNX model directory (scripts/test.sh sets it)");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -123,6 +126,8 @@ fn up_demo_relays_a_live_fleet_and_stops_cleanly() {
             "20",
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--model-dir",
+            &model,
         ])
         .arg("--data-dir")
         .arg(&data)
@@ -132,38 +137,66 @@ fn up_demo_relays_a_live_fleet_and_stops_cleanly() {
         .spawn()
         .expect("agentnet up");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut published = 0.0;
-    while std::time::Instant::now() < deadline && published < 10.0 {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        published = metrics(port)
+    let json = |path: &str| -> serde_json::Value {
+        serde_json::from_str(&get(port, path)).unwrap_or(serde_json::Value::Null)
+    };
+    let (mut published, mut keys, mut recalled) = (0.0, 0, Vec::new());
+    while std::time::Instant::now() < deadline
+        && (published < 30.0 || keys == 0 || recalled.is_empty())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        published = get(port, "/metrics")
             .lines()
             .find_map(|l| {
                 l.strip_prefix("relay_events_out_total")
                     .and_then(|v| v.trim().parse().ok())
             })
             .unwrap_or(0.0);
+        keys = json("/xrpc/agent.comms.listAgents")["agents"]
+            .as_array()
+            .map_or(0, |a| {
+                a.iter().filter(|a| a["encryptionKey"].is_string()).count()
+            });
+        recalled = json("/xrpc/agent.memory.recall?q=database+credentials&limit=20")["results"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
     }
+    let dashboard = get(port, "/");
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let out = child.wait_with_output().expect("wait");
-    assert!(published >= 10.0, "only {published} events relayed");
+    assert!(published >= 30.0, "only {published} events relayed");
+    assert!(keys > 0, "no agent's encryption key was indexed");
+    assert!(!recalled.is_empty(), "nothing recallable");
+    assert!(
+        recalled.iter().all(|r| r["item"]["privacy"] == "public"),
+        "anonymous recall returned non-public records: {recalled:?}"
+    );
+    assert!(dashboard.contains("records indexed"), "{dashboard}");
     assert!(out.status.success(), "exit {:?}", out.status);
     assert!(
-        text(&out.stdout).contains("firehose  ws://"),
+        text(&out.stdout).contains("dashboard http://"),
         "{}",
         text(&out.stdout)
     );
     let _ = std::fs::remove_dir_all(&data);
 }
 
-fn metrics(port: u16) -> String {
+/// A GET on loopback; the body (empty if unreachable).
+fn get(port: u16, path: &str) -> String {
     use std::io::Read;
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return String::new();
     };
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    );
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
-    buf
+    buf.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
 }

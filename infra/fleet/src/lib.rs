@@ -324,9 +324,10 @@ impl Fleet {
         if let Some(c) = talking {
             let rkey = a.writer.next_rkey().to_string();
             a.commits += 1;
-            // The key first, and again every few records, so a relay that joins late (it
-            // starts at the live tail) still passes every agent's key to the index.
-            if a.commits % KEY_EVERY == 1 {
+            // The key at genesis, again on the first generated commit and every few after,
+            // so a relay that joins late (it starts at the live tail) still passes every
+            // agent's key to the index.
+            if a.commits <= 2 || a.commits % KEY_EVERY == 1 {
                 let (collection, rkey, record) = (
                     "agent.envelope.key".to_string(),
                     "self".to_string(),
