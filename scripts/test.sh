@@ -23,5 +23,7 @@ echo "== chDB (npm package, once)"
 AGENTNET_CHDB_LIB="$(infra/chdb/setup.sh)"
 export AGENTNET_CHDB_LIB
 export AGENTNET_MODEL_DIR="${AGENTNET_MODEL_DIR:-$PWD/../shared/models/all-minilm-l6-v2}"
+echo "== ClickHouse server (Debian package, once)"
+infra/clickhouse/setup.sh >/dev/null
 echo "== cargo test"
 cargo test --workspace

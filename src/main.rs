@@ -142,13 +142,9 @@ struct UpArgs {
     /// Allow loopback and private hosts and plain-http did:web (local testing only).
     #[arg(long, env = "AGENTNET_DEV", default_value_t = false)]
     dev: bool,
-    /// ONNX embedding model directory (e.g. ../shared/models/all-minilm-l6-v2); without it
-    /// nothing is embedded and recall is off.
-    #[arg(long, env = "AGENTNET_MODEL_DIR")]
-    model_dir: Option<PathBuf>,
-    /// Run the int8 graph of the model (about 3x faster on CPU) instead of fp32.
-    #[arg(long, env = "AGENTNET_MODEL_INT8", default_value_t = true, action = clap::ArgAction::Set)]
-    model_int8: bool,
+    /// The embedding model.
+    #[command(flatten)]
+    model: store::Model,
     /// chDB's library for the embedded ClickHouse (`infra/chdb/setup.sh` prints it).
     #[arg(long, env = "AGENTNET_CHDB_LIB", default_value = "libchdb.so")]
     chdb_lib: PathBuf,
@@ -302,12 +298,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut indexer = Defaults::<agentnet_indexer::Config>::try_parse_from(["indexer"])?.config;
     indexer.relay_url = format!("ws://{local}");
     indexer.data_dir = index_dir.clone();
-    indexer.model_dir = args.model_dir.clone();
-    indexer.model_int8 = args.model_int8;
-    indexer.chdb_lib = args.chdb_lib.clone();
+    indexer.model = args.model.clone();
     indexer.appview_did = did.clone();
-    indexer.clickhouse_url = None;
-    indexer.qdrant_url = None;
+    // `up` is the one-machine shape: embedded stores.
+    indexer.backends.chdb_lib = args.chdb_lib.clone();
+    indexer.backends.clickhouse_url = None;
+    indexer.backends.qdrant_url = None;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -349,13 +345,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || agentnet_indexer::open_stores(&config, dims)).await??
     };
     let mut embed_thread = None;
-    let recall = match (&args.model_dir, &stores.vectors) {
-        (Some(dir), Some(vectors)) => {
-            let model = store::embed::Embedder::load(
-                dir,
-                agentnet_appview::precision(args.model_int8),
-                None,
-            )?;
+    let recall = match (args.model.load()?, &stores.vectors) {
+        (Some(model), Some(vectors)) => {
             let (batcher, thread) =
                 store::embed::Batcher::start(model, agentnet_appview::QUERY_BATCH);
             embed_thread = Some(thread);
@@ -380,7 +371,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("  recall    http://{local}/xrpc/agent.memory.recall?q=database+credentials");
     println!("  appview   {did} (http://{local}/.well-known/did.json)");
     println!("  metrics   http://{local}/metrics");
-    if args.model_dir.is_none() {
+    if args.model.model_dir.is_none() {
         println!("  (no --model-dir: records are indexed without vectors; recall is off)");
     }
     if args.demo {

@@ -24,22 +24,13 @@ pub struct Config {
     /// `http://` + the listen address.
     #[arg(long, env = "AGENTNET_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// ClickHouse server URL; without it the embedded store is used.
-    #[arg(long, env = "AGENTNET_CLICKHOUSE_URL")]
-    pub clickhouse_url: Option<String>,
-    /// Qdrant server URL; without it the embedded vector store is used.
-    #[arg(long, env = "AGENTNET_QDRANT_URL")]
-    pub qdrant_url: Option<String>,
-    /// chDB's library for the embedded ClickHouse (`infra/chdb/setup.sh` prints it).
-    #[arg(long, env = "AGENTNET_CHDB_LIB", default_value = "libchdb.so")]
-    pub chdb_lib: PathBuf,
-    /// ONNX embedding model directory for recall queries (the indexer's model); without
-    /// it `agent.memory.recall` answers MethodNotImplemented.
-    #[arg(long, env = "AGENTNET_MODEL_DIR")]
-    pub model_dir: Option<PathBuf>,
-    /// Run the int8 graph of the model (must match the indexer's choice).
-    #[arg(long, env = "AGENTNET_MODEL_INT8", default_value_t = true, action = clap::ArgAction::Set)]
-    pub model_int8: bool,
+    /// Where the record index and the vectors live (the indexer's).
+    #[command(flatten)]
+    pub backends: store::Backends,
+    /// The embedding model for recall queries (the indexer's); without it
+    /// `agent.memory.recall` answers MethodNotImplemented.
+    #[command(flatten)]
+    pub model: store::Model,
     /// PLC directory for resolving callers' DIDs (service-auth tokens).
     #[arg(
         long,

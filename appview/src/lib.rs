@@ -133,39 +133,45 @@ pub fn router(app: Appview) -> axum::Router {
 }
 
 /// Runs the appview alone until `shutdown` resolves: its own listener, the stores the
-/// configuration names, and the model for recall queries.
+/// configuration names (the indexer's ClickHouse and Qdrant servers when it runs apart), and
+/// the model for recall queries.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     config.validate()?;
-    if config.clickhouse_url.is_some() || config.qdrant_url.is_some() {
-        return Err(Error::Config(
-            "server backends are not in this build yet; omit --clickhouse-url/--qdrant-url".into(),
-        ));
-    }
     let did = config.did();
     let key = atproto::envelope::EncryptionKey::load_or_create(&config.key_file(), &did)
         .map_err(|e| Error::Config(format!("appview key: {e}")))?
         .public();
-    let records =
-        store::open_embedded_records(&config.chdb_lib, &config.data_dir.join("clickhouse"))
-            .map_err(|e| Error::Store(e.to_string()))?;
+    let embedder = config
+        .model
+        .load()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let (records, vectors) = {
+        let (config, dims) = (
+            config.clone(),
+            embedder.as_ref().map(store::embed::Embedder::dimensions),
+        );
+        tokio::task::spawn_blocking(move || {
+            let records = config.backends.records(&config.data_dir)?;
+            let vectors = dims
+                .map(|d| config.backends.vectors(&config.data_dir, d))
+                .transpose()?;
+            Ok::<_, store::OpenError>((records, vectors))
+        })
+        .await
+        .map_err(|e| Error::Store(e.to_string()))?
+        .map_err(|e| Error::Store(e.to_string()))?
+    };
     let mut embed_thread = None;
-    let recall = match &config.model_dir {
-        None => None,
-        Some(dir) => {
-            let embedder = store::embed::Embedder::load(dir, precision(config.model_int8), None)
-                .map_err(|e| Error::Config(e.to_string()))?;
-            let vectors = store::open_embedded_vectors(
-                &config.data_dir.join("vectors"),
-                embedder.dimensions(),
-            )
-            .map_err(|e| Error::Store(e.to_string()))?;
+    let recall = match (embedder, vectors) {
+        (Some(embedder), Some(vectors)) => {
             let (batcher, thread) = Batcher::start(embedder, QUERY_BATCH);
             embed_thread = Some(thread);
             Some((batcher, vectors))
         }
+        _ => None,
     };
     let app = Appview::new(Parts {
         did,
@@ -197,12 +203,3 @@ pub const QUERY_BATCH: store::embed::BatchConfig = store::embed::BatchConfig {
     max_batch: 16,
     max_wait: Duration::from_millis(2),
 };
-
-/// The model graph for a precision flag.
-pub fn precision(int8: bool) -> store::embed::Precision {
-    if int8 {
-        store::embed::Precision::Int8
-    } else {
-        store::embed::Precision::Fp32
-    }
-}

@@ -15,22 +15,12 @@ pub struct Config {
     /// Directory for the embedded stores and the cursor.
     #[arg(long, env = "AGENTNET_DATA_DIR", default_value = "./data/indexer")]
     pub data_dir: PathBuf,
-    /// ClickHouse server URL; without it the embedded store is used.
-    #[arg(long, env = "AGENTNET_CLICKHOUSE_URL")]
-    pub clickhouse_url: Option<String>,
-    /// Qdrant server URL; without it the embedded vector store is used.
-    #[arg(long, env = "AGENTNET_QDRANT_URL")]
-    pub qdrant_url: Option<String>,
-    /// ONNX embedding model directory (e.g. ../shared/models/all-minilm-l6-v2); without it
-    /// records are indexed without vectors (no recall).
-    #[arg(long, env = "AGENTNET_MODEL_DIR")]
-    pub model_dir: Option<PathBuf>,
-    /// Run the int8 graph of the model (about 3x faster on CPU) instead of fp32.
-    #[arg(long, env = "AGENTNET_MODEL_INT8", default_value_t = true, action = clap::ArgAction::Set)]
-    pub model_int8: bool,
-    /// chDB's library for the embedded ClickHouse (`infra/chdb/setup.sh` prints it).
-    #[arg(long, env = "AGENTNET_CHDB_LIB", default_value = "libchdb.so")]
-    pub chdb_lib: PathBuf,
+    /// Where the record index and the vectors live.
+    #[command(flatten)]
+    pub backends: store::Backends,
+    /// The embedding model.
+    #[command(flatten)]
+    pub model: store::Model,
     /// The appview's DID: shared records naming it as a recipient are opened and indexed.
     #[arg(
         long,

@@ -43,18 +43,15 @@ pub fn appview_key(
         .map_err(|e| Error::Config(format!("appview key {}: {e}", path.display())))
 }
 
-/// Opens the embedded stores under the configured data directory.
+/// Opens the configured stores: servers where given, embedded ones in the data directory
+/// otherwise; vectors only with a model (`dimensions`).
 pub fn open_stores(config: &Config, dimensions: Option<usize>) -> Result<Stores, Error> {
-    if config.clickhouse_url.is_some() || config.qdrant_url.is_some() {
-        return Err(Error::Config(
-            "server backends are not in this build yet; omit --clickhouse-url/--qdrant-url".into(),
-        ));
-    }
-    let data = &config.data_dir;
-    let records = store::open_embedded_records(&config.chdb_lib, &data.join("clickhouse"))
+    let records = config
+        .backends
+        .records(&config.data_dir)
         .map_err(|e| Error::Config(e.to_string()))?;
     let vectors = dimensions
-        .map(|d| store::open_embedded_vectors(&data.join("vectors"), d))
+        .map(|d| config.backends.vectors(&config.data_dir, d))
         .transpose()
         .map_err(|e| Error::Config(e.to_string()))?;
     Ok(Stores { records, vectors })
@@ -62,27 +59,29 @@ pub fn open_stores(config: &Config, dimensions: Option<usize>) -> Result<Stores,
 
 /// Loads the configured embedding model, if any.
 pub fn load_model(config: &Config) -> Result<Option<embed::Embedder>, Error> {
-    let Some(dir) = &config.model_dir else {
-        return Ok(None);
-    };
-    let precision = if config.model_int8 {
-        embed::Precision::Int8
-    } else {
-        embed::Precision::Fp32
-    };
-    embed::Embedder::load(dir, precision, None)
-        .map(Some)
+    config
+        .model
+        .load()
         .map_err(|e| Error::Config(e.to_string()))
 }
 
-/// Runs the indexer until `shutdown` resolves, on the stores the configuration names.
+/// Runs the indexer until `shutdown` resolves, on the stores the configuration names
+/// (embedded, or ClickHouse and Qdrant servers).
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     config.validate()?;
     let embedder = load_model(&config)?;
-    let stores = open_stores(&config, embedder.as_ref().map(embed::Embedder::dimensions))?;
+    let stores = {
+        let (config, dims) = (
+            config.clone(),
+            embedder.as_ref().map(embed::Embedder::dimensions),
+        );
+        tokio::task::spawn_blocking(move || open_stores(&config, dims))
+            .await
+            .map_err(|e| Error::Config(e.to_string()))??
+    };
     let key = appview_key(&config.appview_key_file(), &config.appview_did)?;
     run_with(config, stores, embedder, key, shutdown).await
 }

@@ -3,14 +3,21 @@
 //!
 //! - [`records`]: the record index in ClickHouse, its versioned schema (`store/sql/`) and
 //!   the coordination queries, with the caller's access rule inside the SQL; the same SQL
-//!   over embedded chDB ([`chdb`]) or a ClickHouse server;
-//! - [`vectors`]: the vector store behind recall (qdrant-edge embedded, exact in memory);
+//!   over embedded chDB ([`chdb`]) or a ClickHouse server ([`server`]);
+//! - [`vectors`]: the vector store behind recall (qdrant-edge embedded, exact in memory,
+//!   Qdrant server in [`qdrant`]);
 //! - [`embed`]: the sentence-embedding model and its batcher.
 
+pub mod bridge;
 pub mod chdb;
+mod config;
 pub mod embed;
+pub mod qdrant;
 pub mod records;
+pub mod server;
 pub mod vectors;
+
+pub use config::{Backends, Model};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -40,6 +47,12 @@ pub enum OpenError {
 /// chDB allows one engine per process: open it once and share the result.
 pub fn open_embedded_records(chdb_lib: &Path, dir: &Path) -> Result<Records, OpenError> {
     let db: Sql = Arc::new(chdb::Chdb::open(chdb_lib, dir)?);
+    Ok(records::RecordStore::open(db)?)
+}
+
+/// Opens the record index on a ClickHouse server, schema applied.
+pub fn open_server_records(config: &server::ServerConfig) -> Result<Records, OpenError> {
+    let db: Sql = Arc::new(server::ClickhouseServer::connect(config)?);
     Ok(records::RecordStore::open(db)?)
 }
 

@@ -63,12 +63,16 @@ pub enum Change {
     },
 }
 
-/// Schema files in order; each runs once (`CREATE … IF NOT EXISTS`).
-pub const MIGRATIONS: &[(&str, &str)] = &[
-    ("001_records", include_str!("../sql/001_records.sql")),
-    ("002_cursor", include_str!("../sql/002_cursor.sql")),
-    ("003_links", include_str!("../sql/003_links.sql")),
+/// Schema versions in order, each applied once and recorded in `schema_versions`.
+pub const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../sql/001_records.sql")),
+    (2, include_str!("../sql/002_cursor.sql")),
+    (3, include_str!("../sql/003_links.sql")),
 ];
+
+/// Where applied schema versions are recorded.
+const VERSIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_versions (version UInt32, \
+                              applied_ms Int64) ENGINE = MergeTree ORDER BY version";
 
 /// Collections that land in an agent's inbox.
 const INBOX_COLLECTIONS: &[&str] = &[
@@ -342,12 +346,59 @@ const COLUMNS: &str = "uri, cid, author, collection, rkey, created_at, visibilit
                        record, sealed, text, ver, indexed_ms";
 
 impl<T: SqlTransport> RecordStore<T> {
-    /// A store over `sql`, with the schema brought up to date.
+    /// A store over `sql`, with the schema brought up to date: every version in
+    /// [`MIGRATIONS`] not yet recorded in `schema_versions` is applied, in order, then
+    /// recorded.
     pub fn open(sql: T) -> Result<Self, RecordError> {
-        for (_, statement) in MIGRATIONS {
-            sql.execute(statement)?;
+        let store = RecordStore { sql };
+        store.sql.execute(VERSIONS_TABLE)?;
+        for (version, statement) in MIGRATIONS {
+            if store.applied()?.contains(version) {
+                continue;
+            }
+            if let Err(e) = store.sql.execute(statement) {
+                // Another process (the appview beside the indexer) may be applying it: give
+                // it a moment to record the version before calling this a failure.
+                let mut settled = false;
+                for _ in 0..20 {
+                    if store.applied()?.contains(version) {
+                        settled = true;
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                if !settled {
+                    return Err(e);
+                }
+                continue;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            store.sql.execute(&format!(
+                "INSERT INTO schema_versions FORMAT JSONEachRow {}",
+                json!({"version": version, "applied_ms": now})
+            ))?;
         }
-        Ok(RecordStore { sql })
+        Ok(store)
+    }
+
+    /// Schema versions applied to this database.
+    pub fn applied(&self) -> Result<Vec<u32>, RecordError> {
+        let out = String::from_utf8(
+            self.sql
+                .execute("SELECT DISTINCT version FROM schema_versions ORDER BY version")?,
+        )
+        .map_err(|e| RecordError::Row(e.to_string()))?;
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: Value =
+                    serde_json::from_str(l).map_err(|e| RecordError::Row(e.to_string()))?;
+                Ok(number(&v["version"]) as u32)
+            })
+            .collect()
     }
 
     /// Writes index changes (idempotent: replaying a batch leaves the same rows visible).

@@ -1,7 +1,25 @@
 //! One test suite for every vector-store backend: access control inside the query, filters,
 //! replace-by-URI, deletes, and (for the embedded store) persistence and optimization.
+//!
+//! No Qdrant server can run here, so the Qdrant backend's requests go through the suite
+//! instead: [`QdrantRequests`] builds every upsert, delete and search exactly as the
+//! Qdrant store sends them and evaluates them the way Qdrant documents (keyword match on a
+//! value or any array element, integer range, nested should/must). What that leaves
+//! untested: the gRPC transport, collection creation, and Qdrant's own HNSW.
 
-use store::vectors::{EdgeStore, ExactStore, Query, VectorError, VectorPoint, VectorStore};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use qdrant_client::qdrant::condition::ConditionOneOf;
+use qdrant_client::qdrant::point_id::PointIdOptions;
+use qdrant_client::qdrant::points_selector::PointsSelectorOneOf;
+use qdrant_client::qdrant::r#match::MatchValue;
+use qdrant_client::qdrant::value::Kind;
+use qdrant_client::qdrant::{Condition, Filter, Value};
+use store::qdrant::{delete_request, search_request, upsert_request};
+use store::vectors::{
+    point_id, EdgeStore, ExactStore, Hit, Query, VectorError, VectorPoint, VectorStore,
+};
 
 const A: &str = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
 const B: &str = "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb";
@@ -198,4 +216,137 @@ fn edge_store_passes_the_suite_and_persists() {
     );
     drop(reopened);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A point as the requests carry it: its payload and its vector.
+type Stored = (HashMap<String, Value>, Vec<f32>);
+
+/// The Qdrant store's requests, evaluated in memory (see the module comment).
+#[derive(Default)]
+struct QdrantRequests {
+    points: Mutex<HashMap<u64, Stored>>,
+}
+
+fn num_id(id: &qdrant_client::qdrant::PointId) -> u64 {
+    match id.point_id_options {
+        Some(PointIdOptions::Num(n)) => n,
+        _ => panic!("the store sends numeric ids"),
+    }
+}
+
+fn values(v: &Value) -> Vec<&Value> {
+    match &v.kind {
+        Some(Kind::ListValue(l)) => l.values.iter().collect(),
+        _ => vec![v],
+    }
+}
+
+fn holds(payload: &HashMap<String, Value>, c: &Condition) -> bool {
+    match c.condition_one_of.as_ref().expect("condition") {
+        ConditionOneOf::Filter(f) => passes(payload, f),
+        ConditionOneOf::Field(f) => {
+            let Some(v) = payload.get(&f.key) else {
+                return false;
+            };
+            if let Some(m) = &f.r#match {
+                let Some(MatchValue::Keyword(k)) = &m.match_value else {
+                    panic!("the store matches keywords only");
+                };
+                return values(v)
+                    .iter()
+                    .any(|x| matches!(&x.kind, Some(Kind::StringValue(s)) if s == k));
+            }
+            let r = f.range.as_ref().expect("match or range");
+            let Some(Kind::IntegerValue(n)) = v.kind else {
+                return false;
+            };
+            let n = n as f64;
+            r.gte.is_none_or(|g| n >= g)
+                && r.gt.is_none_or(|g| n > g)
+                && r.lte.is_none_or(|l| n <= l)
+                && r.lt.is_none_or(|l| n < l)
+        }
+        other => panic!("the store sends no {other:?}"),
+    }
+}
+
+fn passes(payload: &HashMap<String, Value>, f: &Filter) -> bool {
+    f.must.iter().all(|c| holds(payload, c))
+        && (f.should.is_empty() || f.should.iter().any(|c| holds(payload, c)))
+        && !f.must_not.iter().any(|c| holds(payload, c))
+}
+
+impl VectorStore for QdrantRequests {
+    fn upsert(&self, points: &[VectorPoint]) -> Result<(), VectorError> {
+        let request = upsert_request("agentnet", points)?;
+        assert_eq!(request.collection_name, "agentnet");
+        assert_eq!(
+            request.wait,
+            Some(true),
+            "writes are acknowledged when applied"
+        );
+        let mut map = self.points.lock().expect("lock");
+        for (sent, p) in request.points.iter().zip(points) {
+            let id = num_id(sent.id.as_ref().expect("id"));
+            assert_eq!(
+                id,
+                point_id(&p.uri),
+                "ids come from the URI, as in the embedded store"
+            );
+            map.insert(id, (sent.payload.clone(), p.vector.clone()));
+        }
+        Ok(())
+    }
+
+    fn delete(&self, uris: &[String]) -> Result<(), VectorError> {
+        let request = delete_request("agentnet", uris);
+        let Some(PointsSelectorOneOf::Points(list)) =
+            request.points.and_then(|p| p.points_selector_one_of)
+        else {
+            panic!("deletes name points by id");
+        };
+        let mut map = self.points.lock().expect("lock");
+        for id in &list.ids {
+            map.remove(&num_id(id));
+        }
+        Ok(())
+    }
+
+    fn search(&self, caller: Option<&str>, query: &Query) -> Result<Vec<Hit>, VectorError> {
+        let request = search_request("agentnet", caller, query);
+        let filter = request.filter.as_ref().expect("every search is filtered");
+        assert!(request.params.and_then(|p| p.hnsw_ef).is_some());
+        let map = self.points.lock().expect("lock");
+        let mut hits: Vec<Hit> = map
+            .values()
+            .filter(|(payload, _)| passes(payload, filter))
+            .map(|(payload, vector)| Hit {
+                uri: match payload.get("uri").and_then(|v| v.kind.as_ref()) {
+                    Some(Kind::StringValue(s)) => s.clone(),
+                    _ => panic!("every point carries its URI"),
+                },
+                score: store::embed::cosine(vector, &request.vector),
+            })
+            .collect();
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hits.truncate(request.limit as usize);
+        Ok(hits)
+    }
+
+    fn optimize(&self) -> Result<(), VectorError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn qdrant_requests_pass_the_suite() {
+    suite(&QdrantRequests::default());
+}
+
+#[test]
+fn an_unreachable_qdrant_is_a_clear_error() {
+    let err = store::qdrant::QdrantStore::connect("http://127.0.0.1:9", "", "agentnet", 4)
+        .err()
+        .expect("nothing listens on port 9");
+    assert!(matches!(err, VectorError::Backend(_)), "{err}");
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod clickhouse;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};

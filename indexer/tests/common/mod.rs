@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod suite;
+
 use atproto::envelope::{seal, Recipient};
 use lexicons::Record;
 

@@ -1,0 +1,27 @@
+//! The record index on a ClickHouse server (Debian's clickhouse-server 18.16, started here on
+//! loopback): the same suite as on chDB (see `common/suite.rs`), through the `clickhouse`
+//! crate.
+
+mod common;
+
+#[path = "../../tests/support/clickhouse.rs"]
+mod clickhouse;
+
+use store::server::ServerConfig;
+
+#[test]
+fn record_index_on_a_clickhouse_server() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let server = clickhouse::ClickhouseServer::start(&root, "records-server");
+    let config = ServerConfig {
+        url: server.url.clone(),
+        user: String::new(),
+        password: String::new(),
+        database: String::new(),
+    };
+    let store = store::open_server_records(&config).expect("connect and migrate");
+    common::suite::run(&store);
+    // Reopening finds every version applied and applies nothing twice.
+    let again = store::open_server_records(&config).expect("reopen");
+    assert_eq!(again.applied().expect("versions"), vec![1, 2, 3]);
+}

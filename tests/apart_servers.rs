@@ -1,0 +1,116 @@
+//! The deployment that outgrows one machine: `agentnet indexer` and `agentnet appview` as
+//! separate processes sharing a ClickHouse server (Debian's clickhouse-server, on loopback),
+//! behind a relay following synthetic agents. What the indexer writes, the appview answers.
+
+mod inproc;
+mod support;
+
+use std::process::{Child, Command, Stdio};
+
+use inproc::{http_get, relay_args, tempdir, wait_for, FleetHandle, RelayHandle};
+use support::clickhouse::ClickhouseServer;
+use support::free_port;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn agentnet(args: &[&str]) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_agentnet"))
+            .args(args)
+            .env("AGENTNET_LOG", "warn")
+            .env_remove("AGENTNET_MODEL_DIR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting agentnet"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexer_and_appview_apart_on_a_clickhouse_server() {
+    let clickhouse = tokio::task::spawn_blocking(|| {
+        ClickhouseServer::start(&support::root(), "apart-clickhouse")
+    })
+    .await
+    .expect("clickhouse");
+    let fleet = FleetHandle::start(3, false).await;
+    let data = tempdir("apart");
+    let args = relay_args(&data.join("relay"), &fleet.fleet);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = RelayHandle::start(&args).await;
+    wait_for("the relay to subscribe", async || {
+        fleet.fleet.subscribers() >= 1
+    })
+    .await;
+
+    let relay_url = format!("ws://127.0.0.1:{}", relay.port);
+    let index_dir = data.join("index");
+    let _indexer = agentnet(&[
+        "indexer",
+        "--relay-url",
+        &relay_url,
+        "--data-dir",
+        index_dir.to_str().expect("utf-8"),
+        "--clickhouse-url",
+        &clickhouse.url,
+    ]);
+    let port = free_port();
+    let _appview = agentnet(&[
+        "appview",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        data.join("appview").to_str().expect("utf-8"),
+        "--clickhouse-url",
+        &clickhouse.url,
+        "--plc-url",
+        &fleet.fleet.plc_url(),
+        "--dev",
+    ]);
+
+    fleet.fleet.genesis().await.expect("genesis");
+    for i in 0..9 {
+        fleet.fleet.write_one(i % 3).await.expect("write");
+    }
+    // The fleet's accounts message themselves: each inbox holds its 1 + 3 messages.
+    let dids = fleet.fleet.dids().await;
+    for did in &dids[..3] {
+        let path = format!("/xrpc/agent.comms.getInbox?recipient={did}&limit=100");
+        wait_for(
+            "the appview to answer from the indexer's rows",
+            async || {
+                http_get(port, &path)
+                    .await
+                    .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v["items"].as_array().map(Vec::len))
+                    == Some(4)
+            },
+        )
+        .await;
+    }
+    let agents: serde_json::Value = serde_json::from_str(
+        &http_get(port, "/xrpc/agent.comms.listAgents")
+            .await
+            .expect("listAgents"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        agents["agents"].as_array().map(Vec::len),
+        Some(3),
+        "{agents}"
+    );
+    // Recall needs a model and a shared vector store; without them it says so.
+    let (status, _) = inproc::http(port, "GET", "/xrpc/agent.memory.recall?q=x", &[], "")
+        .await
+        .expect("recall");
+    assert_eq!(status, 501);
+    relay.stop().await;
+    let _ = std::fs::remove_dir_all(&data);
+}
