@@ -45,43 +45,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-const WORDS: &[&str] = &[
-    "deploy",
-    "staging",
-    "keys",
-    "rotate",
-    "summary",
-    "incident",
-    "ledger",
-    "audit",
-    "handoff",
-    "research",
-    "latency",
-    "relay",
-    "index",
-    "memory",
-    "agent",
-    "review",
-    "budget",
-    "schedule",
-    "vendor",
-    "contract",
-    "migration",
-    "cache",
-];
-
-fn sentence(i: usize) -> String {
-    (0..12)
-        .map(|k| WORDS[(i * 7 + k * 13 + k * k) % WORDS.len()])
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let texts: Vec<String> = (0..256).map(sentence).collect();
+    let texts: Vec<String> = (0..256).map(|i| varied_sentence(i * 7919)).collect();
+    let sections =
+        std::env::var("AGENTNET_BENCH_SECTIONS").unwrap_or_else(|_| "embed,index,recall".into());
+    let run = |name: &str| sections.split(',').any(|s| s.trim() == name);
 
     // 1. Embedding pipeline vs. direct batches.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -90,6 +61,9 @@ fn main() {
         .build()
         .expect("runtime");
     for precision in [Precision::Int8, Precision::Fp32] {
+        if !run("embed") {
+            break;
+        }
         let mut direct = Embedder::load(&model_dir(), precision, None).expect("model");
         direct.embed(&texts[..32], 32).expect("warm up");
         let t = Instant::now();
@@ -125,7 +99,16 @@ fn main() {
         );
     }
 
-    // 2. Indexing throughput.
+    if run("index") {
+        index_and_inbox();
+    }
+    if run("recall") {
+        recall();
+    }
+}
+
+/// Indexing throughput without and with embeddings, then inbox latency at that size.
+fn index_and_inbox() {
     let commits = env_or("AGENTNET_BENCH_COMMITS", 2000);
     let mut frames = Vec::with_capacity(commits);
     let mut writers: Vec<RepoWriter> = (0..20)
@@ -141,7 +124,7 @@ fn main() {
         let w = &mut writers[i % 20];
         let did = w.did().to_string();
         let rkey = w.next_rkey().to_string();
-        let record = serde_json::json!({"$type": "agent.comms.message", "sender": did, "recipient": did, "content": {"kind": "text", "text": sentence(i)}, "createdAt": "2026-11-24T08:00:00.000Z"});
+        let record = serde_json::json!({"$type": "agent.comms.message", "sender": did, "recipient": did, "content": {"kind": "text", "text": varied_sentence(i * 7919)}, "createdAt": "2026-11-24T08:00:00.000Z"});
         let record = atproto::data::to_cbor(&atproto::data::json_to_ipld(&record).expect("data"))
             .expect("cbor");
         let mut ev = w
@@ -212,37 +195,201 @@ fn main() {
         percentile(&lat, 0.99)
     );
 
-    // 3. Recall latency at N vectors.
+    drop(sinks);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Varied work sentences (240,000 distinct), so embeddings spread like a real corpus.
+fn varied_sentence(i: usize) -> String {
+    const WHO: &[&str] = &[
+        "the billing team",
+        "our relay",
+        "the search index",
+        "a customer",
+        "the on-call agent",
+        "the auditor",
+        "the research group",
+        "the mobile app",
+        "the data pipeline",
+        "finance",
+        "the support desk",
+        "the security scanner",
+        "the planner",
+        "the vendor",
+        "legal",
+        "the cache layer",
+        "the deploy bot",
+        "the analytics job",
+        "the model trainer",
+        "ops",
+    ];
+    const DID: &[&str] = &[
+        "reported",
+        "fixed",
+        "delayed",
+        "rotated",
+        "reviewed",
+        "migrated",
+        "rejected",
+        "approved",
+        "summarised",
+        "benchmarked",
+        "escalated",
+        "archived",
+        "rebuilt",
+        "paused",
+        "drafted",
+        "measured",
+        "cancelled",
+        "scheduled",
+        "duplicated",
+        "restored",
+    ];
+    const WHAT: &[&str] = &[
+        "the invoices",
+        "the credentials",
+        "the latency spike",
+        "the quarterly roadmap",
+        "the refund queue",
+        "the embeddings",
+        "the contract renewal",
+        "the disk alerts",
+        "the password reset flow",
+        "the staging database",
+        "the backup job",
+        "the API tokens",
+        "the onboarding guide",
+        "the pricing page",
+        "the error budget",
+        "the audit log",
+        "the release notes",
+        "the memory leak",
+        "the test suite",
+        "the ledger export",
+        "the translation files",
+        "the cluster upgrade",
+        "the SLA report",
+        "the feature flags",
+        "the load balancer",
+        "the retention policy",
+        "the churn analysis",
+        "the shipping labels",
+        "the survey results",
+        "the incident timeline",
+    ];
+    const WHEN: &[&str] = &[
+        "this morning",
+        "before Friday",
+        "after the outage",
+        "for the Berlin office",
+        "during the migration",
+        "ahead of the audit",
+        "for the enterprise tier",
+        "yesterday",
+        "next sprint",
+        "at the customer's request",
+        "without telling anyone",
+        "twice",
+        "in the new region",
+        "for the board meeting",
+        "under the new policy",
+        "again",
+        "in production",
+        "on the test cluster",
+        "for the launch",
+        "as a precaution",
+    ];
+    let (a, r) = (i % WHO.len(), i / WHO.len());
+    let (b, r) = (r % DID.len(), r / DID.len());
+    let (c, r) = (r % WHAT.len(), r / WHAT.len());
+    let d = r % WHEN.len();
+    format!("{} {} {} {}.", WHO[a], DID[b], WHAT[c], WHEN[d])
+}
+
+/// Recall latency and quality at N vectors: qdrant-edge (HNSW, after optimize) against an
+/// exact scan, with the caller's access filter in every query.
+fn recall() {
+    let dir = std::env::temp_dir().join(format!("agentnet-recall-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     let n = env_or("AGENTNET_BENCH_VECTORS", 100_000);
-    let edge = EdgeStore::open(&dir.join("recall"), 384).expect("edge");
-    let exact = ExactStore::new();
+    let n_queries = env_or("AGENTNET_BENCH_QUERIES", 200);
+    let kind = std::env::var("AGENTNET_BENCH_VECTOR_KIND").unwrap_or_else(|_| "sentences".into());
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut rnd = move || {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        (seed >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+        (seed >> 11) as f32 / (1u64 << 53) as f32
     };
+    // Sentence-derived vectors: up to 20k real embeddings of distinct sentences, and beyond
+    // that blends of two of them (normalised), which stay on the model's manifold. Queries are
+    // embeddings of sentences not in the set. Random vectors: uniform, the hardest case for
+    // HNSW and the least like real text.
+    let (base, queries): (Vec<Vec<f32>>, Vec<Vec<f32>>) = if kind == "random" {
+        let mut r = || (0..384).map(|_| rnd() - 0.5).collect::<Vec<f32>>();
+        (
+            (0..n.min(20_000)).map(|_| r()).collect(),
+            (0..n_queries).map(|_| r()).collect(),
+        )
+    } else {
+        let mut model = Embedder::load(&model_dir(), Precision::Int8, None).expect("model");
+        let t = Instant::now();
+        let texts: Vec<String> = (0..n.min(20_000))
+            .map(|i| varied_sentence(i * 7 + 3))
+            .collect();
+        let base = model.embed(&texts, 256).expect("embed");
+        let queries: Vec<String> = (0..n_queries)
+            .map(|k| varied_sentence(200_000 + k * 131))
+            .collect();
+        let queries = model.embed(&queries, 256).expect("embed");
+        println!(
+            "recall corpus: {} sentence embeddings in {:.1}s",
+            base.len(),
+            t.elapsed().as_secs_f64()
+        );
+        (base, queries)
+    };
+    let edge = EdgeStore::open(&dir.join("recall"), 384).expect("edge");
+    let exact = ExactStore::new();
     let t = Instant::now();
     for chunk in 0..n.div_ceil(1000) {
         let points: Vec<VectorPoint> = (chunk * 1000..((chunk + 1) * 1000).min(n))
-            .map(|i| VectorPoint {
-                uri: format!("at://did:plc:x/agent.memory.note/{i}"),
-                author: format!("did:plc:author{}", i % 100),
-                collection: if i % 2 == 0 {
-                    "agent.memory.note"
+            .map(|i| {
+                let vector = if i < base.len() {
+                    base[i].clone()
                 } else {
-                    "agent.comms.message"
+                    let (x, y) = (
+                        &base[(rnd() * base.len() as f32) as usize % base.len()],
+                        &base[(rnd() * base.len() as f32) as usize % base.len()],
+                    );
+                    let w = 0.3 + 0.4 * rnd();
+                    let mut v: Vec<f32> = x
+                        .iter()
+                        .zip(y)
+                        .map(|(a, b)| w * a + (1.0 - w) * b)
+                        .collect();
+                    let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-6);
+                    v.iter_mut().for_each(|a| *a /= norm);
+                    v
+                };
+                VectorPoint {
+                    uri: format!("at://did:plc:x/agent.memory.note/{i}"),
+                    author: format!("did:plc:author{}", i % 100),
+                    collection: if i % 2 == 0 {
+                        "agent.memory.note"
+                    } else {
+                        "agent.comms.message"
+                    }
+                    .into(),
+                    visibility: if i % 3 == 0 { "shared" } else { "public" }.into(),
+                    recipients: if i % 3 == 0 {
+                        vec![format!("did:plc:author{}", (i + 1) % 100)]
+                    } else {
+                        vec![]
+                    },
+                    created_ms: i as i64,
+                    vector,
                 }
-                .into(),
-                visibility: if i % 3 == 0 { "shared" } else { "public" }.into(),
-                recipients: if i % 3 == 0 {
-                    vec![format!("did:plc:author{}", (i + 1) % 100)]
-                } else {
-                    vec![]
-                },
-                created_ms: i as i64,
-                vector: (0..384).map(|_| rnd()).collect(),
             })
             .collect();
         edge.upsert(&points).expect("upsert");
@@ -252,42 +399,43 @@ fn main() {
     let t = Instant::now();
     edge.optimize().expect("optimize");
     let optimize_secs = t.elapsed().as_secs_f64();
-    let queries: Vec<Vec<f32>> = (0..200)
-        .map(|_| (0..384).map(|_| rnd()).collect())
-        .collect();
-    for (name, store) in [
-        ("qdrant-edge (HNSW)", &edge as &dyn VectorStore),
-        ("exact scan", &exact as &dyn VectorStore),
-    ] {
-        let mut lat = Vec::new();
-        let mut recall_hits = 0usize;
-        for (i, q) in queries.iter().enumerate() {
-            let query = Query {
-                vector: q.clone(),
-                limit: 10,
-                ..Query::default()
-            };
-            let caller = format!("did:plc:author{}", i % 100);
+    let query = |i: usize| Query {
+        vector: queries[i].clone(),
+        limit: 10,
+        ..Query::default()
+    };
+    let caller = |i: usize| format!("did:plc:author{}", i % 100);
+    // Ground truth once per query, timing the exact scan as it goes.
+    let mut exact_lat = Vec::new();
+    let truth: Vec<Vec<String>> = (0..queries.len())
+        .map(|i| {
             let t = Instant::now();
-            let hits = store.search(Some(&caller), &query).expect("search");
-            lat.push(t.elapsed().as_secs_f64() * 1000.0);
-            let truth = exact.search(Some(&caller), &query).expect("search");
-            recall_hits += hits
-                .iter()
-                .filter(|h| truth.iter().any(|t| t.uri == h.uri))
-                .count();
-        }
-        lat.sort_by(|a, b| a.total_cmp(b));
-        println!(
-            "recall at {n} vectors, {name}: p50 {:.2} ms, p99 {:.2} ms, recall@10 vs exact {:.3}",
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99),
-            recall_hits as f64 / (10 * queries.len()) as f64
-        );
+            let hits = exact.search(Some(&caller(i)), &query(i)).expect("search");
+            exact_lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            hits.into_iter().map(|h| h.uri).collect()
+        })
+        .collect();
+    let mut lat = Vec::new();
+    let mut found = 0usize;
+    for (i, truth) in truth.iter().enumerate() {
+        let t = Instant::now();
+        let hits = edge.search(Some(&caller(i)), &query(i)).expect("search");
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        found += hits.iter().filter(|h| truth.contains(&h.uri)).count();
     }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    exact_lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "recall at {n} {kind} vectors, {} queries, caller's filter: qdrant-edge (HNSW) p50 {:.2} ms, p99 {:.2} ms, recall@10 {:.3}; exact scan p50 {:.2} ms, p99 {:.2} ms",
+        queries.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        found as f64 / (10 * queries.len()) as f64,
+        percentile(&exact_lat, 0.5),
+        percentile(&exact_lat, 0.99),
+    );
     println!("  (qdrant-edge: upsert {n} points in {upsert_secs:.1}s, with the exact store; optimize {optimize_secs:.1}s)");
-    // Close the stores before their files go (qdrant-edge flushes on drop).
+    // Close the store before its files go (qdrant-edge flushes on drop).
     drop(edge);
-    drop(sinks);
     let _ = std::fs::remove_dir_all(&dir);
 }
