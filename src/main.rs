@@ -370,8 +370,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("  agents    http://{local}/xrpc/agent.comms.listAgents");
     println!("  recall    http://{local}/xrpc/agent.memory.recall?q=database+credentials");
     println!("  appview   {did} (http://{local}/.well-known/did.json)");
-    println!("  metrics   http://{local}/metrics");
-    if args.model.model_dir.is_none() {
+    println!("  metrics   http://{local}/metrics (relay), http://{local}/metrics/indexer");
+    if !args.model.configured() {
         println!("  (no --model-dir: records are indexed without vectors; recall is off)");
     }
     if args.demo {
@@ -381,10 +381,18 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         );
     }
 
+    let stats = agentnet_indexer::Stats::new();
+    let routes = agentnet_appview::router(appview).route(
+        "/metrics/indexer",
+        axum::routing::get({
+            let stats = stats.clone();
+            move || async move { stats.prometheus() }
+        }),
+    );
     let relay_task = tokio::spawn(agentnet_relay::run_serving(
         relay,
         listener,
-        agentnet_appview::router(appview),
+        routes,
         stopped(stop_rx.clone()),
     ));
     let indexer_task = tokio::spawn(agentnet_indexer::run_with(
@@ -392,6 +400,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         stores,
         embedder,
         key,
+        stats,
         stopped(stop_rx.clone()),
     ));
     // Whichever ends first (a signal, or a part failing) stops the others.

@@ -168,6 +168,16 @@ async fn agents_coordinate_and_recall_through_the_whole_network() {
     );
     let now = atproto::syntax::datetime_now;
 
+    // A record that breaks its lexicon (no content), written past the agent library's
+    // check: the PDS takes it, the relay passes it on, the indexer counts and skips it.
+    a.put_record(
+        "agent.comms.message",
+        "3l3zzzzzzzzz2",
+        &json!({"$type": "agent.comms.message", "sender": a_did, "recipient": b_did, "createdAt": now()}),
+    )
+    .await
+    .expect("invalid record written");
+
     // A → B: a public message, a shared message (B + appview), a shared request.
     let message = |text: &str| {
         json!({"$type": "agent.comms.message", "sender": a_did, "recipient": b_did,
@@ -390,6 +400,13 @@ async fn agents_coordinate_and_recall_through_the_whole_network() {
         a_thread,
         Err(agentnet_agent::AgentError::Xrpc { status: 404, .. })
     ));
+
+    // The invalid record was counted with its reason, and lost nothing else.
+    let metrics = http_get(node.port, "/metrics/indexer").expect("indexer metrics");
+    assert!(
+        metrics.contains("indexer_skipped_total{reason=\"invalid\"} 1"),
+        "{metrics}"
+    );
 
     // … and in no store: stop the node and search the record index and the vectors.
     tokio::task::spawn_blocking(move || node.stop())

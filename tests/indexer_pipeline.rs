@@ -69,6 +69,7 @@ async fn fleet_to_relay_to_index_and_resume() {
             Embedder::load(&model_dir(), Precision::Int8, Some(1)).expect("model"),
             std::sync::Arc::new(ExactStore::new()) as std::sync::Arc<dyn VectorStore>,
         )),
+        stats: agentnet_indexer::Stats::new(),
     };
     let relay_url = format!("ws://127.0.0.1:{}", relay.port);
     let sinks = follow_for_a_while(sinks, &relay_url).await;

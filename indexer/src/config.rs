@@ -32,6 +32,10 @@ pub struct Config {
     /// `<data-dir>/appview-key.json`. The appview must use the same file.
     #[arg(long, env = "AGENTNET_APPVIEW_KEY_FILE")]
     pub appview_key_file: Option<PathBuf>,
+    /// Serve the indexer's counters at `GET /metrics` on this address (off by default;
+    /// `agentnet up` serves them at `/metrics/indexer` on its own listener).
+    #[arg(long, env = "AGENTNET_INDEXER_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Most events indexed in one batch (one write per sink, then the cursor).
     #[arg(long, env = "AGENTNET_INDEX_BATCH", default_value_t = 256)]
     pub batch: usize,

@@ -8,6 +8,9 @@
 mod config;
 pub mod extract;
 pub mod pipeline;
+pub mod stats;
+
+pub use stats::Stats;
 
 use store::embed;
 
@@ -83,7 +86,51 @@ pub async fn run(
             .map_err(|e| Error::Config(e.to_string()))??
     };
     let key = appview_key(&config.appview_key_file(), &config.appview_did)?;
-    run_with(config, stores, embedder, key, shutdown).await
+    let stats = Stats::new();
+    let Some(addr) = config.metrics_listen else {
+        return run_with(config, stores, embedder, key, stats, shutdown).await;
+    };
+    // Metrics on their own listener, stopped with the indexer.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Config(format!("--metrics-listen {addr}: {e}")))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let served = {
+        let stats = stats.clone();
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, metrics_routes(stats))
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let mut stop_rx = stop_rx;
+    let indexed = run_with(config, stores, embedder, key, stats, async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = stop_rx.wait_for(|s| *s) => {}
+        }
+    })
+    .await;
+    let _ = stop_tx.send(true);
+    let served = served
+        .await
+        .map_err(|e| Error::Config(format!("metrics server: {e}")))?
+        .map_err(|e| Error::Config(format!("metrics server: {e}")));
+    indexed.and(served)
+}
+
+/// `GET /metrics` with the indexer's counters (Prometheus text).
+pub fn metrics_routes(stats: Stats) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let stats = stats.clone();
+            async move { stats.prometheus() }
+        }),
+    )
 }
 
 /// Runs the indexer on stores the caller opened, following the relay until `shutdown`.
@@ -92,6 +139,7 @@ pub async fn run_with(
     stores: Stores,
     embedder: Option<embed::Embedder>,
     key: atproto::envelope::EncryptionKey,
+    stats: Stats,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     config.validate()?;
@@ -115,6 +163,7 @@ pub async fn run_with(
         ),
         records: stores.records,
         vectors,
+        stats,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let watcher = tokio::spawn(async move {

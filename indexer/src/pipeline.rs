@@ -24,6 +24,8 @@ pub struct Sinks<T> {
     pub records: RecordStore<T>,
     /// Vectors for recall, with the model that makes them; absent without a model.
     pub vectors: Option<(Embedder, std::sync::Arc<dyn VectorStore>)>,
+    /// Counters for the operator.
+    pub stats: crate::stats::Stats,
 }
 
 /// What one batch did.
@@ -52,6 +54,12 @@ impl<T: SqlTransport> Sinks<T> {
             if let Frame::Commit(ev) = frame {
                 let (c, skipped) = self.extractor.extract(ev);
                 stats.skipped += skipped.len();
+                for (path, why) in &skipped {
+                    self.stats.skipped(why);
+                    if let crate::extract::Skipped::Invalid(reason) = why {
+                        tracing::info!(repo = %ev.repo, %path, %reason, "record breaks its lexicon; skipped");
+                    }
+                }
                 changes.extend(c);
             }
         }
@@ -113,6 +121,7 @@ impl<T: SqlTransport> Sinks<T> {
         self.records
             .save_cursor(source, last_seq)
             .map_err(|e| Error::Sink(e.to_string()))?;
+        self.stats.batch(stats.rows, stats.vectors, last_seq);
         Ok(stats)
     }
 }
@@ -220,7 +229,13 @@ async fn flush<T: SqlTransport + 'static>(
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     tokio::task::spawn_blocking(move || {
-        let stats = sinks.index(&frames, &source, last_seq, now)?;
+        let stats = match sinks.index(&frames, &source, last_seq, now) {
+            Ok(stats) => stats,
+            Err(e) => {
+                sinks.stats.failed();
+                return Err(e);
+            }
+        };
         tracing::debug!(
             rows = stats.rows,
             vectors = stats.vectors,

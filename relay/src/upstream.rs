@@ -149,3 +149,39 @@ async fn session(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Real PDSes are `wss://`: the client must speak TLS (a build without it fails every
+    /// production host with "TLS support not compiled in").
+    #[tokio::test]
+    async fn wss_hosts_are_dialled_over_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            // Not a TLS server: read the ClientHello, then hang up.
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut hello = [0u8; 5];
+            let n = tokio::io::AsyncReadExt::read(&mut s, &mut hello)
+                .await
+                .expect("read");
+            (n, hello)
+        });
+        let err = tokio_tungstenite::connect_async(format!("wss://127.0.0.1:{port}/"))
+            .await
+            .expect_err("no TLS server there");
+        assert!(
+            !matches!(
+                err,
+                tokio_tungstenite::tungstenite::Error::Url(
+                    tokio_tungstenite::tungstenite::error::UrlError::TlsFeatureNotEnabled
+                )
+            ),
+            "{err}"
+        );
+        let (n, hello) = server.await.expect("server");
+        assert_eq!((n, hello[0]), (5, 0x16), "a TLS handshake record was sent");
+    }
+}

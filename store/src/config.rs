@@ -81,9 +81,20 @@ impl Backends {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Model {
     /// ONNX embedding model directory (e.g. ../shared/models/all-minilm-l6-v2); without it
-    /// nothing is embedded and recall is off.
+    /// (and without --model-name) nothing is embedded and recall is off.
     #[arg(long, env = "AGENTNET_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
+    /// A fastembed model by name (e.g. `AllMiniLML6V2`), downloaded on first use when
+    /// online; used when --model-dir is not given.
+    #[arg(long, env = "AGENTNET_MODEL_NAME")]
+    pub model_name: Option<String>,
+    /// Where models loaded by name are kept.
+    #[arg(
+        long,
+        env = "AGENTNET_MODEL_CACHE",
+        default_value = "./data/models"
+    )]
+    pub model_cache: PathBuf,
     /// Run the int8 graph of the model (about 3x faster on CPU) instead of fp32; indexer and
     /// appview must agree.
     #[arg(long, env = "AGENTNET_MODEL_INT8", default_value_t = true, action = clap::ArgAction::Set)]
@@ -100,11 +111,17 @@ impl Model {
         }
     }
 
-    /// Loads the model, if one is configured.
+    /// Whether a model is configured.
+    pub fn configured(&self) -> bool {
+        self.model_dir.is_some() || self.model_name.is_some()
+    }
+
+    /// Loads the model, if one is configured: the directory, else the name.
     pub fn load(&self) -> Result<Option<embed::Embedder>, embed::EmbedError> {
-        self.model_dir
-            .as_ref()
-            .map(|dir| embed::Embedder::load(dir, self.precision(), None))
-            .transpose()
+        match (&self.model_dir, &self.model_name) {
+            (Some(dir), _) => embed::Embedder::load(dir, self.precision(), None).map(Some),
+            (None, Some(name)) => embed::Embedder::load_named(name, &self.model_cache).map(Some),
+            (None, None) => Ok(None),
+        }
     }
 }

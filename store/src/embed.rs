@@ -42,6 +42,16 @@ pub enum Precision {
 /// Tokens per text; longer texts are truncated (the model was trained at 256).
 pub const MAX_TOKENS: usize = 256;
 
+/// ONNX Runtime's library must be where `ORT_DYLIB_PATH` says before a model loads.
+fn check_runtime() -> Result<(), EmbedError> {
+    let ort = std::env::var("ORT_DYLIB_PATH")
+        .map_err(|_| EmbedError::Runtime("ORT_DYLIB_PATH is not set".into()))?;
+    if !Path::new(&ort).is_file() {
+        return Err(EmbedError::Runtime(ort));
+    }
+    Ok(())
+}
+
 /// A loaded model.
 pub struct Embedder {
     model: TextEmbedding,
@@ -55,11 +65,7 @@ impl Embedder {
         precision: Precision,
         threads: Option<usize>,
     ) -> Result<Embedder, EmbedError> {
-        let ort = std::env::var("ORT_DYLIB_PATH")
-            .map_err(|_| EmbedError::Runtime("ORT_DYLIB_PATH is not set".into()))?;
-        if !Path::new(&ort).is_file() {
-            return Err(EmbedError::Runtime(ort));
-        }
+        check_runtime()?;
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read(&path).map_err(|e| EmbedError::ModelFile(path, e.to_string()))
@@ -78,13 +84,40 @@ impl Embedder {
             UserDefinedEmbeddingModel::new(read(graph)?, files).with_pooling(Pooling::Mean);
         let mut options = InitOptionsUserDefined::new().with_max_length(MAX_TOKENS);
         options.intra_threads = threads;
-        let mut model = TextEmbedding::try_new_from_user_defined(user_model, options)
+        let model = TextEmbedding::try_new_from_user_defined(user_model, options)
             .map_err(|e| EmbedError::Model(e.to_string()))?;
+        Embedder::probe(model)
+    }
+
+    /// Loads a model by its fastembed name (e.g. `AllMiniLML6V2`), downloading it into
+    /// `cache` on first use; needs the network once.
+    pub fn load_named(name: &str, cache: &Path) -> Result<Embedder, EmbedError> {
+        check_runtime()?;
+        let model: fastembed::EmbeddingModel = name.parse().map_err(EmbedError::Model)?;
+        let options = fastembed::TextInitOptions::new(model)
+            .with_max_length(MAX_TOKENS)
+            .with_cache_dir(cache.to_path_buf())
+            .with_show_download_progress(false);
+        let model = TextEmbedding::try_new(options).map_err(|e| {
+            EmbedError::Model(format!(
+                "{name}: {e} (offline? point --model-dir at a model directory instead)"
+            ))
+        })?;
+        Embedder::probe(model)
+    }
+
+    fn probe(mut model: TextEmbedding) -> Result<Embedder, EmbedError> {
         let probe = model
             .embed(["dimension probe"], None)
             .map_err(|e| EmbedError::Model(e.to_string()))?;
         let dimensions = probe.first().map(Vec::len).unwrap_or(0);
         Ok(Embedder { model, dimensions })
+    }
+
+    /// The fastembed model underneath, for callers that need its raw session outputs or
+    /// its tokenizer (the benchmarks compare against them).
+    pub fn fastembed(&mut self) -> &mut TextEmbedding {
+        &mut self.model
     }
 
     /// Vector length.

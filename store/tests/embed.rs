@@ -92,3 +92,13 @@ async fn batcher_matches_direct_batches() {
     drop(batcher);
     thread.join().expect("batcher thread ends cleanly");
 }
+
+#[test]
+fn an_unknown_model_name_is_a_clear_error() {
+    std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH must name libonnxruntime");
+    let cache = std::env::temp_dir().join(format!("agentnet-models-{}", std::process::id()));
+    let err = Embedder::load_named("NoSuchModel", &cache)
+        .err()
+        .expect("not a fastembed model");
+    assert!(err.to_string().contains("NoSuchModel"), "{err}");
+}

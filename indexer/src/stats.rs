@@ -1,0 +1,111 @@
+//! What the indexer has done, as counters an operator can scrape: rows and vectors written,
+//! batches, ops skipped by reason (not an agent record, private, undecodable, invalid
+//! against its lexicon), failed batches, and the last sequence number indexed. Owned by the
+//! indexer that updates it; cheap to clone and read from anywhere.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::extract::Skipped;
+
+/// Skip reasons, as `Skipped::reason` names them (a bounded label set).
+pub const SKIP_REASONS: [&str; 4] = ["not_agent", "private", "undecodable", "invalid"];
+
+#[derive(Debug, Default)]
+struct Counters {
+    batches: AtomicU64,
+    rows: AtomicU64,
+    vectors: AtomicU64,
+    failed_batches: AtomicU64,
+    last_seq: AtomicU64,
+    skipped: [AtomicU64; 4],
+}
+
+/// The indexer's counters.
+#[derive(Debug, Clone, Default)]
+pub struct Stats(Arc<Counters>);
+
+impl Stats {
+    /// Fresh counters.
+    pub fn new() -> Self {
+        Stats::default()
+    }
+
+    /// One op skipped, and why.
+    pub fn skipped(&self, why: &Skipped) {
+        if let Some(i) = SKIP_REASONS.iter().position(|r| *r == why.reason()) {
+            self.0.skipped[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A batch written to every sink, up to `last_seq`.
+    pub fn batch(&self, rows: usize, vectors: usize, last_seq: u64) {
+        self.0.batches.fetch_add(1, Ordering::Relaxed);
+        self.0.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        self.0.vectors.fetch_add(vectors as u64, Ordering::Relaxed);
+        self.0.last_seq.store(last_seq, Ordering::Relaxed);
+    }
+
+    /// A batch that a sink refused (the cursor did not move).
+    pub fn failed(&self) {
+        self.0.failed_batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Ops skipped for `reason` so far.
+    pub fn skipped_count(&self, reason: &str) -> u64 {
+        SKIP_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.0.skipped[i].load(Ordering::Relaxed))
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.0.rows.load(Ordering::Relaxed)
+    }
+
+    /// The counters in Prometheus' text format.
+    pub fn prometheus(&self) -> String {
+        let c = &self.0;
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, value: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        };
+        counter(
+            "indexer_batches_total",
+            "Batches written to every sink.",
+            c.batches.load(Ordering::Relaxed),
+        );
+        counter(
+            "indexer_rows_total",
+            "Record index rows written (upserts and deletes).",
+            c.rows.load(Ordering::Relaxed),
+        );
+        counter(
+            "indexer_vectors_total",
+            "Vectors written.",
+            c.vectors.load(Ordering::Relaxed),
+        );
+        counter(
+            "indexer_failed_batches_total",
+            "Batches a sink refused; retried from the cursor.",
+            c.failed_batches.load(Ordering::Relaxed),
+        );
+        out.push_str(
+            "# HELP indexer_skipped_total Ops not indexed, by reason.\n# TYPE indexer_skipped_total counter\n",
+        );
+        for (i, reason) in SKIP_REASONS.iter().enumerate() {
+            out.push_str(&format!(
+                "indexer_skipped_total{{reason=\"{reason}\"}} {}\n",
+                c.skipped[i].load(Ordering::Relaxed)
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP indexer_last_seq The relay sequence number indexed last.\n# TYPE indexer_last_seq gauge\nindexer_last_seq {}\n",
+            c.last_seq.load(Ordering::Relaxed)
+        ));
+        out
+    }
+}
