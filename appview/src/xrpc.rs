@@ -135,6 +135,13 @@ fn items(rows: &[RecordRow]) -> Vec<Value> {
     rows.iter().map(item).collect()
 }
 
+/// A page of items and the cursor for the next.
+fn listed(listing: store::records::Listing) -> Answer {
+    Ok(Json(
+        json!({"items": items(&listing.rows), "cursor": listing.cursor}),
+    ))
+}
+
 fn did_param(name: &str, v: Option<String>) -> Result<Option<String>, XrpcError> {
     if let Some(d) = &v {
         atproto::syntax::validate_did(d).map_err(|e| bad(format!("{name}: {e}")))?;
@@ -193,9 +200,7 @@ async fn get_inbox(
     let listing = app
         .query(move |r| r.inbox(caller.as_deref(), &recipient, since.as_deref(), &page))
         .await?;
-    Ok(Json(
-        json!({"items": items(&listing.rows), "cursor": listing.cursor}),
-    ))
+    listed(listing)
 }
 
 #[derive(Deserialize)]
@@ -297,9 +302,7 @@ async fn list_handoffs(
     let listing = app
         .query(move |r| r.handoffs(caller.as_deref(), to.as_deref(), from.as_deref(), &page))
         .await?;
-    Ok(Json(
-        json!({"items": items(&listing.rows), "cursor": listing.cursor}),
-    ))
+    listed(listing)
 }
 
 #[derive(Deserialize)]
@@ -332,9 +335,7 @@ async fn list_broadcasts(
             )
         })
         .await?;
-    Ok(Json(
-        json!({"items": items(&listing.rows), "cursor": listing.cursor}),
-    ))
+    listed(listing)
 }
 
 #[derive(Deserialize)]

@@ -89,11 +89,7 @@ pub struct Model {
     #[arg(long, env = "AGENTNET_MODEL_NAME")]
     pub model_name: Option<String>,
     /// Where models loaded by name are kept.
-    #[arg(
-        long,
-        env = "AGENTNET_MODEL_CACHE",
-        default_value = "./data/models"
-    )]
+    #[arg(long, env = "AGENTNET_MODEL_CACHE", default_value = "./data/models")]
     pub model_cache: PathBuf,
     /// Run the int8 graph of the model (about 3x faster on CPU) instead of fp32; indexer and
     /// appview must agree.
