@@ -381,6 +381,19 @@ async fn agents_coordinate_and_recall_through_the_whole_network() {
         ),
         "a token for another method: {misuse:?}"
     );
+    // A token for the appview's service reference (how PDS proxying names it) is B's too.
+    let by_service = b
+        .service_token(
+            &format!("{}#agentnet_appview", appview.did),
+            "agent.comms.getInbox",
+        )
+        .await
+        .expect("token for the service reference");
+    let inbox = appview
+        .query(&http, Some(&by_service), "agent.comms.getInbox", &[])
+        .await
+        .expect("inbox by service reference");
+    assert!(uris(&inbox, "items").contains(&shared_uri), "{inbox}");
 
     // The private memory is in no answer, even to its author …
     let a_recall = a

@@ -54,6 +54,10 @@ struct Inner {
     resolver: CachingResolver<HttpResolver>,
 }
 
+/// The appview's service entry in its DID document; tokens may name it as their audience
+/// (`did#agentnet_appview`).
+pub const SERVICE_FRAGMENT: &str = "#agentnet_appview";
+
 /// What an appview is built from.
 pub struct Parts {
     /// Its DID (`did:web`).
@@ -119,7 +123,7 @@ impl Appview {
             }],
             "keyAgreement": [format!("{did}#agentnet_encryption")],
             "service": [{
-                "id": "#agentnet_appview",
+                "id": SERVICE_FRAGMENT,
                 "type": "AgentnetAppView",
                 "serviceEndpoint": self.inner.public_url,
             }]

@@ -74,9 +74,14 @@ impl Appview {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        match atproto::auth::verify(token, &self.inner.did, Some(lxm), &self.inner.resolver, now)
-            .await
-        {
+        // The audience is the appview's DID, or its service reference (`did#agentnet_appview`,
+        // as PDS proxying names it).
+        let service = format!("{}{}", self.inner.did, crate::SERVICE_FRAGMENT);
+        let aud = match atproto::auth::Unverified::parse(token) {
+            Ok(t) if t.claims.aud == service => service.as_str(),
+            _ => self.inner.did.as_str(),
+        };
+        match atproto::auth::verify(token, aud, Some(lxm), &self.inner.resolver, now).await {
             Ok(claims) => Ok(Some(claims.did().to_string())),
             Err(e) => {
                 tracing::info!(reason = %e, lxm, "refused a service token");
