@@ -36,6 +36,37 @@ async fn follow_for_a_while(sinks: Sinks<Chdb>, relay: &str) -> Sinks<Chdb> {
     task.await.expect("join").expect("indexer ran cleanly")
 }
 
+/// The exact store, counting index builds.
+#[derive(Default)]
+struct Counted {
+    inner: ExactStore,
+    builds: std::sync::atomic::AtomicUsize,
+}
+
+impl VectorStore for Counted {
+    fn upsert(
+        &self,
+        points: &[store::vectors::VectorPoint],
+    ) -> Result<(), store::vectors::VectorError> {
+        self.inner.upsert(points)
+    }
+    fn delete(&self, uris: &[String]) -> Result<(), store::vectors::VectorError> {
+        self.inner.delete(uris)
+    }
+    fn search(
+        &self,
+        caller: Option<&str>,
+        query: &Query,
+    ) -> Result<Vec<store::vectors::Hit>, store::vectors::VectorError> {
+        self.inner.search(caller, query)
+    }
+    fn optimize(&self) -> Result<(), store::vectors::VectorError> {
+        self.builds
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_to_relay_to_index_and_resume() {
     let lib = std::env::var("AGENTNET_CHDB_LIB")
@@ -59,6 +90,7 @@ async fn fleet_to_relay_to_index_and_resume() {
     .await;
     let dids = fleet.fleet.dids().await;
 
+    let counted = std::sync::Arc::new(Counted::default());
     let sinks = Sinks {
         extractor: Extractor::new(lexicons::catalog().expect("catalog"), None),
         records: RecordStore::open(
@@ -67,9 +99,11 @@ async fn fleet_to_relay_to_index_and_resume() {
         .expect("schema"),
         vectors: Some((
             Embedder::load(&model_dir(), Precision::Int8, Some(1)).expect("model"),
-            std::sync::Arc::new(ExactStore::new()) as std::sync::Arc<dyn VectorStore>,
+            counted.clone() as std::sync::Arc<dyn VectorStore>,
         )),
         stats: agentnet_indexer::Stats::new(),
+        // Every 10 vectors: the 15 of the first pass start one build.
+        optimize: agentnet_indexer::pipeline::Optimizer::every(10),
     };
     let relay_url = format!("ws://127.0.0.1:{}", relay.port);
     let sinks = follow_for_a_while(sinks, &relay_url).await;
@@ -107,6 +141,13 @@ async fn fleet_to_relay_to_index_and_resume() {
         )
         .expect("search");
     assert_eq!(hits.len(), 15, "one vector per message");
+    let mut sinks = sinks;
+    sinks.optimize.finish().expect("index build");
+    assert_eq!(
+        counted.builds.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the index was built once the new vectors passed the threshold"
+    );
 
     // More writes while stopped; a restart resumes from the cursor without duplicates.
     for i in 0..6 {

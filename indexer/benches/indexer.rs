@@ -175,6 +175,7 @@ fn index_and_inbox() {
         records: RecordStore::open(db).expect("schema"),
         vectors: None,
         stats: agentnet_indexer::Stats::new(),
+        optimize: Default::default(),
     };
     for (label, precision) in [
         ("no embeddings", None),

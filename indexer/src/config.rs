@@ -36,6 +36,10 @@ pub struct Config {
     /// `agentnet up` serves them at `/metrics/indexer` on its own listener).
     #[arg(long, env = "AGENTNET_INDEXER_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Build the vector search index (HNSW) in the background after this many new vectors
+    /// (0: never; searches then scan unindexed segments exactly).
+    #[arg(long, env = "AGENTNET_INDEX_OPTIMIZE_EVERY", default_value_t = 20_000)]
+    pub optimize_every: usize,
     /// Most events indexed in one batch (one write per sink, then the cursor).
     #[arg(long, env = "AGENTNET_INDEX_BATCH", default_value_t = 256)]
     pub batch: usize,

@@ -164,6 +164,7 @@ pub async fn run_with(
         records: stores.records,
         vectors,
         stats,
+        optimize: pipeline::Optimizer::every(config.optimize_every),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let watcher = tokio::spawn(async move {
@@ -180,5 +181,9 @@ pub async fn run_with(
     )
     .await;
     watcher.abort();
-    result.map(|_| ())
+    let mut sinks = result?;
+    // A build still running finishes (and reports) before the indexer says it stopped.
+    tokio::task::spawn_blocking(move || sinks.optimize.finish())
+        .await
+        .map_err(|e| Error::Sink(e.to_string()))?
 }

@@ -26,6 +26,72 @@ pub struct Sinks<T> {
     pub vectors: Option<(Embedder, std::sync::Arc<dyn VectorStore>)>,
     /// Counters for the operator.
     pub stats: crate::stats::Stats,
+    /// When to build the vector index.
+    pub optimize: Optimizer,
+}
+
+/// Builds the vector store's search index (qdrant-edge's HNSW) in the background once
+/// enough new vectors have been written, one build at a time, so searches stop scanning
+/// unindexed segments. Writes continue meanwhile. A failed build stops the indexer at its
+/// next batch.
+#[derive(Debug, Default)]
+pub struct Optimizer {
+    every: usize,
+    since: usize,
+    running: Option<std::thread::JoinHandle<Result<(), store::vectors::VectorError>>>,
+}
+
+impl Optimizer {
+    /// Build after every `every` new vectors (0: never).
+    pub fn every(every: usize) -> Self {
+        Optimizer {
+            every,
+            ..Optimizer::default()
+        }
+    }
+
+    /// Whether a build is running now.
+    pub fn running(&self) -> bool {
+        self.running.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// `n` vectors were written to `store`: collect a finished build, start one if due.
+    fn wrote(&mut self, n: usize, store: &std::sync::Arc<dyn VectorStore>) -> Result<(), Error> {
+        self.since += n;
+        if self.running.as_ref().is_some_and(|h| h.is_finished()) {
+            self.finish()?;
+        }
+        if self.every > 0 && self.since >= self.every && self.running.is_none() {
+            let store = store.clone();
+            let handle = std::thread::Builder::new()
+                .name("vector-index".into())
+                .spawn(move || {
+                    let t = Instant::now();
+                    let done = store.optimize();
+                    tracing::info!(
+                        secs = t.elapsed().as_secs_f64(),
+                        ok = done.is_ok(),
+                        "vector index built"
+                    );
+                    done
+                })
+                .map_err(|e| Error::Sink(format!("vector index thread: {e}")))?;
+            self.running = Some(handle);
+            self.since = 0;
+        }
+        Ok(())
+    }
+
+    /// Waits for a running build and reports how it ended.
+    pub fn finish(&mut self) -> Result<(), Error> {
+        match self.running.take() {
+            None => Ok(()),
+            Some(h) => h
+                .join()
+                .map_err(|_| Error::Sink("the vector index build panicked".into()))?
+                .map_err(|e| Error::Sink(format!("building the vector index: {e}"))),
+        }
+    }
 }
 
 /// What one batch did.
@@ -99,6 +165,7 @@ impl<T: SqlTransport> Sinks<T> {
                     .upsert(&points)
                     .map_err(|e| Error::Sink(e.to_string()))?;
                 stats.vectors = points.len();
+                self.optimize.wrote(points.len(), store)?;
             }
             let deleted: Vec<String> = changes
                 .iter()
