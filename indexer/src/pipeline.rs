@@ -50,11 +50,6 @@ impl Optimizer {
         }
     }
 
-    /// Whether a build is running now.
-    pub fn running(&self) -> bool {
-        self.running.as_ref().is_some_and(|h| !h.is_finished())
-    }
-
     /// `n` vectors were written to `store`: collect a finished build, start one if due.
     fn wrote(&mut self, n: usize, store: &std::sync::Arc<dyn VectorStore>) -> Result<(), Error> {
         self.since += n;

@@ -51,19 +51,6 @@ impl Stats {
         self.0.failed_batches.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Ops skipped for `reason` so far.
-    pub fn skipped_count(&self, reason: &str) -> u64 {
-        SKIP_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.0.skipped[i].load(Ordering::Relaxed))
-    }
-
-    /// Rows written so far.
-    pub fn rows(&self) -> u64 {
-        self.0.rows.load(Ordering::Relaxed)
-    }
-
     /// The counters in Prometheus' text format.
     pub fn prometheus(&self) -> String {
         let c = &self.0;

@@ -13,10 +13,9 @@ use qdrant_client::qdrant::{
 use qdrant_client::{Payload, Qdrant};
 
 use crate::bridge::Bridge;
-use crate::vectors::{point_id, Hit, Query, VectorError, VectorPoint, VectorStore};
-
-/// Payload fields with a keyword index (every filter uses them).
-pub const KEYWORD_FIELDS: &[&str] = &["author", "collection", "visibility", "recipients"];
+use crate::vectors::{
+    point_id, search_beam, Hit, Query, VectorError, VectorPoint, VectorStore, KEYWORD_FIELDS,
+};
 
 fn backend(e: impl std::fmt::Display) -> VectorError {
     VectorError::Backend(e.to_string())
@@ -104,15 +103,7 @@ pub fn upsert_request(
 ) -> Result<UpsertPoints, VectorError> {
     let mut list = Vec::with_capacity(points.len());
     for p in points {
-        let payload = Payload::try_from(serde_json::json!({
-            "uri": p.uri,
-            "author": p.author,
-            "collection": p.collection,
-            "visibility": p.visibility,
-            "recipients": p.recipients,
-            "created_ms": p.created_ms,
-        }))
-        .map_err(backend)?;
+        let payload = Payload::try_from(p.payload()).map_err(backend)?;
         list.push(PointStruct::new(
             point_id(&p.uri),
             p.vector.clone(),
@@ -168,7 +159,7 @@ pub fn search_request(collection: &str, caller: Option<&str>, query: &Query) -> 
     SearchPointsBuilder::new(collection, query.vector.clone(), limit as u64)
         .filter(filter(caller, query))
         .with_payload(true)
-        .params(SearchParamsBuilder::default().hnsw_ef((limit * 16).clamp(128, 1024) as u64))
+        .params(SearchParamsBuilder::default().hnsw_ef(search_beam(limit) as u64))
         .build()
 }
 

@@ -384,21 +384,30 @@ impl<T: SqlTransport> RecordStore<T> {
         Ok(store)
     }
 
-    /// Schema versions applied to this database.
-    pub fn applied(&self) -> Result<Vec<u32>, RecordError> {
-        let out = String::from_utf8(
-            self.sql
-                .execute("SELECT DISTINCT version FROM schema_versions ORDER BY version")?,
-        )
-        .map_err(|e| RecordError::Row(e.to_string()))?;
+    /// Runs `sql` and reads its `JSONEachRow` answer, a row per line.
+    fn json_rows<R: serde::de::DeserializeOwned>(&self, sql: &str) -> Result<Vec<R>, RecordError> {
+        let out = String::from_utf8(self.sql.execute(sql)?)
+            .map_err(|e| RecordError::Row(e.to_string()))?;
         out.lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let v: Value =
-                    serde_json::from_str(l).map_err(|e| RecordError::Row(e.to_string()))?;
-                Ok(number(&v["version"]) as u32)
-            })
+            .map(|l| serde_json::from_str(l).map_err(|e| RecordError::Row(e.to_string())))
             .collect()
+    }
+
+    /// The one row of an aggregate query.
+    fn json_row(&self, sql: &str) -> Result<Value, RecordError> {
+        self.json_rows::<Value>(sql)?
+            .pop()
+            .ok_or_else(|| RecordError::Row("no row".into()))
+    }
+
+    /// Schema versions applied to this database.
+    pub fn applied(&self) -> Result<Vec<u32>, RecordError> {
+        Ok(self
+            .json_rows::<Value>("SELECT DISTINCT version FROM schema_versions ORDER BY version")?
+            .iter()
+            .map(|v| number(&v["version"]) as u32)
+            .collect())
     }
 
     /// Writes index changes (idempotent: replaying a batch leaves the same rows visible).
@@ -437,26 +446,14 @@ impl<T: SqlTransport> RecordStore<T> {
         Ok(())
     }
 
-    fn rows(&self, sql: &str) -> Result<Vec<RecordRow>, RecordError> {
-        let out = self.sql.execute(sql)?;
-        let text = String::from_utf8(out).map_err(|e| RecordError::Row(e.to_string()))?;
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str::<Row>(l)
-                    .map(Row::into_record)
-                    .map_err(|e| RecordError::Row(e.to_string()))
-            })
-            .collect()
-    }
-
     fn select(&self, conditions: &[String], limit: usize) -> Result<Vec<RecordRow>, RecordError> {
-        self.rows(&format!(
+        let rows: Vec<Row> = self.json_rows(&format!(
             "SELECT {COLUMNS} FROM records FINAL WHERE deleted = 0 AND {} \
              ORDER BY created_at DESC, uri LIMIT {}",
             conditions.join(" AND "),
             limit.clamp(1, MAX_LIMIT)
-        ))
+        ))?;
+        Ok(rows.into_iter().map(Row::into_record).collect())
     }
 
     /// Newest first, one page, with the cursor for the next.
@@ -684,49 +681,35 @@ impl<T: SqlTransport> RecordStore<T> {
             last_seen: String,
             key_record: String,
         }
-        let out = String::from_utf8(self.sql.execute(&sql)?)
-            .map_err(|e| RecordError::Row(e.to_string()))?;
-        out.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let a: A = serde_json::from_str(l).map_err(|e| RecordError::Row(e.to_string()))?;
-                let encryption_key =
-                    serde_json::from_str::<Value>(&a.key_record)
-                        .ok()
-                        .and_then(|v| {
-                            v.get("publicKey")
-                                .and_then(Value::as_str)
-                                .map(str::to_string)
-                        });
-                Ok(AgentRow {
-                    did: a.author,
-                    encryption_key,
-                    last_seen: a.last_seen,
-                })
+        Ok(self
+            .json_rows::<A>(&sql)?
+            .into_iter()
+            .map(|a| AgentRow {
+                encryption_key: serde_json::from_str::<Value>(&a.key_record)
+                    .ok()
+                    .and_then(|v| v.get("publicKey")?.as_str().map(str::to_string)),
+                did: a.author,
+                last_seen: a.last_seen,
             })
-            .collect()
+            .collect())
     }
 
     /// Rows and the cursor per table, for the operator's dashboard.
     pub fn counts(&self) -> Result<Vec<(String, String, u64)>, RecordError> {
-        let out = String::from_utf8(self.sql.execute(
-            "SELECT collection, visibility, count() AS n FROM records FINAL WHERE deleted = 0 \
-             GROUP BY collection, visibility ORDER BY collection, visibility",
-        )?)
-        .map_err(|e| RecordError::Row(e.to_string()))?;
         #[derive(Deserialize)]
         struct C {
             collection: String,
             visibility: String,
             n: Value,
         }
-        out.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let c: C = serde_json::from_str(l).map_err(|e| RecordError::Row(e.to_string()))?;
-                Ok((c.collection, c.visibility, number(&c.n) as u64))
-            })
-            .collect()
+        Ok(self
+            .json_rows::<C>(
+                "SELECT collection, visibility, count() AS n FROM records FINAL WHERE deleted = 0 \
+                 GROUP BY collection, visibility ORDER BY collection, visibility",
+            )?
+            .into_iter()
+            .map(|c| (c.collection, c.visibility, number(&c.n) as u64))
+            .collect())
     }
 
     /// The last sequence number indexed from `source`.
@@ -735,10 +718,7 @@ impl<T: SqlTransport> RecordStore<T> {
             "SELECT max(seq) AS seq, count() AS n FROM cursors WHERE source = {}",
             sql_str(source)
         );
-        let out = String::from_utf8(self.sql.execute(&sql)?)
-            .map_err(|e| RecordError::Row(e.to_string()))?;
-        let v: Value =
-            serde_json::from_str(out.trim()).map_err(|e| RecordError::Row(e.to_string()))?;
+        let v = self.json_row(&sql)?;
         Ok((number(&v["n"]) > 0).then(|| number(&v["seq"]) as u64))
     }
 
@@ -759,10 +739,6 @@ impl<T: SqlTransport> RecordStore<T> {
              arrayStringConcat(recipients, ','), arrayStringConcat(subjects, ','), thread, \
              arrayStringConcat(refs, ','), topic), {n}) > 0"
         );
-        let out = String::from_utf8(self.sql.execute(&sql)?)
-            .map_err(|e| RecordError::Row(e.to_string()))?;
-        let v: Value =
-            serde_json::from_str(out.trim()).map_err(|e| RecordError::Row(e.to_string()))?;
-        Ok(number(&v["n"]) > 0)
+        Ok(number(&self.json_row(&sql)?["n"]) > 0)
     }
 }

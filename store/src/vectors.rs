@@ -43,6 +43,32 @@ pub struct VectorPoint {
     pub vector: Vec<f32>,
 }
 
+impl VectorPoint {
+    /// The payload every backend stores with the vector (what searches filter on, and the
+    /// URI they answer with).
+    pub fn payload(&self) -> serde_json::Value {
+        serde_json::json!({
+            "uri": self.uri,
+            "author": self.author,
+            "collection": self.collection,
+            "visibility": self.visibility,
+            "recipients": self.recipients,
+            "created_ms": self.created_ms,
+        })
+    }
+}
+
+/// Payload fields with a keyword index (every filter uses them); `created_ms` has an
+/// integer index.
+pub const KEYWORD_FIELDS: &[&str] = &["author", "collection", "visibility", "recipients"];
+
+/// The HNSW beam for a search of `limit` results: wider than the default, because
+/// filtered searches over recall-sized sets lose neighbours at small ef (measured in
+/// benches/indexer.rs).
+pub fn search_beam(limit: usize) -> usize {
+    (limit * 16).clamp(128, 1024)
+}
+
 /// A recall query.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
@@ -117,13 +143,12 @@ impl EdgeStore {
             qdrant_edge::EdgeShard::load(dir, Some(config)).map_err(backend)?
         } else {
             let shard = qdrant_edge::EdgeShard::new(dir, config).map_err(backend)?;
-            for (field, schema) in [
-                ("author", qdrant_edge::PayloadSchemaType::Keyword),
-                ("collection", qdrant_edge::PayloadSchemaType::Keyword),
-                ("visibility", qdrant_edge::PayloadSchemaType::Keyword),
-                ("recipients", qdrant_edge::PayloadSchemaType::Keyword),
-                ("created_ms", qdrant_edge::PayloadSchemaType::Integer),
-            ] {
+            let keywords = KEYWORD_FIELDS
+                .iter()
+                .map(|f| (*f, qdrant_edge::PayloadSchemaType::Keyword));
+            for (field, schema) in
+                keywords.chain([("created_ms", qdrant_edge::PayloadSchemaType::Integer)])
+            {
                 shard
                     .update(qdrant_edge::UpdateOperation::FieldIndexOperation(
                         qdrant_edge::FieldIndexOperations::CreateIndex(qdrant_edge::CreateIndex {
@@ -158,18 +183,10 @@ impl VectorStore for EdgeStore {
                     want: self.dimensions,
                 });
             }
-            let payload = serde_json::json!({
-                "uri": p.uri,
-                "author": p.author,
-                "collection": p.collection,
-                "visibility": p.visibility,
-                "recipients": p.recipients,
-                "created_ms": p.created_ms,
-            });
             let point = qdrant_edge::PointStruct::new(
                 qdrant_edge::PointId::NumId(point_id(&p.uri)),
                 p.vector.clone(),
-                payload,
+                p.payload(),
             );
             list.push(point.into());
         }
@@ -242,10 +259,8 @@ impl VectorStore for EdgeStore {
                 must: Some(must),
                 must_not: None,
             }),
-            // A wider beam than the default: filtered searches over recall-sized sets lose
-            // neighbours at small ef (measured in benches/indexer.rs).
             params: Some(qdrant_edge::SearchParams {
-                hnsw_ef: Some((query.limit * 16).clamp(128, 1024)),
+                hnsw_ef: Some(search_beam(query.limit)),
                 ..qdrant_edge::SearchParams::default()
             }),
             limit: query.limit.clamp(1, 1000),

@@ -74,7 +74,7 @@ const TOPICS: &[(&str, &str)] = &[
 /// What a synthetic agent writes next.
 pub struct Written {
     /// The repo collection (`agent.envelope.sealed` for sealed records).
-    pub collection: &'static str,
+    pub collection: String,
     /// The record's DAG-CBOR.
     pub record: Vec<u8>,
 }
@@ -211,15 +211,7 @@ impl Conversation {
         sealed: bool,
     ) -> Written {
         let me = &dids[i];
-        let collection: &'static str = match record["$type"].as_str() {
-            Some("agent.comms.message") => "agent.comms.message",
-            Some("agent.comms.request") => "agent.comms.request",
-            Some("agent.comms.response") => "agent.comms.response",
-            Some("agent.comms.handoff") => "agent.comms.handoff",
-            Some("agent.comms.broadcast") => "agent.comms.broadcast",
-            Some("agent.memory.note") => "agent.memory.note",
-            _ => "agent.memory.decision",
-        };
+        let collection = record["$type"].as_str().unwrap_or_default().to_string();
         if !sealed {
             return Written {
                 collection,
@@ -245,7 +237,7 @@ impl Conversation {
         let uri = format!("at://{me}/agent.envelope.sealed/{rkey}");
         let sealed = seal(
             &uri,
-            collection,
+            &collection,
             &atproto::syntax::datetime_now(),
             &cbor(record),
             &recipients,
@@ -253,7 +245,7 @@ impl Conversation {
         .ok()
         .and_then(|s| s.to_cbor().ok());
         Written {
-            collection: "agent.envelope.sealed",
+            collection: "agent.envelope.sealed".into(),
             record: sealed.unwrap_or_default(),
         }
     }

@@ -351,7 +351,7 @@ impl Fleet {
             // keeps writing plain messages).
             let w = c.next(i, &self.0.dids[..self.0.config.accounts], &rkey);
             return vec![Write::Create {
-                collection: w.collection.into(),
+                collection: w.collection,
                 rkey,
                 record: w.record,
             }];
