@@ -327,20 +327,55 @@ impl DidResolver for HttpResolver {
     }
 }
 
-/// A bounded, time-limited cache of parsed identities in front of a resolver.
+/// How long a failed resolution is remembered: within it, the same DID is answered with
+/// the same failure without another fetch, so a flood of events or tokens naming DIDs
+/// that do not resolve cannot turn the service into a fetcher.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
+
+/// Most failed resolutions remembered.
+const MAX_FAILURES: usize = 100_000;
+
+type Failures = lru::LruCache<String, (Instant, IdentityError)>;
+
+/// A bounded, time-limited cache of parsed identities in front of a resolver, remembering
+/// failures too (for [`DEFAULT_NEGATIVE_TTL`] unless set otherwise).
 pub struct CachingResolver<R> {
     inner: R,
     cache: Mutex<lru::LruCache<String, (Instant, Arc<Identity>)>>,
+    failures: Mutex<Failures>,
     ttl: Duration,
+    negative_ttl: Duration,
 }
 
 impl<R: DidResolver> CachingResolver<R> {
     /// Caches up to `capacity` identities for `ttl` each.
     pub fn new(inner: R, capacity: NonZeroUsize, ttl: Duration) -> Self {
+        let failures = NonZeroUsize::new(capacity.get().min(MAX_FAILURES)).unwrap_or(capacity);
         CachingResolver {
             inner,
             cache: Mutex::new(lru::LruCache::new(capacity)),
+            failures: Mutex::new(lru::LruCache::new(failures)),
             ttl,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+        }
+    }
+
+    /// Remembers failed resolutions for `ttl` (zero: not at all).
+    pub fn with_negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// The remembered failure for `did`, if it is recent.
+    fn failed(&self, did: &str) -> Option<IdentityError> {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match failures.get(did) {
+            Some((at, e)) if at.elapsed() < self.negative_ttl => Some(e.clone()),
+            Some(_) => {
+                failures.pop(did);
+                None
+            }
+            None => None,
         }
     }
 
@@ -360,17 +395,41 @@ impl<R: DidResolver> CachingResolver<R> {
 
     /// Resolves again regardless of the cache (after a signature failure or an
     /// `#identity` event), and caches the result.
+    /// A DID that failed within the negative TTL fails again without a fetch.
     pub async fn refresh(&self, did: &str) -> Result<Arc<Identity>, IdentityError> {
-        let doc = self.inner.resolve(did).await?;
-        let identity = Arc::new(Identity::from_document(doc)?);
-        self.lock()
-            .put(did.to_string(), (Instant::now(), identity.clone()));
-        Ok(identity)
+        if let Some(e) = self.failed(did) {
+            return Err(e);
+        }
+        let resolved = match self.inner.resolve(did).await {
+            Ok(doc) => Identity::from_document(doc),
+            Err(e) => Err(e),
+        };
+        match resolved {
+            Ok(identity) => {
+                let identity = Arc::new(identity);
+                self.lock()
+                    .put(did.to_string(), (Instant::now(), identity.clone()));
+                Ok(identity)
+            }
+            Err(e) => {
+                if !self.negative_ttl.is_zero() {
+                    self.failures
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .put(did.to_string(), (Instant::now(), e.clone()));
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// Drops `did` from the cache.
+    /// Drops `did` from the cache (its document changed), remembered failures included.
     pub fn forget(&self, did: &str) {
         self.lock().pop(did);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop(did);
     }
 
     /// The cached identity, if present and fresh.

@@ -8,6 +8,7 @@
 //! - [`commit`]: signed commits, a repo writer, and `#commit` verification (sync 1.1).
 //! - [`frame`]: firehose frames.
 //! - [`identity`]: DID documents and resolution.
+//! - [`net`]: the URLs agentnet sends (encoded queries).
 //! - [`lexicon`]: Lexicon documents and record validation.
 //! - [`envelope`]: sealing records for named recipients.
 //! - [`auth`]: inter-service JWTs (what the appview accepts from callers).
@@ -22,6 +23,7 @@ pub mod frame;
 pub mod identity;
 pub mod lexicon;
 pub mod mst;
+pub mod net;
 pub mod syntax;
 
 pub use cid::Cid;

@@ -60,6 +60,13 @@ pub struct Config {
         default_value_t = 10
     )]
     pub subscriber_send_timeout_secs: u64,
+    /// Seconds between keepalive pings to each firehose subscriber.
+    #[arg(long, env = "AGENTNET_SUBSCRIBER_PING_SECS", default_value_t = 30)]
+    pub subscriber_ping_secs: u64,
+    /// Seconds without a word from a subscriber (no pong, no frame) before it is closed as
+    /// gone.
+    #[arg(long, env = "AGENTNET_SUBSCRIBER_DEAD_SECS", default_value_t = 90)]
+    pub subscriber_dead_secs: u64,
     /// Seconds between applications of the retention policy.
     #[arg(long, env = "AGENTNET_RETENTION_INTERVAL_SECS", default_value_t = 60)]
     pub retention_interval_secs: u64,
@@ -92,6 +99,25 @@ pub struct Config {
     /// Default number of accounts one host may serve through this relay.
     #[arg(long, env = "AGENTNET_HOST_ACCOUNTS", default_value_t = 100)]
     pub host_accounts: u64,
+    /// Largest repo a repair (`getRepo` after a broken chain) accepts, in bytes.
+    #[arg(long, env = "AGENTNET_REPAIR_MAX_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub repair_max_bytes: usize,
+    /// Seconds one repair fetch may take, first byte to last.
+    #[arg(long, env = "AGENTNET_REPAIR_TIMEOUT_SECS", default_value_t = 120)]
+    pub repair_timeout_secs: u64,
+    /// Milliseconds before a failed repair is retried; doubles per failure.
+    #[arg(long, env = "AGENTNET_REPAIR_MIN_BACKOFF_MS", default_value_t = 2000)]
+    pub repair_min_backoff_ms: u64,
+    /// Longest wait between repair attempts, in seconds (retries never stop).
+    #[arg(long, env = "AGENTNET_REPAIR_MAX_BACKOFF_SECS", default_value_t = 900)]
+    pub repair_max_backoff_secs: u64,
+    /// Seconds a DID that failed to resolve is answered from memory with the same failure.
+    #[arg(
+        long,
+        env = "AGENTNET_IDENTITY_NEGATIVE_TTL_SECS",
+        default_value_t = 30
+    )]
+    pub identity_negative_ttl_secs: u64,
 }
 
 impl Config {
@@ -102,6 +128,16 @@ impl Config {
             per_hour: self.host_events_per_hour,
             per_day: self.host_events_per_day,
             accounts: self.host_accounts,
+        }
+    }
+
+    /// Bounds and timings for repairs.
+    pub fn repair_config(&self) -> crate::verify::RepairConfig {
+        crate::verify::RepairConfig {
+            max_bytes: self.repair_max_bytes,
+            timeout: std::time::Duration::from_secs(self.repair_timeout_secs.max(1)),
+            min_backoff: std::time::Duration::from_millis(self.repair_min_backoff_ms.max(1)),
+            max_backoff: std::time::Duration::from_secs(self.repair_max_backoff_secs.max(1)),
         }
     }
 

@@ -2,7 +2,7 @@
 //! shards (account count) and the admin/XRPC handlers (which read and change them while
 //! the relay runs).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,6 +62,20 @@ impl Window {
     }
 }
 
+/// The upstream seqs read from a host and not yet settled (appended to the log, or
+/// dropped) by the sequencer. The host's stored cursor is the low-water mark below the
+/// oldest of them, so after a crash the relay re-reads every event that was in flight on
+/// any verifier shard (slow DID lookups and repairs included) and none is lost.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// Seq → copies in flight (a reconnect may re-read an event still queued).
+    pending: BTreeMap<i64, u32>,
+    /// Highest seq settled so far.
+    settled_max: i64,
+    /// Highest seq read so far (this process), where a reconnect resumes.
+    read_max: i64,
+}
+
 /// One host's live limits and counters.
 #[derive(Debug)]
 pub struct Host {
@@ -72,6 +86,12 @@ pub struct Host {
     accounts: AtomicU64,
     /// Events refused for rate.
     pub throttled: AtomicU64,
+    /// Accounts on this host the relay holds as desynchronized (a repair is pending).
+    pub desynchronized: AtomicU64,
+    /// Bumped when the host's sequence restarts (it answered `FutureCursor` to the stored
+    /// cursor): upstream seqs from an older epoch are not comparable with new ones.
+    epoch: AtomicU64,
+    in_flight: Mutex<InFlight>,
 }
 
 impl Host {
@@ -82,7 +102,76 @@ impl Host {
             windows: Mutex::new([Window::new(), Window::new(), Window::new()]),
             accounts: AtomicU64::new(accounts),
             throttled: AtomicU64::new(0),
+            desynchronized: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            in_flight: Mutex::new(InFlight::default()),
         }
+    }
+
+    fn flight(&self) -> std::sync::MutexGuard<'_, InFlight> {
+        // Whole-value updates only: a poisoned lock holds a consistent map.
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The host's sequence epoch (see [`Host::restart_sequence`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Adopts the stored epoch and cursor at start.
+    pub fn resume(&self, epoch: u64, cursor: i64) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+        let mut f = self.flight();
+        f.settled_max = f.settled_max.max(cursor);
+        f.read_max = f.read_max.max(cursor);
+    }
+
+    /// The host restarted its sequence: start a new epoch from the live tail.
+    pub fn restart_sequence(&self) -> u64 {
+        let mut f = self.flight();
+        f.pending.clear();
+        f.settled_max = 0;
+        f.read_max = 0;
+        self.epoch.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Where a reconnect resumes: after the last event read, even if still in flight
+    /// (this process will settle it), or after the stored cursor.
+    pub fn resume_after(&self, stored: i64) -> i64 {
+        self.flight().read_max.max(stored)
+    }
+
+    /// Notes an event read from the host, to be settled by the sequencer.
+    pub fn begin(&self, seq: i64) {
+        let mut f = self.flight();
+        *f.pending.entry(seq).or_default() += 1;
+        f.read_max = f.read_max.max(seq);
+    }
+
+    /// Settles events (appended or dropped) and returns the cursor that is now safe to
+    /// store: no event at or below it is still in flight.
+    pub fn settle(&self, seqs: impl IntoIterator<Item = i64>) -> i64 {
+        let mut f = self.flight();
+        for seq in seqs {
+            // Only events read in this epoch count (a restart of the host's sequence
+            // forgets the older ones).
+            if let std::collections::btree_map::Entry::Occupied(mut e) = f.pending.entry(seq) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+                f.settled_max = f.settled_max.max(seq);
+            }
+        }
+        match f.pending.keys().next() {
+            Some(oldest) => (*oldest - 1).min(f.settled_max),
+            None => f.settled_max,
+        }
+    }
+
+    /// Events read and not yet settled.
+    pub fn in_flight(&self) -> usize {
+        self.flight().pending.values().map(|n| *n as usize).sum()
     }
 
     /// The current limits.
@@ -168,6 +257,17 @@ impl Hosts {
 mod tests {
     use super::*;
 
+    impl Limits {
+        fn default_for_tests() -> Limits {
+            Limits {
+                per_second: 10,
+                per_hour: 10,
+                per_day: 10,
+                accounts: 10,
+            }
+        }
+    }
+
     #[test]
     fn windows_and_accounts() {
         let h = Host::new(
@@ -193,5 +293,30 @@ mod tests {
         assert!(!h.admit_event(), "per-hour limit");
         assert!(h.admit_account() && h.admit_account());
         assert!(!h.admit_account(), "account limit");
+    }
+
+    #[test]
+    fn cursor_is_a_low_water_mark() {
+        let h = Host::new("https://pds.example.com", Limits::default_for_tests(), 0);
+        for seq in [3, 5, 8, 9] {
+            h.begin(seq);
+        }
+        // 5 and 9 settle first (other shards were faster): 3 is still in flight.
+        assert_eq!(h.settle([5, 9]), 2);
+        assert_eq!(h.settle([3]), 7, "8 is still in flight");
+        assert_eq!(
+            h.resume_after(0),
+            9,
+            "a reconnect resumes after what was read"
+        );
+        assert_eq!(h.settle([8]), 9);
+        assert_eq!(h.in_flight(), 0);
+        // An event read twice (reconnect while queued) holds the mark until both settle.
+        h.begin(12);
+        h.begin(12);
+        assert_eq!(h.settle([12]), 9);
+        assert_eq!(h.settle([12]), 12);
+        assert_eq!(h.restart_sequence(), 1);
+        assert_eq!(h.resume_after(0), 0);
     }
 }

@@ -97,25 +97,62 @@ pub async fn run_serving(
             .map_err(|e| Error::Task(e.to_string()))??
     };
     let cancel = CancellationToken::new();
-    let resolver = Arc::new(atproto::identity::CachingResolver::new(
-        atproto::identity::HttpResolver::new(atproto::identity::ResolverConfig {
-            plc_url: config.plc_url.clone(),
-            dev: config.dev,
-            timeout: Duration::from_secs(10),
-        })
-        .map_err(|e| Error::Config(e.to_string()))?,
-        NonZeroUsize::new(config.identity_cache)
-            .ok_or_else(|| Error::Config("identity cache must be > 0".into()))?,
-        Duration::from_secs(config.identity_ttl_secs),
-    ));
+    let resolver = Arc::new(
+        atproto::identity::CachingResolver::new(
+            atproto::identity::HttpResolver::new(atproto::identity::ResolverConfig {
+                plc_url: config.plc_url.clone(),
+                dev: config.dev,
+                timeout: Duration::from_secs(10),
+            })
+            .map_err(|e| Error::Config(e.to_string()))?,
+            NonZeroUsize::new(config.identity_cache)
+                .ok_or_else(|| Error::Config("identity cache must be > 0".into()))?,
+            Duration::from_secs(config.identity_ttl_secs),
+        )
+        .with_negative_ttl(Duration::from_secs(config.identity_negative_ttl_secs)),
+    );
     let http_seed = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| Error::Config(e.to_string()))?;
+    // Repairs follow no redirects: the repo must come from the PDS the DID document names.
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| Error::Config(e.to_string()))?;
+
+    // Every stored host, with its limits, cursor, epoch and account counts, before the
+    // shards start (they resume repairs of desynchronized accounts on those hosts).
+    let stored_accounts = {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.accounts())
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??
+    };
+    let stored_hosts = {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.hosts())
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??
+    };
+    let hosts = hosts::Hosts::default();
+    {
+        let mut counts: HashMap<&str, (u64, u64)> = HashMap::new();
+        for (_, a) in &stored_accounts {
+            let c = counts.entry(a.host.as_str()).or_default();
+            c.0 += 1;
+            c.1 += u64::from(a.desynchronized);
+        }
+        let defaults = config.default_limits();
+        for h in &stored_hosts {
+            let (accounts, desynced) = counts.get(h.url.as_str()).copied().unwrap_or_default();
+            let host = hosts.get_or_add(&h.url, h.limits.unwrap_or(defaults), accounts);
+            host.resume(h.epoch, h.cursor);
+            host.desynchronized
+                .store(desynced, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 
     // Verifier shards on their own threads, each owning its accounts' state.
     let shards_n = match config.verifier_threads {
@@ -126,30 +163,25 @@ pub async fn run_serving(
     };
     let mut shard_accounts: Vec<HashMap<String, store::AccountState>> =
         vec![HashMap::new(); shards_n];
-    {
-        let s = store.clone();
-        for (did, state) in tokio::task::spawn_blocking(move || s.accounts())
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??
-        {
-            shard_accounts[verify::shard_of(&did, shards_n)].insert(did, state);
-        }
+    for (did, state) in stored_accounts {
+        shard_accounts[verify::shard_of(&did, shards_n)].insert(did, state);
     }
     let (seq_tx, seq_rx) = mpsc::channel::<Verified>(SEQUENCER_QUEUE);
     let ctx = ShardContext {
-        resolver,
+        resolver: resolver.clone(),
         runtime: tokio::runtime::Handle::current(),
         dev: config.dev,
         lenient: config.lenient,
         metrics: metrics.clone(),
         http,
+        repair: config.repair_config(),
     };
     let mut shard_txs = Vec::with_capacity(shards_n);
     let mut threads = Vec::with_capacity(shards_n);
     for (i, accounts) in shard_accounts.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Inbound>(SHARD_QUEUE);
         shard_txs.push(tx);
-        let shard = Shard::new(ctx.clone(), accounts);
+        let shard = Shard::new(ctx.clone(), accounts, hosts.clone());
         let out = seq_tx.clone();
         threads.push(
             std::thread::Builder::new()
@@ -175,24 +207,17 @@ pub async fn run_serving(
 
     // Hosts: from the flags, from the store, and added while running.
     let (host_tx, host_rx) = mpsc::channel::<String>(NEW_HOST_QUEUE);
-    let initial: Vec<String> = {
-        let s = store.clone();
-        let mut hosts: Vec<String> = tokio::task::spawn_blocking(move || s.hosts())
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??
-            .into_iter()
-            .filter(|h| h.status != "banned")
-            .map(|h| h.url)
-            .collect();
-        hosts.extend(
-            config
-                .hosts
-                .iter()
-                .map(|h| h.trim_end_matches('/').to_string()),
-        );
-        hosts
-    };
-    let hosts = hosts::Hosts::default();
+    let mut initial: Vec<String> = stored_hosts
+        .iter()
+        .filter(|h| h.status != "banned")
+        .map(|h| h.url.clone())
+        .collect();
+    initial.extend(
+        config
+            .hosts
+            .iter()
+            .map(|h| h.trim_end_matches('/').to_string()),
+    );
     tasks.spawn(crawler(
         initial,
         host_rx,
@@ -223,6 +248,9 @@ pub async fn run_serving(
         send_timeout: Duration::from_secs(config.subscriber_send_timeout_secs.max(1)),
         hosts,
         default_limits: config.default_limits(),
+        resolver,
+        ping_interval: Duration::from_secs(config.subscriber_ping_secs.max(1)),
+        dead_after: Duration::from_secs(config.subscriber_dead_secs.max(1)),
     })
     .merge(routes);
     let server_cancel = cancel.clone();
@@ -277,10 +305,11 @@ async fn seed_from_relay(
     let mut cursor: Option<String> = None;
     let mut taken = 0;
     loop {
-        let mut url = format!("{base}/xrpc/com.atproto.sync.listHosts?limit=1000");
+        let mut query = vec![("limit", "1000")];
         if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
+            query.push(("cursor", c));
         }
+        let url = atproto::net::xrpc_url(&base, "com.atproto.sync.listHosts", &query);
         let page: serde_json::Value = match http
             .get(&url)
             .send()
@@ -372,31 +401,12 @@ async fn crawler(
     } = crawl;
     let mut running: HashSet<String> = HashSet::new();
     let mut tasks = JoinSet::new();
-    // Limits and account counts as stored, for hosts known before this start.
-    let known: HashMap<String, (Option<hosts::Limits>, u64)> = {
-        let s = store.clone();
-        tokio::task::spawn_blocking(move || -> Result<_, store::StoreError> {
-            let mut counts: HashMap<String, u64> = HashMap::new();
-            for (_, a) in s.accounts()? {
-                *counts.entry(a.host).or_default() += 1;
-            }
-            Ok(s.hosts()?
-                .into_iter()
-                .map(|h| {
-                    let n = counts.get(&h.url).copied().unwrap_or(0);
-                    (h.url, (h.limits, n))
-                })
-                .collect())
-        })
-        .await
-        .map_err(|e| Error::Task(e.to_string()))??
-    };
     let mut start = |url: String, tasks: &mut JoinSet<()>| {
         if !running.insert(url.clone()) {
             return;
         }
-        let (limits, accounts) = known.get(&url).cloned().unwrap_or((None, 0));
-        let host = hosts.get_or_add(&url, limits.unwrap_or(defaults), accounts);
+        // Hosts known before this start are already registered with their stored state.
+        let host = hosts.get_or_add(&url, defaults, 0);
         let store2 = store.clone();
         let u = url.clone();
         tasks.spawn(upstream::run_host(
@@ -459,30 +469,45 @@ fn sequencer(
         }
         metrics.sequencer_queue.set(input.len() as f64);
         let mut appends: Vec<Append> = Vec::with_capacity(batch.len());
+        let mut states: Vec<(String, store::AccountState)> = Vec::new();
         let mut received: Vec<Instant> = Vec::with_capacity(batch.len());
-        let mut cursors: HashMap<Arc<str>, i64> = HashMap::new();
+        // Per host: the upstream seqs this batch settles, and how many it publishes.
+        let mut settled: HashMap<Arc<str>, (Arc<hosts::Host>, Vec<i64>, u64)> = HashMap::new();
         for v in batch {
-            let (host, seq) = match v {
+            let (origin, published) = match v {
                 Verified::Event {
                     append,
-                    host,
-                    upstream_seq,
+                    origin,
                     received: at,
                 } => {
                     appends.push(*append);
                     received.push(at);
-                    (host, upstream_seq)
+                    (origin, 1)
                 }
-                Verified::Skip { host, upstream_seq } => (host, upstream_seq),
+                Verified::State { did, state, origin } => {
+                    states.push((did, state));
+                    (origin, 0)
+                }
+                Verified::Skip(origin) => (origin, 0),
             };
-            let c = cursors.entry(host).or_insert(seq);
-            *c = (*c).max(seq);
+            let entry = settled
+                .entry(origin.host.url.clone())
+                .or_insert_with(|| (origin.host.clone(), Vec::new(), 0));
+            entry.1.extend(origin.upstream_seq);
+            entry.2 += published;
         }
-        let cursors: Vec<(String, i64)> = cursors
-            .into_iter()
-            .map(|(h, c)| (h.to_string(), c))
+        // The cursor stored for each host is its low-water mark after this batch: never
+        // past an event still in flight on another shard.
+        let cursors: Vec<store::HostCursor> = settled
+            .into_values()
+            .map(|(host, seqs, events)| store::HostCursor {
+                url: host.url.to_string(),
+                epoch: host.epoch(),
+                cursor: host.settle(seqs),
+                events,
+            })
             .collect();
-        let written = store.append(appends, &cursors, now_ms())?;
+        let written = store.append(appends, &states, &cursors, now_ms())?;
         for ((seq, bytes), at) in written.into_iter().zip(received) {
             metrics.events_out.increment(1);
             metrics.publish_seconds.record(at.elapsed().as_secs_f64());

@@ -1,11 +1,15 @@
 //! The relay's metrics: registered once on a Prometheus recorder owned by the relay (no
 //! global recorder), label values drawn from fixed enums so cardinality stays bounded.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Why an inbound event was dropped (or, in lenient mode, passed with a failure counted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
     /// The frame does not decode.
     Malformed,
@@ -33,11 +37,13 @@ pub enum DropReason {
     Desync,
     /// The host is at its account limit and this account is new.
     AccountLimit,
+    /// Too many events were waiting for the account's DID resolution or repair.
+    Backlog,
 }
 
 impl DropReason {
     /// Every reason, for registering one counter each.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::TooBig,
         DropReason::Identity,
@@ -51,6 +57,7 @@ impl DropReason {
         DropReason::RateLimited,
         DropReason::Desync,
         DropReason::AccountLimit,
+        DropReason::Backlog,
     ];
 
     /// The label value.
@@ -69,7 +76,47 @@ impl DropReason {
             DropReason::RateLimited => "rate_limited",
             DropReason::Desync => "desync",
             DropReason::AccountLimit => "account_limit",
+            DropReason::Backlog => "backlog",
         }
+    }
+}
+
+/// At most one log line per host and reason in this window; the drops in between are
+/// counted and reported with the next line.
+const DROP_LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most (host, reason) pairs tracked by the drop log before it starts afresh.
+const DROP_LOG_KEYS: usize = 10_000;
+
+/// When a (host, reason) pair was last logged, and the drops since.
+type LastLogged = HashMap<(String, DropReason), (Option<Instant>, u64)>;
+
+/// Rate-limited logging of dropped events, per host and reason.
+#[derive(Default)]
+struct DropLog {
+    last: Mutex<LastLogged>,
+}
+
+impl DropLog {
+    fn record(&self, reason: DropReason, host: &str, did: Option<&str>) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.len() >= DROP_LOG_KEYS {
+            last.clear();
+        }
+        let entry = last.entry((host.to_string(), reason)).or_insert((None, 0));
+        if entry.0.is_some_and(|at| at.elapsed() < DROP_LOG_WINDOW) {
+            entry.1 += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut entry.1);
+        entry.0 = Some(Instant::now());
+        drop(last);
+        tracing::warn!(
+            host,
+            did = did.unwrap_or("-"),
+            reason = reason.as_str(),
+            suppressed,
+            "event dropped"
+        );
     }
 }
 
@@ -82,6 +129,11 @@ pub struct Metrics {
     /// Events appended to the log and published.
     pub events_out: Counter,
     drops: Vec<(DropReason, Counter)>,
+    drop_log: Arc<DropLog>,
+    /// Events re-read after a restart that were already in the log (skipped).
+    pub redelivered: Counter,
+    /// Repairs (`getRepo`) that failed and will be retried.
+    pub repair_failures: Counter,
     /// Accounts resynchronized from `getRepo`.
     pub resyncs: Counter,
     /// Whole-event verification time, seconds.
@@ -96,6 +148,8 @@ pub struct Metrics {
     pub subscribers: Gauge,
     /// Subscribers closed as too slow.
     pub slow_consumers: Counter,
+    /// Subscribers closed after going silent (no pong, no frame) past the keepalive limit.
+    pub dead_subscribers: Counter,
     /// Events retained in the log.
     pub log_events: Gauge,
     /// Upstream connections made (first and re-connections).
@@ -131,6 +185,9 @@ impl Metrics {
             events_in: counter("relay_events_in_total"),
             events_out: counter("relay_events_out_total"),
             drops,
+            drop_log: Arc::default(),
+            redelivered: counter("relay_events_redelivered_total"),
+            repair_failures: counter("relay_repair_failures_total"),
             resyncs: counter("relay_resyncs_total"),
             verify_seconds: histogram("relay_verify_seconds"),
             publish_seconds: histogram("relay_publish_seconds"),
@@ -138,17 +195,20 @@ impl Metrics {
             sequencer_queue: gauge("relay_sequencer_queue_depth"),
             subscribers: gauge("relay_subscribers"),
             slow_consumers: counter("relay_slow_consumers_total"),
+            dead_subscribers: counter("relay_dead_subscribers_total"),
             log_events: gauge("relay_log_events"),
             upstream_connects: counter("relay_upstream_connects_total"),
             handle: recorder.handle(),
         }
     }
 
-    /// Counts a dropped event.
-    pub fn dropped(&self, reason: DropReason) {
+    /// Counts a dropped event and logs it (at most one line per host and reason every
+    /// ten seconds, with the number of drops in between).
+    pub fn drop_event(&self, reason: DropReason, host: &str, did: Option<&str>) {
         if let Some((_, c)) = self.drops.iter().find(|(r, _)| *r == reason) {
             c.increment(1);
         }
+        self.drop_log.record(reason, host, did);
     }
 
     /// The Prometheus text exposition.

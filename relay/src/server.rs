@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use futures::SinkExt;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
@@ -52,6 +53,12 @@ pub struct AppState {
     pub hosts: crate::hosts::Hosts,
     /// Limits for hosts the operator has not configured.
     pub default_limits: crate::hosts::Limits,
+    /// DID resolution (getRepo redirects go where the DID document says).
+    pub resolver: Arc<atproto::identity::CachingResolver<atproto::identity::HttpResolver>>,
+    /// Keepalive: a ping to each subscriber this often…
+    pub ping_interval: std::time::Duration,
+    /// …and a subscriber heard from not at all for this long is closed as gone.
+    pub dead_after: std::time::Duration,
 }
 
 /// An XRPC error: `{error, message}` with a status.
@@ -270,12 +277,55 @@ async fn subscribe_repos(
     ws.on_upgrade(move |socket| async move {
         state.subscribers.fetch_add(1, Ordering::Relaxed);
         state.metrics.subscribers.increment(1.0);
-        if let Err(error) = serve_subscriber(socket, &state, &params).await {
+        if let Err(error) = serve_socket(socket, &state, &params).await {
             tracing::debug!(%error, "subscriber ended");
         }
         state.subscribers.fetch_sub(1, Ordering::Relaxed);
         state.metrics.subscribers.decrement(1.0);
     })
+}
+
+/// How long a closing socket waits for the client's Close in reply.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves one subscriber while reading its socket: pings are answered (the WebSocket
+/// layer replies to each as it is read), a client's Close is answered and ends the
+/// subscription, and every read counts as hearing from the client, which the keepalive
+/// uses to close peers that went away without a word.
+async fn serve_socket(
+    socket: WebSocket,
+    state: &AppState,
+    params: &SubscribeParams,
+) -> Result<(), String> {
+    let (mut sink, mut stream) = socket.split();
+    let heard = std::sync::Mutex::new(std::time::Instant::now());
+    let read = read_client(&mut stream, &heard);
+    let write = serve_subscriber(&mut sink, state, params, &heard);
+    let result = tokio::select! {
+        // The client closed (its Close was answered) or the connection broke.
+        () = read => return Ok(()),
+        r = write => r,
+    };
+    // We closed: give the client a moment to answer our Close, so the handshake
+    // completes instead of the client waiting out its own timeout.
+    let _ = sink.close().await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, read_client(&mut stream, &heard)).await;
+    result
+}
+
+/// Reads the client's socket until it closes or breaks. Reading is what answers pings and
+/// Close frames (the WebSocket layer queues each reply and sends it on the next read).
+async fn read_client(
+    stream: &mut SplitStream<WebSocket>,
+    heard: &std::sync::Mutex<std::time::Instant>,
+) {
+    while let Some(msg) = stream.next().await {
+        *heard.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        if msg.is_err() {
+            return;
+        }
+        // A Close is answered on the next read, which then ends the stream.
+    }
 }
 
 fn error_frame(error: &str, message: &str) -> Bytes {
@@ -286,7 +336,9 @@ fn error_frame(error: &str, message: &str) -> Bytes {
     Bytes::from(atproto::frame::encode_frame(&frame).unwrap_or_default())
 }
 
-async fn send_error_and_close(socket: &mut WebSocket, error: &str, message: &str) {
+type Sink = SplitSink<WebSocket, Message>;
+
+async fn send_error_and_close(socket: &mut Sink, error: &str, message: &str) {
     let _ = socket
         .send(Message::Binary(error_frame(error, message)))
         .await;
@@ -301,11 +353,7 @@ async fn send_error_and_close(socket: &mut WebSocket, error: &str, message: &str
 /// Sends frames with one flush; a subscriber that does not take them within the send
 /// timeout is closed as too slow (it holds nobody else up: every subscriber has its own
 /// task and buffer).
-async fn send_batch(
-    socket: &mut WebSocket,
-    state: &AppState,
-    frames: Vec<Bytes>,
-) -> Result<(), String> {
+async fn send_batch(socket: &mut Sink, state: &AppState, frames: Vec<Bytes>) -> Result<(), String> {
     if frames.is_empty() {
         return Ok(());
     }
@@ -332,10 +380,14 @@ async fn send_batch(
 /// below the last replayed `seq` are skipped. A subscriber that cannot keep up is sent
 /// `ConsumerTooSlow` and closed; nobody else waits for it.
 async fn serve_subscriber(
-    mut socket: WebSocket,
+    socket: &mut Sink,
     state: &AppState,
     params: &SubscribeParams,
+    heard: &std::sync::Mutex<std::time::Instant>,
 ) -> Result<(), String> {
+    let mut keepalive = tokio::time::interval(state.ping_interval);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keepalive.tick().await;
     let cursor = params.cursor;
     let filtering = params.filtering();
     let mut rx = state.live.subscribe();
@@ -349,13 +401,11 @@ async fn serve_subscriber(
     let mut last = match cursor {
         None => head,
         Some(c) if c < 0 => {
-            send_error_and_close(&mut socket, "InvalidRequest", "cursor must not be negative")
-                .await;
+            send_error_and_close(socket, "InvalidRequest", "cursor must not be negative").await;
             return Ok(());
         }
         Some(c) if c as u64 > head => {
-            send_error_and_close(&mut socket, "FutureCursor", "cursor is ahead of the stream")
-                .await;
+            send_error_and_close(socket, "FutureCursor", "cursor is ahead of the stream").await;
             return Ok(());
         }
         Some(c) => {
@@ -398,14 +448,31 @@ async fn serve_subscriber(
                     .into_iter()
                     .map(|(_, b)| b)
                     .filter(|b| !filtering || params.wants(b));
-                send_batch(&mut socket, state, frames.collect()).await?;
+                send_batch(socket, state, frames.collect()).await?;
                 last = end;
             }
             catching_up = false;
         }
-        // Take what is ready (up to LIVE_BATCH frames) and send it with one flush.
+        // Take what is ready (up to LIVE_BATCH frames) and send it with one flush; while
+        // nothing is, keep the connection alive and notice a client that went away.
         let mut batch = Vec::new();
-        let mut next = Some(rx.recv().await);
+        let first = tokio::select! {
+            item = rx.recv() => item,
+            _ = keepalive.tick() => {
+                let silent = heard.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+                if silent > state.dead_after {
+                    state.metrics.dead_subscribers.increment(1);
+                    return Err(format!("no word from the client in {silent:?}"));
+                }
+                let ping = socket.send(Message::Ping(Bytes::new()));
+                match tokio::time::timeout(state.send_timeout, ping).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Err("ping not taken in time".into()),
+                }
+            }
+        };
+        let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
                 Ok((seq, bytes)) => {
@@ -427,7 +494,7 @@ async fn serve_subscriber(
                     if catch_ups > MAX_CATCH_UPS {
                         state.metrics.slow_consumers.increment(1);
                         send_error_and_close(
-                            &mut socket,
+                            socket,
                             "ConsumerTooSlow",
                             "subscriber fell too far behind",
                         )
@@ -438,7 +505,7 @@ async fn serve_subscriber(
                     break;
                 }
                 Err(broadcast::error::RecvError::Closed) => {
-                    send_batch(&mut socket, state, batch).await?;
+                    send_batch(socket, state, batch).await?;
                     let _ = socket.send(Message::Close(None)).await;
                     return Ok(());
                 }
@@ -457,7 +524,7 @@ async fn serve_subscriber(
                 }
             };
         }
-        send_batch(&mut socket, state, batch).await?;
+        send_batch(socket, state, batch).await?;
     }
 }
 
@@ -551,20 +618,42 @@ async fn get_repo_status(
     Query(p): Query<DidParams>,
 ) -> Result<Json<serde_json::Value>, XrpcError> {
     let a = account(&state, &p.did).await?;
+    // A desynchronized account (its repair is pending) is reported as the spec's
+    // `desynchronized` status; the host's own status comes first.
+    let (active, status) = match (a.active, a.status, a.desynchronized) {
+        (true, _, true) => (false, Some("desynchronized".to_string())),
+        (active, status, _) => (active, status),
+    };
     Ok(Json(
-        json!({"did": p.did, "active": a.active, "status": a.status, "rev": a.rev}),
+        json!({"did": p.did, "active": active, "status": status, "rev": a.rev}),
     ))
 }
 
+/// Redirects to the account's PDS as its DID document names it (never to a host merely
+/// stored for the account), with the DID percent-encoded.
 async fn get_repo(
     State(state): State<AppState>,
     Query(p): Query<DidParams>,
 ) -> Result<Redirect, XrpcError> {
-    let a = account(&state, &p.did).await?;
-    Ok(Redirect::temporary(&format!(
-        "{}/xrpc/com.atproto.sync.getRepo?did={}",
-        a.host.trim_end_matches('/'),
-        p.did
+    account(&state, &p.did).await?;
+    let id = state.resolver.identity(&p.did).await.map_err(|e| {
+        XrpcError(
+            StatusCode::NOT_FOUND,
+            "RepoNotFound",
+            format!("{}: {e}", p.did),
+        )
+    })?;
+    let pds = id.pds.as_deref().ok_or_else(|| {
+        XrpcError(
+            StatusCode::NOT_FOUND,
+            "RepoNotFound",
+            format!("{} names no PDS", p.did),
+        )
+    })?;
+    Ok(Redirect::temporary(&atproto::net::xrpc_url(
+        pds,
+        "com.atproto.sync.getRepo",
+        &[("did", &p.did)],
     )))
 }
 
@@ -608,6 +697,11 @@ async fn get_host_status(
         .as_ref()
         .map(|l| l.throttled.load(std::sync::atomic::Ordering::Relaxed))
         .unwrap_or(0);
+    let desynchronized = live
+        .as_ref()
+        .map(|l| l.desynchronized.load(std::sync::atomic::Ordering::Relaxed))
+        .unwrap_or(0);
+    let in_flight = live.as_ref().map(|l| l.in_flight()).unwrap_or(0);
     Ok(Json(json!({
         "hostname": h.url,
         "seq": h.cursor,
@@ -615,6 +709,8 @@ async fn get_host_status(
         "status": h.status,
         "events": h.events,
         "throttledEvents": throttled,
+        "desynchronizedAccounts": desynchronized,
+        "inFlightEvents": in_flight,
         "limits": limits,
     })))
 }

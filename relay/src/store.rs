@@ -71,6 +71,23 @@ pub struct AccountState {
     pub active: bool,
     /// Hosting status when inactive (`takendown`, `deactivated`, …).
     pub status: Option<String>,
+    /// The last upstream event applied to this account, to recognise events re-read
+    /// after a restart.
+    #[serde(default)]
+    pub upstream: Option<Upstream>,
+    /// The chain broke and the repair from `getRepo` has not succeeded yet (it is retried
+    /// with backoff).
+    #[serde(default)]
+    pub desynchronized: bool,
+}
+
+/// Where an account's last applied event sits in its host's stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// The host's sequence epoch (bumped when the host restarts its sequence).
+    pub epoch: u64,
+    /// The host's seq for the event.
+    pub seq: i64,
 }
 
 /// What the relay knows about one upstream host.
@@ -89,6 +106,23 @@ pub struct HostState {
     /// Limits the operator set for it (the relay's defaults otherwise).
     #[serde(default)]
     pub limits: Option<crate::hosts::Limits>,
+    /// The host's sequence epoch: bumped when the host restarted its sequence, so the
+    /// cursor and account markers of an older epoch are not compared with new seqs.
+    #[serde(default)]
+    pub epoch: u64,
+}
+
+/// A host's cursor as the sequencer stores it: the low-water mark in its epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCursor {
+    /// The host's URL.
+    pub url: String,
+    /// Its sequence epoch.
+    pub epoch: u64,
+    /// No event at or below this seq is still in flight.
+    pub cursor: i64,
+    /// Events from it in this batch that were published.
+    pub events: u64,
 }
 
 /// How an event changes the per-collection record counts of its repo.
@@ -165,20 +199,15 @@ impl Store {
     }
 
     /// Appends a batch durably (fsync on commit) and returns each event's `(seq, frame)`.
-    /// Host cursors given are stored in the same transaction.
+    /// Account states to store without an event, and the host cursors, are written in
+    /// the same transaction.
     pub fn append(
         &self,
         batch: Vec<Append>,
-        host_cursors: &[(String, i64)],
+        states: &[(String, AccountState)],
+        host_cursors: &[HostCursor],
         now_ms: u64,
     ) -> Result<Vec<(u64, Bytes)>, StoreError> {
-        let mut host_events: std::collections::HashMap<String, u64> =
-            std::collections::HashMap::new();
-        for item in &batch {
-            if let Some((_, state)) = &item.account {
-                *host_events.entry(state.host.clone()).or_default() += 1;
-            }
-        }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let mut out = Vec::with_capacity(batch.len());
@@ -214,8 +243,13 @@ impl Store {
                 out.push((seq, Bytes::from(bytes)));
             }
             meta.insert(LAST_SEQ, seq)?;
+            for (did, state) in states {
+                let v = serde_json::to_vec(state).map_err(|_| StoreError::Corrupt("account"))?;
+                accounts.insert(did.as_str(), v.as_slice())?;
+            }
             let mut hosts = txn.open_table(HOSTS)?;
-            for (url, cursor) in host_cursors {
+            for c in host_cursors {
+                let url = &c.url;
                 let mut state = match hosts.get(url.as_str())? {
                     Some(v) => decode_json::<HostState>(v.value(), "host")?,
                     None => HostState {
@@ -224,8 +258,13 @@ impl Store {
                         ..HostState::default()
                     },
                 };
-                state.cursor = state.cursor.max(*cursor);
-                state.events += host_events.get(url.as_str()).copied().unwrap_or(0);
+                if state.epoch == c.epoch {
+                    state.cursor = state.cursor.max(c.cursor);
+                } else if c.epoch > state.epoch {
+                    state.epoch = c.epoch;
+                    state.cursor = c.cursor;
+                }
+                state.events += c.events;
                 let v = serde_json::to_vec(&state).map_err(|_| StoreError::Corrupt("host"))?;
                 hosts.insert(url.as_str(), v.as_slice())?;
             }
@@ -371,7 +410,29 @@ impl Store {
         url: &str,
         limits: crate::hosts::Limits,
     ) -> Result<(), StoreError> {
+        self.update_host(url, |s| s.limits = Some(limits))
+            .map(|_| ())
+    }
+
+    /// Starts a host's new sequence epoch: its cursor goes back to the live tail.
+    pub fn restart_host_sequence(&self, url: &str, epoch: u64) -> Result<(), StoreError> {
+        self.update_host(url, |s| {
+            if epoch > s.epoch {
+                s.epoch = epoch;
+                s.cursor = 0;
+            }
+        })
+        .map(|_| ())
+    }
+
+    /// Applies `change` to a host's stored state (created if new) in one transaction.
+    fn update_host(
+        &self,
+        url: &str,
+        change: impl FnOnce(&mut HostState),
+    ) -> Result<HostState, StoreError> {
         let txn = self.db.begin_write()?;
+        let state;
         {
             let mut table = txn.open_table(HOSTS)?;
             let mut s = match table.get(url)? {
@@ -382,34 +443,18 @@ impl Store {
                     ..HostState::default()
                 },
             };
-            s.limits = Some(limits);
-            let v = serde_json::to_vec(&s).map_err(|_| StoreError::Corrupt("host"))?;
-            table.insert(url, v.as_slice())?;
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Adds a host (or updates its status), keeping its cursor.
-    pub fn put_host(&self, url: &str, status: &str) -> Result<HostState, StoreError> {
-        let txn = self.db.begin_write()?;
-        let state;
-        {
-            let mut table = txn.open_table(HOSTS)?;
-            let mut s = match table.get(url)? {
-                Some(v) => decode_json::<HostState>(v.value(), "host")?,
-                None => HostState {
-                    url: url.to_string(),
-                    ..HostState::default()
-                },
-            };
-            s.status = status.to_string();
+            change(&mut s);
             let v = serde_json::to_vec(&s).map_err(|_| StoreError::Corrupt("host"))?;
             table.insert(url, v.as_slice())?;
             state = s;
         }
         txn.commit()?;
         Ok(state)
+    }
+
+    /// Adds a host (or updates its status), keeping its cursor.
+    pub fn put_host(&self, url: &str, status: &str) -> Result<HostState, StoreError> {
+        self.update_host(url, |s| s.status = status.to_string())
     }
 }
 

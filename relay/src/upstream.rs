@@ -38,7 +38,7 @@ pub async fn run_host(
 ) {
     let mut backoff = config.min_backoff;
     loop {
-        let cursor = {
+        let stored = {
             let store = store.clone();
             let url = host.url.clone();
             tokio::task::spawn_blocking(move || {
@@ -51,14 +51,27 @@ pub async fn run_host(
             .await
             .ok()
             .flatten()
+            .unwrap_or(0)
         };
+        // Resume after what this process already read (events still in flight on the
+        // shards are settled by it), else after the stored low-water mark.
+        let cursor = host.resume_after(stored);
         let connected_at = Instant::now();
         tokio::select! {
             _ = cancel.cancelled() => return,
             result = session(&host, cursor, &shards, &metrics, &config) => {
                 match result {
                     Ok(()) => tracing::info!(host = %host.url, "upstream closed the stream"),
-                    Err(error) => tracing::warn!(host = %host.url, %error, "upstream connection failed"),
+                    Err(SessionError::FutureCursor) => {
+                        // The host's sequence restarted below our cursor: a new epoch,
+                        // from its live tail.
+                        let epoch = host.restart_sequence();
+                        tracing::warn!(host = %host.url, cursor, epoch, "host says our cursor is in its future; its sequence restarted, following it from the live tail");
+                        let store = store.clone();
+                        let url = host.url.to_string();
+                        let _ = tokio::task::spawn_blocking(move || store.restart_host_sequence(&url, epoch)).await;
+                    }
+                    Err(SessionError::Other(error)) => tracing::warn!(host = %host.url, %error, "upstream connection failed"),
                 }
             }
         }
@@ -75,17 +88,36 @@ pub async fn run_host(
     }
 }
 
+/// Why a session with a host ended.
+enum SessionError {
+    /// The host answered `FutureCursor`: it does not know our cursor.
+    FutureCursor,
+    /// Anything else: reconnect with backoff.
+    Other(String),
+}
+
+impl From<String> for SessionError {
+    fn from(e: String) -> Self {
+        SessionError::Other(e)
+    }
+}
+
 async fn session(
     host: &Arc<crate::hosts::Host>,
-    cursor: Option<i64>,
+    cursor: i64,
     shards: &[mpsc::Sender<Inbound>],
     metrics: &Metrics,
     config: &UpstreamConfig,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let ws_base = host.url.replacen("http", "ws", 1);
-    let url = match cursor {
-        Some(c) if c > 0 => format!("{ws_base}/xrpc/com.atproto.sync.subscribeRepos?cursor={c}"),
-        _ => format!("{ws_base}/xrpc/com.atproto.sync.subscribeRepos"),
+    let url = if cursor > 0 {
+        atproto::net::xrpc_url(
+            &ws_base,
+            "com.atproto.sync.subscribeRepos",
+            &[("cursor", &cursor.to_string())],
+        )
+    } else {
+        atproto::net::xrpc_url(&ws_base, "com.atproto.sync.subscribeRepos", &[])
     };
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(atproto::frame::MAX_FRAME_BYTES))
@@ -93,14 +125,14 @@ async fn session(
     let (mut stream, _) =
         tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), true)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SessionError::Other(e.to_string()))?;
     metrics.upstream_connects.increment(1);
     tracing::info!(host = %host.url, ?cursor, "subscribed upstream");
     loop {
         let msg = match tokio::time::timeout(config.idle_timeout, stream.next()).await {
-            Err(_) => return Err("idle timeout".into()),
+            Err(_) => return Err(SessionError::Other("idle timeout".into())),
             Ok(None) => return Ok(()),
-            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(Some(Err(e))) => return Err(SessionError::Other(e.to_string())),
             Ok(Some(Ok(m))) => m,
         };
         let bytes = match msg {
@@ -110,32 +142,36 @@ async fn session(
         };
         metrics.events_in.increment(1);
         if !host.admit_event() {
-            metrics.dropped(DropReason::RateLimited);
+            metrics.drop_event(DropReason::RateLimited, &host.url, None);
             continue;
         }
         let frame = match atproto::frame::decode_frame(&bytes) {
             Ok(f) => f,
             Err(atproto::frame::FrameError::TooLarge(_)) => {
-                metrics.dropped(DropReason::TooBig);
+                metrics.drop_event(DropReason::TooBig, &host.url, None);
                 continue;
             }
             Err(_) => {
-                metrics.dropped(DropReason::Malformed);
+                metrics.drop_event(DropReason::Malformed, &host.url, None);
                 continue;
             }
         };
         if let atproto::frame::Frame::Error(e) = &frame {
-            return Err(format!(
+            if e.error == "FutureCursor" && cursor > 0 {
+                return Err(SessionError::FutureCursor);
+            }
+            return Err(SessionError::Other(format!(
                 "upstream error {}: {}",
                 e.error,
                 e.message.clone().unwrap_or_default()
-            ));
+            )));
         }
         let (Some(did), Some(seq)) = (frame.did().map(str::to_string), frame.seq()) else {
             continue;
         };
         let shard = &shards[shard_of(&did, shards.len())];
         metrics.verify_queue.increment(1.0);
+        host.begin(seq);
         let inbound = Inbound {
             host: host.clone(),
             upstream_seq: seq,
@@ -145,7 +181,7 @@ async fn session(
         };
         // A full shard queue slows this host's reader: backpressure, nothing dropped.
         if shard.send(inbound).await.is_err() {
-            return Err("verifier stopped".into());
+            return Err(SessionError::Other("verifier stopped".into()));
         }
     }
 }

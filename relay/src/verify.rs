@@ -4,30 +4,45 @@
 //! in order by one thread without locks while accounts spread over cores. Each shard owns
 //! the state of its accounts (loaded from the store at start; the sequencer persists every
 //! change in the same transaction as the event that caused it).
+//!
+//! A shard never waits on the network. When an account needs a DID resolved or its repo
+//! repaired, the shard parks that account's events (in order, within bounds), hands the
+//! work to a task on the runtime, and goes on with its other accounts; the task's result
+//! comes back as a [`Wake`] and the parked events continue. A repair that fails marks the
+//! account desynchronized and is retried with backoff until it succeeds, so no account is
+//! ever frozen and no account's trouble stalls another's events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use atproto::car::{read_car, write_car, CarLimits};
 use atproto::commit::{verify_commit_event, Commit, CommitError};
 use atproto::frame::{CommitEvent, Frame, SyncEvent};
 use atproto::identity::{CachingResolver, HttpResolver, Identity};
 use atproto::syntax::Tid;
+use futures::FutureExt;
+use rand::Rng;
 use tokio::sync::mpsc;
 
+use crate::hosts::Host;
 use crate::metrics::{DropReason, Metrics};
-use crate::store::{AccountState, Append, Collections};
+use crate::store::{AccountState, Append, Collections, Upstream};
 
 /// How far in the future a rev may be, in microseconds (the spec's "a few minutes").
 const MAX_FUTURE_REV_MICROS: u64 = 5 * 60 * 1_000_000;
+/// Most events parked for one account while its DID resolves or its repo is repaired.
+const MAX_PARKED_PER_ACCOUNT: usize = 10_000;
+/// Most frame bytes parked on one shard.
+const MAX_PARKED_BYTES: usize = 256 * 1024 * 1024;
 
 /// An event read from an upstream host.
 #[derive(Debug)]
 pub struct Inbound {
     /// The host it came from, with its limits.
-    pub host: Arc<crate::hosts::Host>,
+    pub host: Arc<Host>,
     /// The host's sequence number for it.
     pub upstream_seq: i64,
     /// The decoded frame.
@@ -38,6 +53,16 @@ pub struct Inbound {
     pub received: Instant,
 }
 
+/// Where an outcome came from upstream: the host and its seq, settled by the sequencer.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The host.
+    pub host: Arc<Host>,
+    /// The host's seq for the event, if the outcome answers one (a repair retried on a
+    /// timer answers none).
+    pub upstream_seq: Option<i64>,
+}
+
 /// What a shard hands the sequencer.
 #[derive(Debug)]
 pub enum Verified {
@@ -45,20 +70,36 @@ pub enum Verified {
     Event {
         /// The event and the state it advances.
         append: Box<Append>,
-        /// Its host and upstream cursor.
-        host: Arc<str>,
-        /// The upstream seq.
-        upstream_seq: i64,
+        /// Where it came from.
+        origin: Origin,
         /// When it was read.
         received: Instant,
     },
-    /// Nothing to publish, but the host's cursor moves past this event.
-    Skip {
-        /// The host.
-        host: Arc<str>,
-        /// The upstream seq.
-        upstream_seq: i64,
+    /// Account state to store without publishing anything (an account marked
+    /// desynchronized).
+    State {
+        /// The account and its new state.
+        did: String,
+        /// Its state.
+        state: AccountState,
+        /// Where it came from.
+        origin: Origin,
     },
+    /// Nothing to publish, but the host's cursor may move past this event.
+    Skip(Origin),
+}
+
+/// Bounds and timings for repairs (`getRepo` after a broken chain).
+#[derive(Debug, Clone)]
+pub struct RepairConfig {
+    /// Largest repo accepted, in bytes.
+    pub max_bytes: usize,
+    /// Longest one fetch may take, start to last byte.
+    pub timeout: Duration,
+    /// First retry delay after a failed repair; doubles per failure up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
 }
 
 /// Settings a shard needs.
@@ -66,16 +107,18 @@ pub enum Verified {
 pub struct ShardContext {
     /// DID resolution with its cache.
     pub resolver: Arc<CachingResolver<HttpResolver>>,
-    /// Runtime used to await network calls from the shard thread.
+    /// Runtime the shard's network work runs on.
     pub runtime: tokio::runtime::Handle,
     /// Loopback hosts allowed and equated (`localhost` = `127.0.0.1`).
     pub dev: bool,
     /// Pass failed events on (counted) instead of dropping them.
     pub lenient: bool,
-    /// Metric handles.
+    /// Metric handles and the drop log.
     pub metrics: Metrics,
-    /// HTTP client for `getRepo` repairs.
+    /// HTTP client for `getRepo` repairs (redirects refused).
     pub http: reqwest::Client,
+    /// Repair bounds.
+    pub repair: RepairConfig,
 }
 
 /// The shard an account's events go to.
@@ -85,166 +128,623 @@ pub fn shard_of(did: &str, shards: usize) -> usize {
     (h.finish() % shards as u64) as usize
 }
 
+/// A result of network work, sent back to the shard that asked for it.
+#[derive(Debug)]
+pub enum Wake {
+    /// A DID resolution finished.
+    Resolved {
+        /// The account.
+        did: String,
+        /// The identity, or why not.
+        result: Result<Arc<Identity>, String>,
+    },
+    /// A repair finished.
+    Repaired {
+        /// The account.
+        did: String,
+        /// The verified repo head, or why not.
+        result: Result<Box<Repaired>, String>,
+    },
+    /// A failed repair's backoff ran out: try again.
+    Retry {
+        /// The account.
+        did: String,
+    },
+}
+
+/// A whole repo fetched from the account's PDS and verified.
+#[derive(Debug)]
+pub struct Repaired {
+    commit: Commit,
+    head: atproto::Cid,
+    counts: Vec<(String, u64)>,
+    /// A CAR with just the signed commit, for the `#sync` event.
+    blocks: Vec<u8>,
+}
+
+/// An event waiting in a shard, with whether its DID has been resolved afresh for it.
+#[derive(Debug)]
+struct Pending {
+    inbound: Inbound,
+    refreshed: bool,
+}
+
+/// What checking one event came to.
+enum Step {
+    Done(Verified),
+    /// The DID must be resolved (afresh) before the event can be checked.
+    Resolve(Pending),
+    /// The account's chain is broken: repair it; the event is answered by the repair.
+    Repair(Pending),
+}
+
+/// An account with network work outstanding or a repair to retry.
+#[derive(Default)]
+struct Work {
+    /// A resolution or repair task is running.
+    busy: bool,
+    /// Events waiting for it, in order.
+    parked: VecDeque<Pending>,
+    /// The latest resolution's result, used by the parked events (then dropped).
+    resolved: Option<Result<Arc<Identity>, String>>,
+    /// The event that started the running repair.
+    trigger: Option<Pending>,
+    /// Failed repairs in a row (the backoff grows with it).
+    failures: u32,
+    /// The host the account is repaired for.
+    host: Option<Arc<Host>>,
+}
+
 /// One shard: its accounts and the loop that checks their events.
 pub struct Shard {
     ctx: ShardContext,
     accounts: HashMap<String, AccountState>,
+    work: HashMap<String, Work>,
+    parked_bytes: usize,
+    wake_tx: mpsc::UnboundedSender<Wake>,
+    wake_rx: mpsc::UnboundedReceiver<Wake>,
+    tasks: tokio::task::JoinSet<()>,
+    hosts: crate::hosts::Hosts,
+}
+
+enum Msg {
+    Event(Inbound),
+    Wake(Wake),
 }
 
 impl Shard {
-    /// A shard owning `accounts`.
-    pub fn new(ctx: ShardContext, accounts: HashMap<String, AccountState>) -> Self {
-        Shard { ctx, accounts }
+    /// A shard owning `accounts`; accounts stored as desynchronized are repaired again.
+    pub fn new(
+        ctx: ShardContext,
+        accounts: HashMap<String, AccountState>,
+        hosts: crate::hosts::Hosts,
+    ) -> Self {
+        let (wake_tx, wake_rx) = mpsc::unbounded_channel();
+        let mut shard = Shard {
+            ctx,
+            accounts,
+            work: HashMap::new(),
+            parked_bytes: 0,
+            wake_tx,
+            wake_rx,
+            tasks: tokio::task::JoinSet::new(),
+            hosts,
+        };
+        let desynced: Vec<(String, String)> = shard
+            .accounts
+            .iter()
+            .filter(|(_, a)| a.desynchronized)
+            .map(|(d, a)| (d.clone(), a.host.clone()))
+            .collect();
+        for (did, host) in desynced {
+            if let Some(host) = shard.hosts.get(&host) {
+                let work = shard.work.entry(did.clone()).or_default();
+                work.host = Some(host);
+                shard.schedule_retry(&did, Duration::ZERO);
+            }
+        }
+        shard
     }
 
     /// Checks events until the input closes (shutdown) or the sequencer is gone.
     pub fn run(mut self, mut input: mpsc::Receiver<Inbound>, output: mpsc::Sender<Verified>) {
-        while let Some(inbound) = input.blocking_recv() {
-            self.ctx.metrics.verify_queue.decrement(1.0);
-            let out = self.handle(inbound);
-            if output.blocking_send(out).is_err() {
-                return;
+        let runtime = self.ctx.runtime.clone();
+        let mut out = Vec::new();
+        loop {
+            let msg = match self.wake_rx.try_recv() {
+                Ok(w) => Msg::Wake(w),
+                Err(_) => match input.try_recv() {
+                    Ok(e) => Msg::Event(e),
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        let wake = &mut self.wake_rx;
+                        let next = runtime.block_on(async {
+                            tokio::select! {
+                                biased;
+                                Some(w) = wake.recv() => Some(Msg::Wake(w)),
+                                e = input.recv() => e.map(Msg::Event),
+                            }
+                        });
+                        match next {
+                            Some(m) => m,
+                            None => break,
+                        }
+                    }
+                },
+            };
+            match msg {
+                Msg::Event(e) => {
+                    self.ctx.metrics.verify_queue.decrement(1.0);
+                    self.on_event(e, &mut out);
+                }
+                Msg::Wake(w) => self.on_wake(w, &mut out),
+            }
+            for v in out.drain(..) {
+                if output.blocking_send(v).is_err() {
+                    self.tasks.abort_all();
+                    return;
+                }
+            }
+            // Reap finished tasks (their results came back as wakes).
+            while let Some(done) = self.tasks.try_join_next() {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        tracing::error!(error = %e, "a shard task panicked");
+                    }
+                }
+            }
+        }
+        self.tasks.abort_all();
+    }
+
+    fn on_event(&mut self, inbound: Inbound, out: &mut Vec<Verified>) {
+        let Some(did) = inbound.frame.did().map(str::to_string) else {
+            out.push(Verified::Skip(origin(&inbound)));
+            return;
+        };
+        let pending = Pending {
+            inbound,
+            refreshed: false,
+        };
+        match self.work.get(&did) {
+            Some(w) if w.busy || !w.parked.is_empty() => self.park(&did, pending, out),
+            _ => self.process(&did, pending, out),
+        }
+    }
+
+    /// Queues an event behind its account's outstanding work; over the bounds it is
+    /// dropped (a later commit then shows the gap and the account is repaired).
+    fn park(&mut self, did: &str, pending: Pending, out: &mut Vec<Verified>) {
+        let size = pending.inbound.raw.len();
+        let work = self.work.entry(did.to_string()).or_default();
+        if work.parked.len() >= MAX_PARKED_PER_ACCOUNT
+            || self.parked_bytes + size > MAX_PARKED_BYTES
+        {
+            let o = origin(&pending.inbound);
+            self.ctx
+                .metrics
+                .drop_event(DropReason::Backlog, &o.host.url, Some(did));
+            out.push(Verified::Skip(o));
+            return;
+        }
+        self.parked_bytes += size;
+        work.parked.push_back(pending);
+    }
+
+    fn process(&mut self, did: &str, pending: Pending, out: &mut Vec<Verified>) {
+        match self.step(did, pending) {
+            Step::Done(v) => out.push(v),
+            Step::Resolve(mut pending) => {
+                pending.refreshed = true;
+                self.parked_bytes += pending.inbound.raw.len();
+                let work = self.work.entry(did.to_string()).or_default();
+                work.parked.push_front(pending);
+                work.busy = true;
+                work.resolved = None;
+                self.spawn_resolve(did);
+            }
+            Step::Repair(pending) => {
+                let work = self.work.entry(did.to_string()).or_default();
+                work.host = Some(pending.inbound.host.clone());
+                work.trigger = Some(pending);
+                work.busy = true;
+                self.spawn_repair(did);
             }
         }
     }
 
-    fn handle(&mut self, inbound: Inbound) -> Verified {
+    /// Runs the account's parked events until one needs network work again.
+    fn drain(&mut self, did: &str, out: &mut Vec<Verified>) {
+        loop {
+            let Some(work) = self.work.get_mut(did) else {
+                return;
+            };
+            if work.busy {
+                return;
+            }
+            let Some(next) = work.parked.pop_front() else {
+                work.resolved = None;
+                if work.trigger.is_none() && !self.is_desynchronized(did) {
+                    self.work.remove(did);
+                }
+                return;
+            };
+            self.parked_bytes = self.parked_bytes.saturating_sub(next.inbound.raw.len());
+            self.process(did, next, out);
+        }
+    }
+
+    fn is_desynchronized(&self, did: &str) -> bool {
+        self.accounts.get(did).is_some_and(|a| a.desynchronized)
+    }
+
+    fn on_wake(&mut self, wake: Wake, out: &mut Vec<Verified>) {
+        match wake {
+            Wake::Resolved { did, result } => {
+                if let Some(work) = self.work.get_mut(&did) {
+                    work.busy = false;
+                    work.resolved = Some(result);
+                }
+                self.drain(&did, out);
+            }
+            Wake::Repaired { did, result } => {
+                let Some(work) = self.work.get_mut(&did) else {
+                    return;
+                };
+                work.busy = false;
+                let trigger = work.trigger.take();
+                let host = trigger
+                    .as_ref()
+                    .map(|t| t.inbound.host.clone())
+                    .or_else(|| work.host.clone());
+                let Some(host) = host else {
+                    return;
+                };
+                let upstream_seq = trigger.as_ref().map(|t| t.inbound.upstream_seq);
+                let o = Origin {
+                    host: host.clone(),
+                    upstream_seq,
+                };
+                match result {
+                    Ok(repaired) => {
+                        work.failures = 0;
+                        self.ctx.metrics.resyncs.increment(1);
+                        let received = trigger
+                            .as_ref()
+                            .map(|t| t.inbound.received)
+                            .unwrap_or_else(Instant::now);
+                        match self.repaired(&did, &o, *repaired) {
+                            Ok(append) => out.push(Verified::Event {
+                                append: Box::new(append),
+                                origin: o,
+                                received,
+                            }),
+                            Err(reason) => {
+                                self.ctx.metrics.drop_event(reason, &host.url, Some(&did));
+                                out.push(Verified::Skip(o));
+                            }
+                        }
+                        tracing::info!(host = %host.url, %did, "account repaired from getRepo");
+                    }
+                    Err(error) => {
+                        work.failures += 1;
+                        let failures = work.failures;
+                        tracing::warn!(host = %host.url, %did, %error, failures, "repair failed; retrying with backoff");
+                        self.ctx.metrics.repair_failures.increment(1);
+                        if trigger.is_some() {
+                            self.ctx
+                                .metrics
+                                .drop_event(DropReason::Desync, &host.url, Some(&did));
+                        }
+                        match self.mark_desynchronized(&did, &host) {
+                            Some(state) => out.push(Verified::State {
+                                did: did.clone(),
+                                state,
+                                origin: o,
+                            }),
+                            None => out.push(Verified::Skip(o)),
+                        }
+                        let delay = self.backoff(failures);
+                        self.schedule_retry(&did, delay);
+                    }
+                }
+                self.drain(&did, out);
+            }
+            Wake::Retry { did } => {
+                let Some(work) = self.work.get_mut(&did) else {
+                    return;
+                };
+                if work.busy || !self.accounts.get(&did).is_some_and(|a| a.desynchronized) {
+                    return;
+                }
+                work.busy = true;
+                self.spawn_repair(&did);
+            }
+        }
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let r = &self.ctx.repair;
+        let exp = r
+            .min_backoff
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+        exp.min(r.max_backoff)
+            .mul_f64(rand::thread_rng().gen_range(0.75..1.25))
+    }
+
+    /// Marks the account desynchronized (once), returning the state to store.
+    fn mark_desynchronized(&mut self, did: &str, host: &Arc<Host>) -> Option<AccountState> {
+        let state = self.accounts.get_mut(did)?;
+        if !state.desynchronized {
+            state.desynchronized = true;
+            host.desynchronized
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Some(state.clone())
+    }
+
+    fn clear_desynchronized(&mut self, did: &str) {
+        if let Some(state) = self.accounts.get_mut(did) {
+            if state.desynchronized {
+                state.desynchronized = false;
+                if let Some(h) = self.hosts.get(&state.host) {
+                    h.desynchronized
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn schedule_retry(&mut self, did: &str, delay: Duration) {
+        let wake = self.wake_tx.clone();
+        let did = did.to_string();
+        self.tasks.spawn_on(
+            async move {
+                tokio::time::sleep(delay).await;
+                let _ = wake.send(Wake::Retry { did });
+            },
+            &self.ctx.runtime,
+        );
+    }
+
+    fn spawn_resolve(&mut self, did: &str) {
+        let resolver = self.ctx.resolver.clone();
+        let wake = self.wake_tx.clone();
+        let did = did.to_string();
+        self.tasks.spawn_on(
+            async move {
+                let started = Instant::now();
+                let result = AssertUnwindSafe(resolver.refresh(&did))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(atproto::identity::IdentityError::Fetch(
+                            "resolver panicked".into(),
+                        ))
+                    })
+                    .map_err(|e| e.to_string());
+                tracing::debug!(%did, ok = result.is_ok(), elapsed = ?started.elapsed(), "resolved");
+                let _ = wake.send(Wake::Resolved { did, result });
+            },
+            &self.ctx.runtime,
+        );
+    }
+
+    fn spawn_repair(&mut self, did: &str) {
+        let resolver = self.ctx.resolver.clone();
+        let http = self.ctx.http.clone();
+        let repair = self.ctx.repair.clone();
+        let wake = self.wake_tx.clone();
+        let did = did.to_string();
+        let host = self.work.get(&did).and_then(|w| w.host.clone());
+        let dev = self.ctx.dev;
+        self.tasks.spawn_on(
+            async move {
+                let work = async {
+                    let id = resolver.identity(&did).await.map_err(|e| e.to_string())?;
+                    let pds = id.pds.as_deref().ok_or("the DID document names no PDS")?;
+                    if let Some(h) = &host {
+                        if !same_host(Some(pds), &h.url, dev) {
+                            return Err(format!("the account's PDS is now {pds}"));
+                        }
+                    }
+                    fetch_repo(&http, pds, &did, &id, &repair).await
+                };
+                let result = AssertUnwindSafe(work)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err("repair panicked".into()));
+                let _ = wake.send(Wake::Repaired { did, result });
+            },
+            &self.ctx.runtime,
+        );
+    }
+
+    /// The identity for an event: from its account's latest resolution, else the cache.
+    fn lookup(&self, did: &str) -> Option<Result<Arc<Identity>, DropReason>> {
+        if let Some(r) = self.work.get(did).and_then(|w| w.resolved.as_ref()) {
+            return Some(r.clone().map_err(|_| DropReason::Identity));
+        }
+        self.ctx.resolver.cached(did).map(Ok)
+    }
+
+    fn step(&mut self, did: &str, pending: Pending) -> Step {
+        let o = origin(&pending.inbound);
+        let host = o.host.clone();
+        // Already sequenced before a restart (the host re-sent it from the low-water
+        // cursor): recognised and skipped, not republished.
+        if let Some(Upstream { epoch, seq }) = self.accounts.get(did).and_then(|a| {
+            (a.host.as_str() == &*host.url)
+                .then_some(a.upstream)
+                .flatten()
+        }) {
+            if epoch == host.epoch() && pending.inbound.upstream_seq <= seq {
+                self.ctx.metrics.redelivered.increment(1);
+                return Step::Done(Verified::Skip(o));
+            }
+        }
+        // #identity announces a changed document: resolve it afresh before judging.
+        if matches!(pending.inbound.frame, Frame::Identity(_)) && !pending.refreshed {
+            return Step::Resolve(pending);
+        }
+        let id = match self.lookup(did) {
+            Some(Ok(id)) => id,
+            Some(Err(reason)) => return self.drop(reason, did, o),
+            None if !pending.refreshed => return Step::Resolve(pending),
+            None => return self.drop(DropReason::Identity, did, o),
+        };
+        // Host authority, for every kind of event: re-resolve once before refusing (the
+        // account may have moved here).
+        if !same_host(id.pds.as_deref(), &host.url, self.ctx.dev) {
+            if !pending.refreshed {
+                return Step::Resolve(pending);
+            }
+            return self.drop(DropReason::WrongHost, did, o);
+        }
+        let Pending { inbound, refreshed } = pending;
         let Inbound {
-            host: source,
-            upstream_seq,
             frame,
             raw,
             received,
+            upstream_seq,
+            ..
         } = inbound;
         let input_kind = frame.kind().to_string();
-        let host = source.url.clone();
-        let skip = |host| Verified::Skip { host, upstream_seq };
-        // A host serves at most its account limit: the first event of a new account counts.
-        if let Some(did) = frame.did() {
-            if !self.accounts.contains_key(did) {
-                if !source.admit_account() {
-                    self.ctx.metrics.dropped(DropReason::AccountLimit);
-                    return skip(host);
-                }
-                let fresh = AccountState {
-                    host: host.to_string(),
-                    active: true,
-                    ..AccountState::default()
-                };
-                self.accounts.insert(did.to_string(), fresh);
-            }
-        }
+        let marker = Upstream {
+            epoch: host.epoch(),
+            seq: upstream_seq,
+        };
         let result = match frame {
-            Frame::Commit(ev) => self.commit(&source, *ev),
-            Frame::Sync(ev) => self.sync(&host, ev),
-            Frame::Identity(ev) => {
-                // The document may have changed: the next event resolves it afresh. (Not
-                // resolving here keeps a burst of identity events from stalling the shard.)
-                self.ctx.resolver.forget(&ev.did);
-                Ok(Append {
-                    frame: Frame::Identity(ev),
-                    account: None,
-                    collections: Collections::Unchanged,
-                    raw: None,
-                })
-            }
-            Frame::Account(ev) => {
-                let mut state = self.accounts.get(&ev.did).cloned().unwrap_or_default();
-                state.host = host.to_string();
+            Frame::Commit(ev) => match self.commit(&host, marker, *ev, &id, refreshed) {
+                CommitStep::Done(r) => r,
+                CommitStep::Refresh(ev) => {
+                    return Step::Resolve(Pending {
+                        inbound: Inbound {
+                            host,
+                            upstream_seq,
+                            frame: Frame::Commit(Box::new(ev)),
+                            raw,
+                            received,
+                        },
+                        refreshed,
+                    })
+                }
+                CommitStep::Repair(ev) => {
+                    return Step::Repair(Pending {
+                        inbound: Inbound {
+                            host,
+                            upstream_seq,
+                            frame: Frame::Commit(Box::new(ev)),
+                            raw,
+                            received,
+                        },
+                        refreshed,
+                    })
+                }
+            },
+            Frame::Sync(ev) => self.sync(&host, marker, ev, &id),
+            Frame::Identity(ev) => self.touch(did, &host, marker).map(|account| Append {
+                frame: Frame::Identity(ev),
+                account: Some((did.to_string(), account)),
+                collections: Collections::Unchanged,
+                raw: None,
+            }),
+            Frame::Account(ev) => self.touch(did, &host, marker).map(|mut state| {
                 state.active = ev.active;
                 state.status = ev.status.clone();
-                self.accounts.insert(ev.did.clone(), state.clone());
-                Ok(Append {
+                self.accounts.insert(did.to_string(), state.clone());
+                Append {
                     collections: Collections::Unchanged,
                     raw: None,
-                    account: Some((ev.did.clone(), state)),
+                    account: Some((did.to_string(), state)),
                     frame: Frame::Account(ev),
-                })
+                }
+            }),
+            Frame::Info(_) | Frame::Error(_) | Frame::Unknown { .. } => {
+                return Step::Done(Verified::Skip(o))
             }
-            Frame::Info(_) | Frame::Error(_) | Frame::Unknown { .. } => return skip(host),
         };
         match result {
             Ok(mut append) => {
-                // Republished as received unless the relay made its own event (a repair
-                // turns a commit into a #sync).
+                // Republished as received unless the relay made its own event.
                 if append.frame.kind() == input_kind {
                     append.raw = Some(raw);
                 }
-                Verified::Event {
+                Step::Done(Verified::Event {
                     append: Box::new(append),
-                    host,
-                    upstream_seq,
+                    origin: o,
                     received,
-                }
+                })
             }
-            Err(reason) => {
-                self.ctx.metrics.dropped(reason);
-                skip(host)
-            }
+            Err(reason) => self.drop(reason, did, o),
         }
     }
 
-    fn identity(&self, did: &str) -> Result<Arc<Identity>, DropReason> {
-        if let Some(id) = self.ctx.resolver.cached(did) {
-            return Ok(id);
-        }
-        self.ctx
-            .runtime
-            .block_on(self.ctx.resolver.identity(did))
-            .map_err(|_| DropReason::Identity)
+    fn drop(&self, reason: DropReason, did: &str, o: Origin) -> Step {
+        self.ctx.metrics.drop_event(reason, &o.host.url, Some(did));
+        Step::Done(Verified::Skip(o))
+    }
+
+    /// The account's state after an authoritative event that changes no repo data: the
+    /// account is created (within the host's account limit) and its marker advanced.
+    fn touch(
+        &mut self,
+        did: &str,
+        host: &Arc<Host>,
+        marker: Upstream,
+    ) -> Result<AccountState, DropReason> {
+        let state = match self.accounts.get_mut(did) {
+            Some(s) => s,
+            None => {
+                if !host.admit_account() {
+                    return Err(DropReason::AccountLimit);
+                }
+                self.accounts
+                    .entry(did.to_string())
+                    .or_insert(AccountState {
+                        host: host.url.to_string(),
+                        active: true,
+                        ..AccountState::default()
+                    })
+            }
+        };
+        // The DID document names this host (checked by the caller), so the binding follows.
+        state.host = host.url.to_string();
+        state.upstream = Some(marker);
+        Ok(state.clone())
     }
 
     fn commit(
         &mut self,
-        source: &Arc<crate::hosts::Host>,
+        host: &Arc<Host>,
+        marker: Upstream,
         ev: CommitEvent,
-    ) -> Result<Append, DropReason> {
-        let host = &source.url;
+        id: &Identity,
+        refreshed: bool,
+    ) -> CommitStep {
         let started = Instant::now();
-        let mut id = self.identity(&ev.repo)?;
-        if !same_host(id.pds.as_deref(), host, self.ctx.dev) {
-            // The account may have moved: re-resolve once before refusing.
-            id = self
-                .ctx
-                .runtime
-                .block_on(self.ctx.resolver.refresh(&ev.repo))
-                .map_err(|_| DropReason::Identity)?;
-            if !same_host(id.pds.as_deref(), host, self.ctx.dev) {
-                return self.fail(DropReason::WrongHost, host, ev);
-            }
-        }
         let prior = self.accounts.get(&ev.repo).cloned();
         if let Some(p) = &prior {
             if !p.active && p.status.is_some() {
-                return self.fail(DropReason::Inactive, host, ev);
+                return CommitStep::Done(self.fail(DropReason::Inactive, host, ev));
             }
         }
         let rev = match Tid::parse(&ev.rev) {
             Ok(t) => t,
-            Err(_) => return self.fail(DropReason::Inconsistent, host, ev),
+            Err(_) => return CommitStep::Done(self.fail(DropReason::Inconsistent, host, ev)),
         };
         if rev.micros() > now_micros() + MAX_FUTURE_REV_MICROS {
-            return self.fail(DropReason::FutureRev, host, ev);
+            return CommitStep::Done(self.fail(DropReason::FutureRev, host, ev));
         }
         if let Some(last) = prior.as_ref().and_then(|p| p.rev.as_deref()) {
             if ev.rev.as_str() <= last {
-                return self.fail(DropReason::StaleRev, host, ev);
+                return CommitStep::Done(self.fail(DropReason::StaleRev, host, ev));
             }
         }
         let verified = match verify_commit_event(&ev, &id.signing_key, CarLimits::FIREHOSE) {
-            Err(CommitError::Signature(_)) => {
-                let fresh = self
-                    .ctx
-                    .runtime
-                    .block_on(self.ctx.resolver.refresh(&ev.repo))
-                    .map_err(|_| DropReason::Identity)?;
-                verify_commit_event(&ev, &fresh.signing_key, CarLimits::FIREHOSE)
-            }
-            other => other,
-        };
-        let verified = match verified {
+            Err(CommitError::Signature(_)) if !refreshed => return CommitStep::Refresh(ev),
             Ok(v) => v,
-            Err(e) => return self.fail(classify(&e), host, ev),
+            Err(e) => return CommitStep::Done(self.fail(classify(&e), host, ev)),
         };
         self.ctx
             .metrics
@@ -252,71 +752,93 @@ impl Shard {
             .record(started.elapsed().as_secs_f64());
 
         // Continuity: the tree before this commit must be the one we last saw, which the
-        // inversion establishes even when the host omits prevData.
+        // inversion establishes even when the host omits prevData. A desynchronized
+        // account waits for its repair.
         if let Some(p) = &prior {
+            if p.desynchronized {
+                return CommitStep::Done(Err(DropReason::Desync));
+            }
             let continuous = p.data.is_none()
                 || (verified.prev_data.map(|c| c.to_string()) == p.data
                     && ev.since.as_deref() == p.rev.as_deref());
             if !continuous {
-                return self.resync(host, &ev.repo, &id);
+                return CommitStep::Repair(ev);
             }
+        } else if !host.admit_account() {
+            return CommitStep::Done(Err(DropReason::AccountLimit));
         }
-        let state = self.adopt(&ev.repo, host, &ev.rev, verified.commit.data, ev.commit);
-        Ok(Append {
+        let state = self.adopt(
+            &ev.repo,
+            host,
+            marker,
+            &ev.rev,
+            verified.commit.data,
+            ev.commit,
+        );
+        CommitStep::Done(Ok(Append {
             collections: collection_delta(&ev.ops),
             raw: None,
             account: Some((ev.repo.clone(), state)),
             frame: Frame::Commit(Box::new(ev)),
-        })
+        }))
     }
 
     /// Records that `did` is now at `rev` (tree `data`, commit `head`), active on `host`.
     fn adopt(
         &mut self,
         did: &str,
-        host: &str,
+        host: &Arc<Host>,
+        marker: Upstream,
         rev: &str,
         data: atproto::Cid,
         head: atproto::Cid,
     ) -> AccountState {
+        let prior = self.accounts.get(did);
         let state = AccountState {
-            host: host.to_string(),
+            host: host.url.to_string(),
             rev: Some(rev.to_string()),
             data: Some(data.to_string()),
             head: Some(head.to_string()),
-            active: true,
-            status: None,
+            active: prior.map(|p| p.active).unwrap_or(true),
+            status: prior.and_then(|p| p.status.clone()),
+            upstream: Some(marker),
+            desynchronized: false,
         };
         self.accounts.insert(did.to_string(), state.clone());
         state
     }
 
-    /// In lenient mode a failed commit is still published (the failure is counted).
+    /// In lenient mode a failed commit is still published (the failure is counted); the
+    /// account's state and host binding stay as they were.
     fn fail(
         &mut self,
         reason: DropReason,
-        host: &Arc<str>,
+        host: &Arc<Host>,
         ev: CommitEvent,
     ) -> Result<Append, DropReason> {
         if !self.ctx.lenient {
             return Err(reason);
         }
-        self.ctx.metrics.dropped(reason);
-        let mut state = self.accounts.get(&ev.repo).cloned().unwrap_or_default();
-        state.host = host.to_string();
+        self.ctx
+            .metrics
+            .drop_event(reason, &host.url, Some(&ev.repo));
         Ok(Append {
             collections: Collections::Unchanged,
             raw: None,
-            account: Some((ev.repo.clone(), state)),
+            account: None,
             frame: Frame::Commit(Box::new(ev)),
         })
     }
 
-    fn sync(&mut self, host: &Arc<str>, ev: SyncEvent) -> Result<Append, DropReason> {
-        let id = self.identity(&ev.did)?;
-        if !same_host(id.pds.as_deref(), host, self.ctx.dev) {
-            return Err(DropReason::WrongHost);
-        }
+    /// `#sync`: the host declares the repo's current head. Held to the same rules as a
+    /// commit's head: rev order, the future bound, and the account's signature.
+    fn sync(
+        &mut self,
+        host: &Arc<Host>,
+        marker: Upstream,
+        ev: SyncEvent,
+        id: &Identity,
+    ) -> Result<Append, DropReason> {
         let car =
             read_car(&ev.blocks, CarLimits::FIREHOSE).map_err(|_| DropReason::Inconsistent)?;
         let root = car.roots.first().ok_or(DropReason::Inconsistent)?;
@@ -326,10 +848,27 @@ impl Shard {
         if commit.did != ev.did || commit.rev != ev.rev {
             return Err(DropReason::Inconsistent);
         }
+        let rev = Tid::parse(&commit.rev).map_err(|_| DropReason::Inconsistent)?;
+        if rev.micros() > now_micros() + MAX_FUTURE_REV_MICROS {
+            return Err(DropReason::FutureRev);
+        }
+        let prior = self.accounts.get(&ev.did);
+        if let Some(last) = prior.and_then(|p| p.rev.as_deref()) {
+            if commit.rev.as_str() <= last {
+                return Err(DropReason::StaleRev);
+            }
+        }
         commit
             .verify(&id.signing_key)
             .map_err(|_| DropReason::BadSignature)?;
-        let state = self.adopt(&ev.did, host, &commit.rev, commit.data, *root);
+        if prior.is_none() && !host.admit_account() {
+            return Err(DropReason::AccountLimit);
+        }
+        self.clear_desynchronized(&ev.did);
+        let state = self.adopt(&ev.did, host, marker, &commit.rev, commit.data, *root);
+        if let Some(w) = self.work.get_mut(&ev.did) {
+            w.failures = 0;
+        }
         Ok(Append {
             collections: Collections::Unchanged,
             raw: None,
@@ -338,64 +877,150 @@ impl Shard {
         })
     }
 
-    /// The account's history does not follow on: fetch the whole repo from its PDS, verify
-    /// it, adopt its state, and publish `#sync` so consumers resynchronize too.
-    fn resync(&mut self, host: &Arc<str>, did: &str, id: &Identity) -> Result<Append, DropReason> {
-        let pds = id.pds.as_deref().ok_or(DropReason::Desync)?;
-        let url = format!(
-            "{}/xrpc/com.atproto.sync.getRepo?did={did}",
-            pds.trim_end_matches('/')
-        );
-        let http = self.ctx.http.clone();
-        let bytes = self
-            .ctx
-            .runtime
-            .block_on(async move {
-                let resp = http.get(&url).send().await?.error_for_status()?;
-                resp.bytes().await
-            })
-            .map_err(|_| DropReason::Desync)?;
-        let car = read_car(&bytes, CarLimits::REPO).map_err(|_| DropReason::Desync)?;
-        let root = *car.roots.first().ok_or(DropReason::Desync)?;
-        let commit_bytes = car.blocks.get(&root).ok_or(DropReason::Desync)?.clone();
-        let commit: Commit =
-            atproto::data::from_cbor(&commit_bytes).map_err(|_| DropReason::Desync)?;
-        if commit.did != did {
-            return Err(DropReason::Desync);
+    /// A verified repo from a repair becomes the account's state and a `#sync` event.
+    fn repaired(&mut self, did: &str, o: &Origin, r: Repaired) -> Result<Append, DropReason> {
+        if let Some(last) = self.accounts.get(did).and_then(|a| a.rev.as_deref()) {
+            if r.commit.rev.as_str() < last {
+                return Err(DropReason::StaleRev);
+            }
         }
-        commit
-            .verify(&id.signing_key)
-            .map_err(|_| DropReason::Desync)?;
-        // The whole tree must be present and hash-consistent.
-        let mut tree =
-            atproto::mst::Mst::load(commit.data, &car.blocks).map_err(|_| DropReason::Desync)?;
-        let entries = tree.entries(&car.blocks).map_err(|_| DropReason::Desync)?;
-        let mut per_collection: HashMap<String, u64> = HashMap::new();
-        for (key, _) in &entries {
-            let key = String::from_utf8_lossy(key);
-            *per_collection
-                .entry(key.split('/').next().unwrap_or_default().to_string())
-                .or_default() += 1;
-        }
-        let counts: Vec<(String, u64)> = per_collection.into_iter().collect();
-        let blocks = write_car(&[root], [(&root, commit_bytes.as_slice())])
-            .map_err(|_| DropReason::Desync)?;
-        self.ctx.metrics.resyncs.increment(1);
-        let state = self.adopt(did, host, &commit.rev, commit.data, root);
+        self.clear_desynchronized(did);
+        let marker = match (
+            o.upstream_seq,
+            self.accounts.get(did).and_then(|a| a.upstream),
+        ) {
+            (Some(seq), _) => Upstream {
+                epoch: o.host.epoch(),
+                seq,
+            },
+            (None, Some(m)) => m,
+            (None, None) => Upstream {
+                epoch: o.host.epoch(),
+                seq: 0,
+            },
+        };
+        let state = self.adopt(did, &o.host, marker, &r.commit.rev, r.commit.data, r.head);
         let ev = SyncEvent {
             seq: 0,
             did: did.to_string(),
-            blocks: blocks.into(),
-            rev: commit.rev,
+            blocks: r.blocks.into(),
+            rev: r.commit.rev,
             time: atproto::syntax::datetime_now(),
         };
         Ok(Append {
-            collections: Collections::Reset(counts),
+            collections: Collections::Reset(r.counts),
             raw: None,
             account: Some((did.to_string(), state)),
             frame: Frame::Sync(ev),
         })
     }
+}
+
+enum CommitStep {
+    Done(Result<Append, DropReason>),
+    Refresh(CommitEvent),
+    Repair(CommitEvent),
+}
+
+fn origin(inbound: &Inbound) -> Origin {
+    Origin {
+        host: inbound.host.clone(),
+        upstream_seq: Some(inbound.upstream_seq),
+    }
+}
+
+/// Fetches the account's whole repo from its PDS (`getRepo`, the DID percent-encoded, no
+/// redirects, at most `max_bytes` within `timeout`) and verifies it: the signed head by
+/// the account's key, and every record's path through a hash-consistent tree.
+async fn fetch_repo(
+    http: &reqwest::Client,
+    pds: &str,
+    did: &str,
+    id: &Identity,
+    limits: &RepairConfig,
+) -> Result<Box<Repaired>, String> {
+    let url = atproto::net::xrpc_url(pds, "com.atproto.sync.getRepo", &[("did", did)]);
+    let fetch = async {
+        let mut resp = http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("getRepo: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("getRepo: HTTP {}", resp.status()));
+        }
+        if resp
+            .content_length()
+            .is_some_and(|n| n > limits.max_bytes as u64)
+        {
+            return Err(format!("getRepo: repo over {} bytes", limits.max_bytes));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("getRepo: {e}"))? {
+            if body.len() + chunk.len() > limits.max_bytes {
+                return Err(format!("getRepo: repo over {} bytes", limits.max_bytes));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    let body = tokio::time::timeout(limits.timeout, fetch)
+        .await
+        .map_err(|_| format!("getRepo: no whole repo within {:?}", limits.timeout))??;
+    let key = id.signing_key.clone();
+    let did = did.to_string();
+    let max_bytes = limits.max_bytes;
+    tokio::task::spawn_blocking(move || verify_repo(&body, &did, &key, max_bytes))
+        .await
+        .map_err(|e| format!("verifying repo: {e}"))?
+}
+
+fn verify_repo(
+    bytes: &[u8],
+    did: &str,
+    key: &atproto::crypto::PublicKey,
+    max_bytes: usize,
+) -> Result<Box<Repaired>, String> {
+    let limits = CarLimits {
+        max_bytes,
+        ..CarLimits::REPO
+    };
+    let car = read_car(bytes, limits).map_err(|e| format!("repo CAR: {e}"))?;
+    let root = *car.roots.first().ok_or("repo CAR has no root")?;
+    let commit_bytes = car
+        .blocks
+        .get(&root)
+        .ok_or("repo CAR lacks its commit")?
+        .clone();
+    let commit: Commit =
+        atproto::data::from_cbor(&commit_bytes).map_err(|e| format!("repo commit: {e}"))?;
+    if commit.did != did {
+        return Err(format!("repo is {}, not {did}", commit.did));
+    }
+    commit
+        .verify(key)
+        .map_err(|e| format!("repo signature: {e}"))?;
+    // The whole tree must be present and hash-consistent.
+    let mut tree =
+        atproto::mst::Mst::load(commit.data, &car.blocks).map_err(|e| format!("repo MST: {e}"))?;
+    let entries = tree
+        .entries(&car.blocks)
+        .map_err(|e| format!("repo MST: {e}"))?;
+    let mut per_collection: HashMap<String, u64> = HashMap::new();
+    for (key, _) in &entries {
+        let key = String::from_utf8_lossy(key);
+        *per_collection
+            .entry(key.split('/').next().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+    let blocks = write_car(&[root], [(&root, commit_bytes.as_slice())])
+        .map_err(|e| format!("sync CAR: {e}"))?;
+    Ok(Box::new(Repaired {
+        commit,
+        head: root,
+        counts: per_collection.into_iter().collect(),
+        blocks,
+    }))
 }
 
 /// Records added and removed per collection by a commit's ops.

@@ -79,6 +79,11 @@ impl RelayHandle {
     /// Starts a relay on a free port with `args` after `agentnet relay`.
     pub async fn start(args: &[&str]) -> RelayHandle {
         use clap::Parser;
+        // RUST_LOG=agentnet_relay=debug shows the relay's log in a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         #[derive(clap::Parser)]
         struct Args {
             #[command(flatten)]
