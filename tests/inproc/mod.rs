@@ -161,7 +161,7 @@ pub fn relay_args(data: &std::path::Path, fleet: &Fleet) -> Vec<String> {
     ]
 }
 
-/// A GET on loopback: the status code and body.
+/// A request on loopback: the status code and body.
 pub async fn http(
     port: u16,
     method: &str,
@@ -169,6 +169,19 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Option<(u16, String)> {
+    http_full(port, method, path, headers, body)
+        .await
+        .map(|(status, _, body)| (status, body))
+}
+
+/// A request on loopback: the status code, the response head and the body.
+pub async fn http_full(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -187,7 +200,15 @@ pub async fn http(
     s.read_to_string(&mut buf).await.ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
+    Some((status, head.to_string(), body.to_string()))
+}
+
+/// A GET answered with 200, as JSON.
+pub async fn get_json(port: u16, path: &str) -> serde_json::Value {
+    let body = http_get(port, path)
+        .await
+        .unwrap_or_else(|| panic!("GET {path} answered 200"));
+    serde_json::from_str(&body).expect("JSON body")
 }
 
 pub async fn http_get(port: u16, path: &str) -> Option<String> {

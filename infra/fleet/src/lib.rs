@@ -5,7 +5,10 @@
 //!
 //! Fault injection (`POST /_fleet/inject?kind=…`) emits the bad input a relay must survive:
 //! forged signatures, events for accounts hosted elsewhere, replayed revs, oversized blocks,
-//! ops that do not invert, garbage and truncated frames, and floods.
+//! ops that do not invert, garbage and truncated frames, floods, and commits that are made
+//! but never emitted (a broken chain). With `&did=…` it claims an account of another host
+//! (`claim_account`, `claim_identity`, `claim_sync`, `claim_commit`). Its `getRepo` can be
+//! made to fail and its DID documents to answer slowly, for repair and lookup faults.
 //!
 //! Cloudflare-style mode (`--cloudflare`) behaves like a single-account Worker PDS: the
 //! account is `did:web` served by the host itself, commits carry no `prevData`, and
@@ -110,6 +113,12 @@ struct Inner {
     seq_lock: Mutex<()>,
     /// Fired when serving stops, so open streams end like a host going down.
     disconnect: broadcast::Sender<()>,
+    /// `getRepo` calls still to fail (HTTP 500).
+    fail_get_repo: std::sync::atomic::AtomicUsize,
+    /// `getRepo` calls answered.
+    get_repo_calls: std::sync::atomic::AtomicUsize,
+    /// DID documents answered only after a delay.
+    slow_docs: std::sync::Mutex<std::collections::HashMap<String, Duration>>,
 }
 
 /// A running fleet.
@@ -209,6 +218,9 @@ impl Fleet {
             next: std::sync::atomic::AtomicUsize::new(0),
             seq_lock: Mutex::new(()),
             disconnect: broadcast::channel(1).0,
+            fail_get_repo: std::sync::atomic::AtomicUsize::new(0),
+            get_repo_calls: std::sync::atomic::AtomicUsize::new(0),
+            slow_docs: std::sync::Mutex::new(std::collections::HashMap::new()),
         })))
     }
 
@@ -241,6 +253,101 @@ impl Fleet {
             .writer
             .rev()
             .map(str::to_string)
+    }
+
+    /// Makes the next `n` `getRepo` calls fail with HTTP 500.
+    pub fn fail_get_repo(&self, n: usize) {
+        self.0
+            .fail_get_repo
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `getRepo` calls answered so far (failed ones included).
+    pub fn get_repo_calls(&self) -> usize {
+        self.0
+            .get_repo_calls
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Answers `did`'s DID document only after `delay` (zero: at once again).
+    pub fn slow_document(&self, did: &str, delay: Duration) {
+        let mut slow = self.0.slow_docs.lock().unwrap_or_else(|p| p.into_inner());
+        if delay.is_zero() {
+            slow.remove(did);
+        } else {
+            slow.insert(did.to_string(), delay);
+        }
+    }
+
+    async fn document_delay(&self, did: &str) {
+        let delay = self
+            .0
+            .slow_docs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(did)
+            .copied();
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+    }
+
+    /// Emits an event of `kind` about `did`, an account this fleet does not host, as a
+    /// hostile host would; returns what the relay should count it as.
+    pub async fn claim(&self, kind: &str, did: &str) -> Result<&'static str, FleetError> {
+        let frame = match kind {
+            "claim_account" => Frame::Account(AccountEvent {
+                seq: 0,
+                did: did.to_string(),
+                time: now(),
+                active: false,
+                status: Some("takendown".into()),
+            }),
+            "claim_identity" => Frame::Identity(IdentityEvent {
+                seq: 0,
+                did: did.to_string(),
+                time: now(),
+                handle: Some("mallory.example.com".into()),
+            }),
+            "claim_commit" | "claim_sync" => {
+                // A repo of the victim's DID signed by a key the victim never had.
+                let mut forger = RepoWriter::new(did, Keypair::generate(Algorithm::K256))?;
+                let rkey = forger.next_rkey().to_string();
+                let record =
+                    json!({"$type": "agent.memory.note", "text": "forged", "createdAt": now()});
+                let ev = forger.commit(
+                    &[Write::Create {
+                        collection: "agent.memory.note".into(),
+                        rkey,
+                        record: atproto::data::to_cbor(&record).unwrap_or_default(),
+                    }],
+                    &now(),
+                )?;
+                if kind == "claim_commit" {
+                    Frame::Commit(Box::new(ev))
+                } else {
+                    let car = atproto::car::read_car(&ev.blocks, atproto::car::CarLimits::FIREHOSE)
+                        .map_err(|e| FleetError::Config(e.to_string()))?;
+                    let block = car
+                        .blocks
+                        .get(&ev.commit)
+                        .ok_or_else(|| FleetError::Config("commit block missing".into()))?;
+                    let blocks =
+                        atproto::car::write_car(&[ev.commit], [(&ev.commit, block.as_slice())])
+                            .map_err(|e| FleetError::Config(e.to_string()))?;
+                    Frame::Sync(atproto::frame::SyncEvent {
+                        seq: 0,
+                        did: did.to_string(),
+                        blocks: blocks.into(),
+                        rev: ev.rev,
+                        time: now(),
+                    })
+                }
+            }
+            other => return Err(FleetError::Config(format!("unknown claim {other}"))),
+        };
+        self.publish(frame).await;
+        Ok("wrong_host")
     }
 
     /// Firehose subscribers attached now (each sees every frame emitted from then on).
@@ -471,6 +578,11 @@ impl Fleet {
                 self.publish_raw(Bytes::from(bytes)).await;
                 Ok("malformed")
             }
+            "skip_commit" => {
+                // A commit made but never emitted: the next one does not follow on.
+                self.commit_event(i).await?;
+                Ok("desync")
+            }
             "flood" => {
                 for _ in 0..200 {
                     self.write_one(i).await?;
@@ -636,6 +748,20 @@ struct DidQuery {
 }
 
 async fn get_repo(State(fleet): State<Fleet>, Query(q): Query<DidQuery>) -> Response {
+    use std::sync::atomic::Ordering;
+    fleet.0.get_repo_calls.fetch_add(1, Ordering::Relaxed);
+    let failing = fleet
+        .0
+        .fail_get_repo
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok();
+    if failing {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "InternalServerError", "message": "injected failure"})),
+        )
+            .into_response();
+    }
     let Some(i) = fleet.find(&q.did).await else {
         return (
             StatusCode::NOT_FOUND,
@@ -671,6 +797,7 @@ async fn list_repos(State(fleet): State<Fleet>) -> Json<serde_json::Value> {
 }
 
 async fn plc_doc(State(fleet): State<Fleet>, Path(did): Path<String>) -> Response {
+    fleet.document_delay(&did).await;
     let Some(i) = fleet.find(&did).await else {
         return (
             StatusCode::NOT_FOUND,
@@ -693,10 +820,15 @@ async fn web_doc(State(fleet): State<Fleet>) -> Response {
 #[derive(Deserialize)]
 struct InjectQuery {
     kind: String,
+    did: Option<String>,
 }
 
 async fn inject(State(fleet): State<Fleet>, Query(q): Query<InjectQuery>) -> Response {
-    match fleet.inject(&q.kind).await {
+    let injected = match &q.did {
+        Some(did) => fleet.claim(&q.kind, did).await,
+        None => fleet.inject(&q.kind).await,
+    };
+    match injected {
         Ok(counted_as) => Json(json!({"countedAs": counted_as})).into_response(),
         Err(e) => (
             StatusCode::BAD_REQUEST,
