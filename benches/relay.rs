@@ -289,15 +289,13 @@ async fn main() {
         // stream (a new host would be taken live). Only the first #identity is skipped.
         let store = agentnet_relay::store::Store::open(&data).expect("store");
         store.put_host(fleet.url(), "active").expect("host");
-        store
-            .append(vec![], &[(fleet.url().to_string(), 1)], 0)
-            .expect("cursor");
+        seed_cursor(&store, fleet.url());
     }
     let relay = RelayProc::start(&data, &fleet, &[]);
     let start = Instant::now();
     // Events the relay publishes: every event but the skipped first one and the foreign
-    // account's refused commit.
-    let expected = (emitted - 2) as f64;
+    // account's refused #identity, #account and commit.
+    let expected = (emitted - 4) as f64;
     // Cold: from process start, including first-time DID resolution of every account.
     // Warm: the commits after every account's genesis, identities cached.
     let genesis = (3 * accounts - 1) as f64;
@@ -371,9 +369,7 @@ async fn main() {
     {
         let store = agentnet_relay::store::Store::open(&idle_data).expect("store");
         store.put_host(idle_fleet.url(), "active").expect("host");
-        store
-            .append(vec![], &[(idle_fleet.url().to_string(), 1)], 0)
-            .expect("cursor");
+        seed_cursor(&store, idle_fleet.url());
     }
     let empty_data =
         std::env::temp_dir().join(format!("agentnet-bench-empty-{}", std::process::id()));
@@ -516,4 +512,15 @@ async fn fanout(subscribers: usize, rate: usize, fanout_secs: usize) {
     drop(relay);
     let _ = stop_fleet.send(());
     let _ = std::fs::remove_dir_all(live_data);
+}
+
+/// Stores `url` as a host already read up to its event 1.
+fn seed_cursor(store: &agentnet_relay::store::Store, url: &str) {
+    let cursor = agentnet_relay::store::HostCursor {
+        url: url.to_string(),
+        epoch: 0,
+        cursor: 1,
+        events: 0,
+    };
+    store.append(vec![], &[], &[cursor], 0).expect("cursor");
 }
