@@ -457,6 +457,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             plc_url: args.plc_url.clone(),
             dev: args.dev,
             timeout: std::time::Duration::from_secs(10),
+            egress: None,
         })?,
         NonZeroUsize::new(1024).context("cache size")?,
         std::time::Duration::from_secs(300),

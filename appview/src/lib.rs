@@ -84,6 +84,7 @@ impl Appview {
                 plc_url: parts.plc_url,
                 dev: parts.dev,
                 timeout: Duration::from_secs(10),
+                egress: None,
             })
             .map_err(|e| Error::Config(e.to_string()))?,
             NonZeroUsize::new(10_000).ok_or_else(|| Error::Config("cache size".into()))?,

@@ -198,6 +198,9 @@ pub struct ResolverConfig {
     pub dev: bool,
     /// Timeout for one fetch.
     pub timeout: Duration,
+    /// The guarded way out the fetches take (by default: internal addresses refused
+    /// unless `dev`).
+    pub egress: Option<crate::net::Egress>,
 }
 
 impl Default for ResolverConfig {
@@ -206,6 +209,7 @@ impl Default for ResolverConfig {
             plc_url: "https://plc.directory".into(),
             dev: false,
             timeout: Duration::from_secs(10),
+            egress: None,
         }
     }
 }
@@ -213,17 +217,20 @@ impl Default for ResolverConfig {
 /// Resolves over HTTP: `GET {plc}/{did}` and `https://{host}/.well-known/did.json`.
 #[derive(Debug, Clone)]
 pub struct HttpResolver {
-    client: reqwest::Client,
+    client: crate::net::GuardedClient,
     config: ResolverConfig,
 }
 
 impl HttpResolver {
-    /// A resolver with its own HTTP client.
+    /// A resolver with its own HTTP client, through the configured egress (no redirects:
+    /// a DID document is served where the DID says).
     pub fn new(config: ResolverConfig) -> Result<Self, IdentityError> {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+        let egress = config
+            .egress
+            .clone()
+            .unwrap_or_else(|| crate::net::Egress::new(crate::net::EgressPolicy::new(config.dev)));
+        let client = egress
+            .client_without_redirects(reqwest::Client::builder().timeout(config.timeout))
             .map_err(|e| IdentityError::Fetch(e.to_string()))?;
         Ok(HttpResolver { client, config })
     }
@@ -302,6 +309,7 @@ impl DidResolver for HttpResolver {
         let mut resp = self
             .client
             .get(&url)
+            .map_err(|e| IdentityError::Forbidden(e.to_string()))?
             .send()
             .await
             .map_err(|e| IdentityError::Fetch(e.to_string()))?;

@@ -68,6 +68,7 @@ fn dev_resolver(plc: &str) -> HttpResolver {
         plc_url: format!("http://{plc}"),
         dev: true,
         timeout: Duration::from_secs(5),
+        egress: None,
     })
     .expect("client")
 }

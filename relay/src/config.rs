@@ -32,6 +32,15 @@ pub struct Config {
     /// Allow loopback and private hosts and plain-http did:web (local testing only).
     #[arg(long, env = "AGENTNET_DEV", default_value_t = false)]
     pub dev: bool,
+    /// Networks (CIDR) outbound connections may reach although internal: loopback,
+    /// private, link-local and other internal addresses are refused unless listed here or
+    /// `--dev` is on (repeatable, comma-separated).
+    #[arg(
+        long = "egress-allow",
+        env = "AGENTNET_EGRESS_ALLOW",
+        value_delimiter = ','
+    )]
+    pub egress_allow: Vec<ipnet::IpNet>,
     /// Count verification failures but pass the events on instead of dropping them.
     #[arg(long, env = "AGENTNET_LENIENT", default_value_t = false)]
     pub lenient: bool,
@@ -129,6 +138,14 @@ impl Config {
             per_day: self.host_events_per_day,
             accounts: self.host_accounts,
         }
+    }
+
+    /// The one guarded way out for every outbound connection.
+    pub fn egress(&self) -> atproto::net::Egress {
+        atproto::net::Egress::new(atproto::net::EgressPolicy {
+            allow_internal: self.dev,
+            allow: self.egress_allow.clone(),
+        })
     }
 
     /// Bounds and timings for repairs.

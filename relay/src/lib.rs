@@ -97,12 +97,14 @@ pub async fn run_serving(
             .map_err(|e| Error::Task(e.to_string()))??
     };
     let cancel = CancellationToken::new();
+    let egress = config.egress();
     let resolver = Arc::new(
         atproto::identity::CachingResolver::new(
             atproto::identity::HttpResolver::new(atproto::identity::ResolverConfig {
                 plc_url: config.plc_url.clone(),
                 dev: config.dev,
                 timeout: Duration::from_secs(10),
+                egress: Some(egress.clone()),
             })
             .map_err(|e| Error::Config(e.to_string()))?,
             NonZeroUsize::new(config.identity_cache)
@@ -111,15 +113,14 @@ pub async fn run_serving(
         )
         .with_negative_ttl(Duration::from_secs(config.identity_negative_ttl_secs)),
     );
-    let http_seed = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
+    let http_seed = egress
+        .client(reqwest::Client::builder().timeout(Duration::from_secs(30)))
         .map_err(|e| Error::Config(e.to_string()))?;
     // Repairs follow no redirects: the repo must come from the PDS the DID document names.
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(10))
-        .build()
+    let http = egress
+        .client_without_redirects(
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(10)),
+        )
         .map_err(|e| Error::Config(e.to_string()))?;
 
     // Every stored host, with its limits, cursor, epoch and account counts, before the
@@ -231,7 +232,7 @@ pub async fn run_serving(
             store: store.clone(),
             shards: shard_txs,
             metrics: metrics.clone(),
-            config: upstream_config(&config),
+            config: upstream_config(&config, egress.clone()),
             cancel: cancel.clone(),
         },
     ));
@@ -297,7 +298,7 @@ const MAX_SEEDED_HOSTS: usize = 100_000;
 /// reach the seed is logged, not fatal: the relay still crawls its other hosts.
 async fn seed_from_relay(
     base: String,
-    http: reqwest::Client,
+    http: atproto::net::GuardedClient,
     hosts: mpsc::Sender<String>,
     dev: bool,
 ) {
@@ -310,11 +311,14 @@ async fn seed_from_relay(
             query.push(("cursor", c));
         }
         let url = atproto::net::xrpc_url(&base, "com.atproto.sync.listHosts", &query);
-        let page: serde_json::Value = match http
-            .get(&url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
+        let request = match http.get(&url) {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::warn!(%base, %error, "seed relay refused");
+                return;
+            }
+        };
+        let page: serde_json::Value = match request.send().await.and_then(|r| r.error_for_status())
         {
             Ok(resp) => match resp.json().await {
                 Ok(v) => v,
@@ -349,11 +353,12 @@ async fn seed_from_relay(
     }
 }
 
-fn upstream_config(config: &Config) -> upstream::UpstreamConfig {
+fn upstream_config(config: &Config, egress: atproto::net::Egress) -> upstream::UpstreamConfig {
     upstream::UpstreamConfig {
         idle_timeout: Duration::from_secs(config.idle_timeout_secs),
         min_backoff: Duration::from_millis(500),
         max_backoff: Duration::from_secs(60),
+        egress,
     }
 }
 
@@ -368,7 +373,7 @@ fn now_ms() -> u64 {
 struct Crawl {
     /// Relays whose host lists seed this one, with the client and queue for that.
     seeds: Vec<String>,
-    seed_http: reqwest::Client,
+    seed_http: atproto::net::GuardedClient,
     seed_into: mpsc::Sender<String>,
     dev: bool,
     hosts: hosts::Hosts,

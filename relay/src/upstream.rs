@@ -25,7 +25,12 @@ pub struct UpstreamConfig {
     pub min_backoff: Duration,
     /// Longest reconnect delay.
     pub max_backoff: Duration,
+    /// The guarded way out: the host's name must resolve to a permitted address.
+    pub egress: atproto::net::Egress,
 }
+
+/// Longest a connection and WebSocket handshake with a host may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the subscription to `host` until `cancel` fires. Returns only on cancellation.
 pub async fn run_host(
@@ -122,10 +127,21 @@ async fn session(
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(atproto::frame::MAX_FRAME_BYTES))
         .max_frame_size(Some(atproto::frame::MAX_FRAME_BYTES));
-    let (mut stream, _) =
-        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), true)
+    let connect = async {
+        let tcp = config
+            .egress
+            .connect(&url)
             .await
-            .map_err(|e| SessionError::Other(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        tokio_tungstenite::client_async_tls_with_config(url.as_str(), tcp, Some(ws_config), None)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let (mut stream, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| SessionError::Other("connect timed out".into()))?
+        .map_err(SessionError::Other)?;
     metrics.upstream_connects.increment(1);
     tracing::info!(host = %host.url, ?cursor, "subscribed upstream");
     loop {

@@ -115,8 +115,8 @@ pub struct ShardContext {
     pub lenient: bool,
     /// Metric handles and the drop log.
     pub metrics: Metrics,
-    /// HTTP client for `getRepo` repairs (redirects refused).
-    pub http: reqwest::Client,
+    /// HTTP client for `getRepo` repairs (through the egress guard, redirects refused).
+    pub http: atproto::net::GuardedClient,
     /// Repair bounds.
     pub repair: RepairConfig,
 }
@@ -933,7 +933,7 @@ fn origin(inbound: &Inbound) -> Origin {
 /// redirects, at most `max_bytes` within `timeout`) and verifies it: the signed head by
 /// the account's key, and every record's path through a hash-consistent tree.
 async fn fetch_repo(
-    http: &reqwest::Client,
+    http: &atproto::net::GuardedClient,
     pds: &str,
     did: &str,
     id: &Identity,
@@ -943,6 +943,7 @@ async fn fetch_repo(
     let fetch = async {
         let mut resp = http
             .get(&url)
+            .map_err(|e| format!("getRepo: {e}"))?
             .send()
             .await
             .map_err(|e| format!("getRepo: {e}"))?;

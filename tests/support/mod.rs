@@ -97,6 +97,7 @@ impl Pds {
                 plc_url: self.plc.clone(),
                 dev: true,
                 timeout: Duration::from_secs(5),
+                egress: None,
             })
             .expect("client"),
             std::num::NonZeroUsize::new(64).expect("nonzero"),
