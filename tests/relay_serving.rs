@@ -342,9 +342,9 @@ async fn sync_xrpc_and_host_management() {
     .expect("getHostStatus");
     assert!(status.contains("\"seq\""), "{status}");
 
-    // requestCrawl: a hostname becomes https on the default port; loopback is refused
-    // unless the relay is in dev mode (it is here, so only the scheme rule applies).
-    let (status, _) = http(
+    // requestCrawl: a hostname becomes https on the default port, and the host must
+    // answer describeServer before it is taken (this one cannot be reached from here).
+    let (status, body) = http(
         relay.port,
         "POST",
         "/xrpc/com.atproto.sync.requestCrawl",
@@ -353,7 +353,8 @@ async fn sync_xrpc_and_host_management() {
     )
     .await
     .expect("reply");
-    assert_eq!(status, 200);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("HostNotReachable"), "{body}");
     // Admin: bearer token required.
     let body = r#"{"url":"http://127.0.0.1:9"}"#;
     let (status, _) = http(

@@ -59,6 +59,9 @@ pub enum EgressError {
     /// The name did not resolve.
     #[error("resolving {0}: {1}")]
     Resolve(String, String),
+    /// No permitted address accepted the connection.
+    #[error("connecting to {0}: {1}")]
+    Connect(String, String),
 }
 
 /// Whether `ip` is outside the public internet: loopback, private (RFC 1918), link-local,
@@ -292,7 +295,7 @@ impl Egress {
                 Err(e) => last = Some(e.to_string()),
             }
         }
-        Err(EgressError::Resolve(
+        Err(EgressError::Connect(
             host.to_string(),
             last.unwrap_or_else(|| "no address".into()),
         ))

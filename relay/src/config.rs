@@ -108,6 +108,21 @@ pub struct Config {
     /// Default number of accounts one host may serve through this relay.
     #[arg(long, env = "AGENTNET_HOST_ACCOUNTS", default_value_t = 100)]
     pub host_accounts: u64,
+    /// Seconds a host without operator-set limits must go without a single event failing
+    /// verification before its account limit doubles (on reaching it).
+    #[arg(
+        long,
+        env = "AGENTNET_HOST_ACCOUNTS_GROWTH_SECS",
+        default_value_t = 3600
+    )]
+    pub host_accounts_growth_secs: u64,
+    /// Most hosts crawled; `requestCrawl` for a new host beyond it is refused.
+    #[arg(long, env = "AGENTNET_MAX_HOSTS", default_value_t = 10_000)]
+    pub max_hosts: usize,
+    /// `requestCrawl` calls accepted per minute, all callers together (the excess gets
+    /// 429 `RateLimitExceeded`).
+    #[arg(long, env = "AGENTNET_CRAWL_REQUESTS_PER_MINUTE", default_value_t = 60)]
+    pub crawl_requests_per_minute: u32,
     /// Largest repo a repair (`getRepo` after a broken chain) accepts, in bytes.
     #[arg(long, env = "AGENTNET_REPAIR_MAX_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub repair_max_bytes: usize,

@@ -74,6 +74,76 @@ struct InFlight {
     settled_max: i64,
     /// Highest seq read so far (this process), where a reconnect resumes.
     read_max: i64,
+    /// A cursor the operator set, to be asked for as it is on the next connection.
+    forced: Option<i64>,
+}
+
+/// Where a host stands, as `listHosts` and `getHostStatus` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostStatus {
+    /// Connected and sending.
+    Active,
+    /// Connected, but it went quiet for the idle timeout (the connection is remade).
+    Idle,
+    /// Unreachable: several connection attempts in a row failed (still retried, with
+    /// backoff, forever).
+    Offline,
+    /// Over its event rate limit right now (events are being dropped).
+    Throttled,
+    /// Refused by the operator: not crawled, `requestCrawl` refused.
+    Banned,
+}
+
+impl HostStatus {
+    /// The status as the sync lexicon spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostStatus::Active => "active",
+            HostStatus::Idle => "idle",
+            HostStatus::Offline => "offline",
+            HostStatus::Throttled => "throttled",
+            HostStatus::Banned => "banned",
+        }
+    }
+
+    /// Reads a stored status (unknown values read as active).
+    pub fn parse(s: &str) -> HostStatus {
+        match s {
+            "idle" => HostStatus::Idle,
+            "offline" => HostStatus::Offline,
+            "throttled" => HostStatus::Throttled,
+            "banned" => HostStatus::Banned,
+            _ => HostStatus::Active,
+        }
+    }
+}
+
+/// Failed connection attempts in a row after which a host is reported offline.
+const OFFLINE_AFTER: u32 = 3;
+/// A host that dropped an event for rate within this long is reported throttled.
+const THROTTLED_FOR: Duration = Duration::from_secs(5);
+/// Most an automatically raised account limit grows to.
+pub const MAX_AUTO_ACCOUNTS: u64 = 1_000_000;
+
+/// How a host's account limit grows when the operator has not set one: each time the
+/// host reaches it after `window` without a single event failing verification (bad
+/// signature, bad inversion, inconsistent or oversized commits, malformed frames, wrong
+/// host, revs from the future), the limit doubles, up to [`MAX_AUTO_ACCOUNTS`].
+#[derive(Debug, Clone, Copy)]
+pub struct Growth {
+    /// The clean stretch a raise needs.
+    pub window: Duration,
+}
+
+/// One host's live state beside its limits.
+#[derive(Debug)]
+struct Live {
+    status: HostStatus,
+    failures: u32,
+    last_error: Option<String>,
+    last_throttled: Option<Instant>,
+    /// Since when no event failed verification.
+    clean_since: Instant,
 }
 
 /// One host's live limits and counters.
@@ -92,10 +162,19 @@ pub struct Host {
     /// cursor): upstream seqs from an older epoch are not comparable with new ones.
     epoch: AtomicU64,
     in_flight: Mutex<InFlight>,
+    live: Mutex<Live>,
+    /// The account limit grows by itself (the operator set none), and how.
+    growth: Option<Growth>,
+    /// The operator set limits while the relay ran: growth stops.
+    fixed: std::sync::atomic::AtomicBool,
+    /// New accounts refused for the account limit.
+    pub accounts_refused: AtomicU64,
+    /// Times the account limit grew by itself.
+    pub limit_raises: AtomicU64,
 }
 
 impl Host {
-    fn new(url: &str, limits: Limits, accounts: u64) -> Self {
+    fn new(url: &str, limits: Limits, accounts: u64, growth: Option<Growth>) -> Self {
         Host {
             url: Arc::from(url),
             limits: Mutex::new(limits),
@@ -105,7 +184,80 @@ impl Host {
             desynchronized: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             in_flight: Mutex::new(InFlight::default()),
+            live: Mutex::new(Live {
+                status: HostStatus::Active,
+                failures: 0,
+                last_error: None,
+                last_throttled: None,
+                clean_since: Instant::now(),
+            }),
+            growth,
+            fixed: std::sync::atomic::AtomicBool::new(false),
+            accounts_refused: AtomicU64::new(0),
+            limit_raises: AtomicU64::new(0),
         }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The status now: throttled while events are being dropped for rate, else the
+    /// connection's.
+    pub fn status(&self) -> HostStatus {
+        let live = self.live();
+        match live.last_throttled {
+            Some(at) if live.status == HostStatus::Active && at.elapsed() < THROTTLED_FOR => {
+                HostStatus::Throttled
+            }
+            _ => live.status,
+        }
+    }
+
+    /// The last connection error, if the host is not connected.
+    pub fn last_error(&self) -> Option<String> {
+        self.live().last_error.clone()
+    }
+
+    /// Sets the status (the operator's ban, or at start); returns the previous one.
+    pub fn set_status(&self, status: HostStatus) -> HostStatus {
+        std::mem::replace(&mut self.live().status, status)
+    }
+
+    /// A connection was made. Returns the new status if it changed.
+    pub fn connected(&self) -> Option<HostStatus> {
+        let mut live = self.live();
+        live.failures = 0;
+        live.last_error = None;
+        (live.status != HostStatus::Active).then(|| {
+            live.status = HostStatus::Active;
+            HostStatus::Active
+        })
+    }
+
+    /// A session ended with `error` (`idle`: the host went quiet). Returns the new status
+    /// if it changed.
+    pub fn disconnected(&self, error: String, idle: bool) -> Option<HostStatus> {
+        let mut live = self.live();
+        live.failures += 1;
+        live.last_error = Some(error);
+        let status = if idle {
+            HostStatus::Idle
+        } else if live.failures >= OFFLINE_AFTER {
+            HostStatus::Offline
+        } else {
+            live.status
+        };
+        (status != live.status && live.status != HostStatus::Banned).then(|| {
+            live.status = status;
+            status
+        })
+    }
+
+    /// An event from this host failed verification: the account limit's clean stretch
+    /// starts again.
+    pub fn note_failure(&self) {
+        self.live().clean_since = Instant::now();
     }
 
     fn flight(&self) -> std::sync::MutexGuard<'_, InFlight> {
@@ -179,8 +331,9 @@ impl Host {
         *self.limits.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Replaces the limits (takes effect on the next event).
+    /// Replaces the limits (takes effect on the next event); they no longer grow.
     pub fn set_limits(&self, limits: Limits) {
+        self.fixed.store(true, Ordering::Relaxed);
         *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
@@ -208,18 +361,73 @@ impl Host {
             w[2].admit(Duration::from_secs(86_400), l.per_day);
         } else {
             self.throttled.fetch_add(1, Ordering::Relaxed);
+            drop(w);
+            self.live().last_throttled = Some(Instant::now());
         }
         ok
     }
 
-    /// Counts a newly seen account; false when the host is at its account limit.
+    /// Counts a newly seen account; false when the host is at its account limit (which
+    /// first grows, by the [`Growth`] rule, if the host has behaved).
     pub fn admit_account(&self) -> bool {
-        let max = self.limits().accounts;
-        self.accounts
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
+        loop {
+            let max = self.limits().accounts;
+            let admitted = self
+                .accounts
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok();
+            if admitted {
+                return true;
+            }
+            if !self.grow() {
+                self.accounts_refused.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+    }
+
+    /// Doubles the account limit if the host may grow and has been clean long enough.
+    fn grow(&self) -> bool {
+        let Some(growth) = self.growth.filter(|_| self.grows()) else {
+            return false;
+        };
+        if self.live().clean_since.elapsed() < growth.window {
+            return false;
+        }
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        if limits.accounts >= MAX_AUTO_ACCOUNTS {
+            return false;
+        }
+        let raised = limits
+            .accounts
+            .saturating_mul(2)
+            .clamp(1, MAX_AUTO_ACCOUNTS);
+        tracing::info!(host = %self.url, from = limits.accounts, to = raised, "account limit raised: the host has behaved");
+        limits.accounts = raised;
+        self.limit_raises.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether the account limit grows by itself.
+    pub fn grows(&self) -> bool {
+        self.growth.is_some() && !self.fixed.load(Ordering::Relaxed)
+    }
+
+    /// Moves the cursor (an operator's reset): the next connection asks for exactly
+    /// `cursor` (0: the host's whole retained stream), not the live tail.
+    pub fn reset_cursor(&self, cursor: i64) {
+        let mut f = self.flight();
+        f.pending.clear();
+        f.settled_max = cursor;
+        f.read_max = cursor;
+        f.forced = Some(cursor);
+    }
+
+    /// The cursor an operator's reset asks for, once.
+    pub fn take_forced_cursor(&self) -> Option<i64> {
+        self.flight().forced.take()
     }
 
     /// Accounts seen on this host.
@@ -229,18 +437,52 @@ impl Host {
 }
 
 /// Every host the relay knows, by URL.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Hosts {
     inner: Arc<Mutex<HashMap<String, Arc<Host>>>>,
+    growth: Growth,
 }
 
 impl Hosts {
-    /// The host's entry, created with `limits` and `accounts` if new.
-    pub fn get_or_add(&self, url: &str, limits: Limits, accounts: u64) -> Arc<Host> {
+    /// An empty registry whose hosts' account limits grow by `growth` unless set.
+    pub fn new(growth: Growth) -> Self {
+        Hosts {
+            inner: Arc::default(),
+            growth,
+        }
+    }
+
+    /// The host's entry, created if new with `limits` (`None`: `defaults`, growing by
+    /// the registry's rule, never below the `accounts` it already has) and `accounts`.
+    pub fn get_or_add(
+        &self,
+        url: &str,
+        limits: Option<Limits>,
+        defaults: Limits,
+        accounts: u64,
+    ) -> Arc<Host> {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(url.to_string())
-            .or_insert_with(|| Arc::new(Host::new(url, limits, accounts)))
+            .or_insert_with(|| {
+                let host = match limits {
+                    Some(l) => Host::new(url, l, accounts, None),
+                    None => {
+                        let mut l = defaults;
+                        l.accounts = l.accounts.max(accounts);
+                        Host::new(url, l, accounts, Some(self.growth))
+                    }
+                };
+                Arc::new(host)
+            })
             .clone()
+    }
+
+    /// Forgets a host (removed by the operator).
+    pub fn remove(&self, url: &str) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(url);
     }
 
     /// The host's entry, if known.
@@ -279,6 +521,7 @@ mod tests {
                 accounts: 2,
             },
             0,
+            None,
         );
         assert!((0..3).all(|_| h.admit_event()));
         assert!(!h.admit_event(), "per-second limit");
@@ -297,7 +540,12 @@ mod tests {
 
     #[test]
     fn cursor_is_a_low_water_mark() {
-        let h = Host::new("https://pds.example.com", Limits::default_for_tests(), 0);
+        let h = Host::new(
+            "https://pds.example.com",
+            Limits::default_for_tests(),
+            0,
+            None,
+        );
         for seq in [3, 5, 8, 9] {
             h.begin(seq);
         }
@@ -314,9 +562,75 @@ mod tests {
         // An event read twice (reconnect while queued) holds the mark until both settle.
         h.begin(12);
         h.begin(12);
-        assert_eq!(h.settle([12]), 9);
+        assert_eq!(h.settle([12]), 11, "one copy of 12 is still in flight");
         assert_eq!(h.settle([12]), 12);
         assert_eq!(h.restart_sequence(), 1);
         assert_eq!(h.resume_after(0), 0);
+    }
+
+    #[test]
+    fn account_limits_grow_for_hosts_that_behave() {
+        let growth = Growth {
+            window: Duration::from_millis(50),
+        };
+        let h = Host::new(
+            "https://pds.example.com",
+            Limits::default_for_tests(),
+            10,
+            Some(growth),
+        );
+        assert!(!h.admit_account(), "at the limit before the clean stretch");
+        assert_eq!(h.accounts_refused.load(Ordering::Relaxed), 1);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(h.admit_account(), "raised after a clean stretch");
+        assert_eq!(h.limits().accounts, 20);
+        assert_eq!(h.limit_raises.load(Ordering::Relaxed), 1);
+        for _ in 0..9 {
+            assert!(h.admit_account());
+        }
+        h.note_failure();
+        assert!(!h.admit_account(), "a failure restarts the stretch");
+        let fixed = Host::new(
+            "https://b.example.com",
+            Limits::default_for_tests(),
+            10,
+            None,
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!fixed.admit_account(), "an operator's limit never grows");
+    }
+
+    #[test]
+    fn status_follows_the_connection() {
+        let h = Host::new(
+            "https://pds.example.com",
+            Limits::default_for_tests(),
+            0,
+            None,
+        );
+        assert_eq!(h.status(), HostStatus::Active);
+        assert_eq!(h.disconnected("refused".into(), false), None);
+        assert_eq!(h.disconnected("refused".into(), false), None);
+        assert_eq!(
+            h.disconnected("refused".into(), false),
+            Some(HostStatus::Offline)
+        );
+        assert_eq!(h.last_error().as_deref(), Some("refused"));
+        assert_eq!(h.connected(), Some(HostStatus::Active));
+        assert_eq!(
+            h.disconnected("idle timeout".into(), true),
+            Some(HostStatus::Idle)
+        );
+        assert_eq!(h.connected(), Some(HostStatus::Active));
+        for _ in 0..11 {
+            h.admit_event();
+        }
+        assert_eq!(
+            h.status(),
+            HostStatus::Throttled,
+            "dropping events for rate"
+        );
+        h.set_status(HostStatus::Banned);
+        assert_eq!(h.disconnected("x".into(), false), None, "a ban stays");
     }
 }

@@ -16,7 +16,7 @@ pub mod store;
 mod upstream;
 pub mod verify;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -137,7 +137,9 @@ pub async fn run_serving(
             .await
             .map_err(|e| Error::Task(e.to_string()))??
     };
-    let hosts = hosts::Hosts::default();
+    let hosts = hosts::Hosts::new(hosts::Growth {
+        window: Duration::from_secs(config.host_accounts_growth_secs),
+    });
     {
         let mut counts: HashMap<&str, (u64, u64)> = HashMap::new();
         for (_, a) in &stored_accounts {
@@ -148,8 +150,9 @@ pub async fn run_serving(
         let defaults = config.default_limits();
         for h in &stored_hosts {
             let (accounts, desynced) = counts.get(h.url.as_str()).copied().unwrap_or_default();
-            let host = hosts.get_or_add(&h.url, h.limits.unwrap_or(defaults), accounts);
+            let host = hosts.get_or_add(&h.url, h.limits, defaults, accounts);
             host.resume(h.epoch, h.cursor);
+            host.set_status(hosts::HostStatus::parse(&h.status));
             host.desynchronized
                 .store(desynced, std::sync::atomic::Ordering::Relaxed);
         }
@@ -207,7 +210,7 @@ pub async fn run_serving(
     ));
 
     // Hosts: from the flags, from the store, and added while running.
-    let (host_tx, host_rx) = mpsc::channel::<String>(NEW_HOST_QUEUE);
+    let (host_tx, host_rx) = mpsc::channel::<HostCommand>(NEW_HOST_QUEUE);
     let mut initial: Vec<String> = stored_hosts
         .iter()
         .filter(|h| h.status != "banned")
@@ -250,6 +253,14 @@ pub async fn run_serving(
         hosts,
         default_limits: config.default_limits(),
         resolver,
+        crawl_limiter: Arc::new(governor::RateLimiter::direct(governor::Quota::per_minute(
+            std::num::NonZeroU32::new(config.crawl_requests_per_minute.max(1))
+                .unwrap_or(std::num::NonZeroU32::MIN),
+        ))),
+        max_hosts: config.max_hosts,
+        probe: egress
+            .client(reqwest::Client::builder().timeout(Duration::from_secs(10)))
+            .map_err(|e| Error::Config(e.to_string()))?,
         ping_interval: Duration::from_secs(config.subscriber_ping_secs.max(1)),
         dead_after: Duration::from_secs(config.subscriber_dead_secs.max(1)),
     })
@@ -299,7 +310,7 @@ const MAX_SEEDED_HOSTS: usize = 100_000;
 async fn seed_from_relay(
     base: String,
     http: atproto::net::GuardedClient,
-    hosts: mpsc::Sender<String>,
+    hosts: mpsc::Sender<HostCommand>,
     dev: bool,
 ) {
     let base = base.trim_end_matches('/').to_string();
@@ -342,7 +353,7 @@ async fn seed_from_relay(
                 continue;
             }
             taken += 1;
-            if taken > MAX_SEEDED_HOSTS || hosts.send(url).await.is_err() {
+            if taken > MAX_SEEDED_HOSTS || hosts.send(HostCommand::Crawl(url)).await.is_err() {
                 return;
             }
         }
@@ -369,12 +380,24 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What the crawler is told while it runs (by `requestCrawl`, seed relays and the
+/// operator's admin endpoints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostCommand {
+    /// Crawl the host unless it is banned; a known host resumes from its cursor.
+    Crawl(String),
+    /// Stop crawling the host (banned or removed).
+    Stop(String),
+    /// Reconnect to the host (its cursor was reset).
+    Restart(String),
+}
+
 /// What the crawler hands every host task.
 struct Crawl {
     /// Relays whose host lists seed this one, with the client and queue for that.
     seeds: Vec<String>,
     seed_http: atproto::net::GuardedClient,
-    seed_into: mpsc::Sender<String>,
+    seed_into: mpsc::Sender<HostCommand>,
     dev: bool,
     hosts: hosts::Hosts,
     defaults: hosts::Limits,
@@ -385,53 +408,79 @@ struct Crawl {
     cancel: CancellationToken,
 }
 
-/// Starts one upstream task per host, now and as hosts are added; owns those tasks.
-async fn crawler(
-    initial: Vec<String>,
-    mut added: mpsc::Receiver<String>,
+/// The crawler's hosts: one upstream task each, stoppable one by one.
+struct Crawler {
     crawl: Crawl,
-) -> Result<(), Error> {
-    let Crawl {
-        seeds,
-        seed_http,
-        seed_into,
-        dev,
-        hosts,
-        defaults,
-        store,
-        shards,
-        metrics,
-        config,
-        cancel,
-    } = crawl;
-    let mut running: HashSet<String> = HashSet::new();
-    let mut tasks = JoinSet::new();
-    let mut start = |url: String, tasks: &mut JoinSet<()>| {
-        if !running.insert(url.clone()) {
+    running: HashMap<String, CancellationToken>,
+    tasks: JoinSet<()>,
+}
+
+impl Crawler {
+    fn start(&mut self, url: &str) {
+        let c = &self.crawl;
+        if self.running.contains_key(url) {
             return;
         }
         // Hosts known before this start are already registered with their stored state.
-        let host = hosts.get_or_add(&url, defaults, 0);
-        let store2 = store.clone();
-        let u = url.clone();
-        tasks.spawn(upstream::run_host(
+        let host = c.hosts.get_or_add(url, None, c.defaults, 0);
+        if host.status() == hosts::HostStatus::Banned {
+            return;
+        }
+        let stop = c.cancel.child_token();
+        self.running.insert(url.to_string(), stop.clone());
+        self.tasks.spawn(upstream::run_host(
             host,
-            store.clone(),
-            shards.clone(),
-            metrics.clone(),
-            config.clone(),
-            cancel.clone(),
+            c.store.clone(),
+            c.shards.clone(),
+            c.metrics.clone(),
+            c.config.clone(),
+            stop,
         ));
         // Record the host so it is crawled again after a restart.
-        tasks.spawn(async move {
-            let _ = tokio::task::spawn_blocking(move || store2.put_host(&u, "active")).await;
+        let store = c.store.clone();
+        let u = url.to_string();
+        self.tasks.spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || store.ensure_host(&u)).await;
         });
+    }
+
+    fn stop(&mut self, url: &str) {
+        if let Some(stop) = self.running.remove(url) {
+            stop.cancel();
+        }
+    }
+
+    fn handle(&mut self, command: HostCommand) {
+        match command {
+            HostCommand::Crawl(url) => self.start(&url),
+            HostCommand::Stop(url) => self.stop(&url),
+            HostCommand::Restart(url) => {
+                self.stop(&url);
+                self.start(&url);
+            }
+        }
+    }
+}
+
+/// Starts one upstream task per host, now and as hosts are added; owns those tasks.
+async fn crawler(
+    initial: Vec<String>,
+    mut commands: mpsc::Receiver<HostCommand>,
+    mut crawl: Crawl,
+) -> Result<(), Error> {
+    let seeds = std::mem::take(&mut crawl.seeds);
+    let seed_into = crawl.seed_into.clone();
+    let (seed_http, dev, cancel) = (crawl.seed_http.clone(), crawl.dev, crawl.cancel.clone());
+    let mut crawler = Crawler {
+        crawl,
+        running: HashMap::new(),
+        tasks: JoinSet::new(),
     };
     for url in initial {
-        start(url, &mut tasks);
+        crawler.start(&url);
     }
     for seed in seeds {
-        tasks.spawn(seed_from_relay(
+        crawler.tasks.spawn(seed_from_relay(
             seed,
             seed_http.clone(),
             seed_into.clone(),
@@ -442,15 +491,15 @@ async fn crawler(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            Some(url) = added.recv() => start(url, &mut tasks),
-            Some(done) = tasks.join_next() => {
+            Some(command) = commands.recv() => crawler.handle(command),
+            Some(done) = crawler.tasks.join_next() => {
                 if let Err(e) = done {
                     return Err(Error::Task(format!("upstream task: {e}")));
                 }
             }
         }
     }
-    while tasks.join_next().await.is_some() {}
+    while crawler.tasks.join_next().await.is_some() {}
     Ok(())
 }
 

@@ -60,6 +60,21 @@ impl DropReason {
         DropReason::Backlog,
     ];
 
+    /// Whether the event failed verification (as opposed to being refused for rate,
+    /// limits, or an account's state): such a failure counts against the host.
+    pub fn is_verification_failure(self) -> bool {
+        matches!(
+            self,
+            DropReason::Malformed
+                | DropReason::TooBig
+                | DropReason::WrongHost
+                | DropReason::BadSignature
+                | DropReason::Inversion
+                | DropReason::Inconsistent
+                | DropReason::FutureRev
+        )
+    }
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -41,8 +41,14 @@ pub struct AppState {
     pub subscribers: Arc<AtomicUsize>,
     /// Most subscribers at once.
     pub max_subscribers: usize,
-    /// New hosts to crawl (from requestCrawl and the admin endpoint).
-    pub new_hosts: mpsc::Sender<String>,
+    /// Hosts to crawl, stop or reconnect (from requestCrawl and the admin endpoints).
+    pub new_hosts: mpsc::Sender<crate::HostCommand>,
+    /// `requestCrawl` calls allowed, all callers together.
+    pub crawl_limiter: Arc<governor::DefaultDirectRateLimiter>,
+    /// Most hosts crawled.
+    pub max_hosts: usize,
+    /// Client for probing hosts that ask to be crawled (through the egress guard).
+    pub probe: atproto::net::GuardedClient,
     /// Bearer token for admin endpoints; admin is off when empty.
     pub admin_token: String,
     /// Loopback/private hosts allowed.
@@ -105,6 +111,10 @@ pub fn router(state: AppState) -> Router {
         .route("/xrpc/com.atproto.sync.requestCrawl", post(request_crawl))
         .route("/admin/hosts", post(admin_add_host))
         .route("/admin/hosts/limits", post(admin_set_limits))
+        .route("/admin/hosts/ban", post(admin_ban))
+        .route("/admin/hosts/unban", post(admin_unban))
+        .route("/admin/hosts/remove", post(admin_remove))
+        .route("/admin/hosts/reset-cursor", post(admin_reset_cursor))
         .route("/metrics", get(metrics))
         .route("/_health", get(|| async { Json(json!({"status": "ok"})) }))
         .with_state(state)
@@ -657,17 +667,37 @@ async fn get_repo(
     )))
 }
 
-async fn list_hosts(State(state): State<AppState>) -> Result<Json<serde_json::Value>, XrpcError> {
+/// Every known host, paged by URL (`limit` 1–1000, default 200; `cursor`: the last URL
+/// of the previous page), with its live status.
+async fn list_hosts(
+    State(state): State<AppState>,
+    Query(p): Query<ListParams>,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    let limit = p.limit.unwrap_or(200).clamp(1, 1000);
     let store = state.store.clone();
-    let hosts = blocking(move || store.hosts()).await?;
-    let hosts: Vec<_> = hosts
+    let mut hosts = blocking(move || store.hosts()).await?;
+    hosts.sort_by(|a, b| a.url.cmp(&b.url));
+    let page: Vec<_> = hosts
+        .into_iter()
+        .filter(|h| p.cursor.as_deref().is_none_or(|c| h.url.as_str() > c))
+        .take(limit)
+        .collect();
+    let cursor = (page.len() == limit)
+        .then(|| page.last().map(|h| h.url.clone()))
+        .flatten();
+    let hosts: Vec<_> = page
         .into_iter()
         .map(|h| {
-            let accounts = state.hosts.get(&h.url).map(|l| l.accounts()).unwrap_or(h.accounts);
-            json!({"hostname": h.url, "seq": h.cursor, "accountCount": accounts, "status": h.status})
+            let live = state.hosts.get(&h.url);
+            let accounts = live.as_ref().map(|l| l.accounts()).unwrap_or(h.accounts);
+            let status = live
+                .as_ref()
+                .map(|l| l.status().as_str().to_string())
+                .unwrap_or(h.status);
+            json!({"hostname": h.url, "seq": h.cursor, "accountCount": accounts, "status": status})
         })
         .collect();
-    Ok(Json(json!({"hosts": hosts})))
+    Ok(Json(json!({"hosts": hosts, "cursor": cursor})))
 }
 
 #[derive(Deserialize)]
@@ -702,13 +732,18 @@ async fn get_host_status(
         .map(|l| l.desynchronized.load(std::sync::atomic::Ordering::Relaxed))
         .unwrap_or(0);
     let in_flight = live.as_ref().map(|l| l.in_flight()).unwrap_or(0);
+    let count = |f: fn(&crate::hosts::Host) -> u64| live.as_deref().map(f).unwrap_or(0);
     Ok(Json(json!({
         "hostname": h.url,
         "seq": h.cursor,
         "accountCount": accounts,
-        "status": h.status,
+        "status": live.as_ref().map(|l| l.status().as_str().to_string()).unwrap_or(h.status),
+        "lastError": live.as_ref().and_then(|l| l.last_error()),
         "events": h.events,
         "throttledEvents": throttled,
+        "refusedAccounts": count(|l| l.accounts_refused.load(std::sync::atomic::Ordering::Relaxed)),
+        "accountLimitRaises": count(|l| l.limit_raises.load(std::sync::atomic::Ordering::Relaxed)),
+        "accountLimitGrows": live.as_ref().is_some_and(|l| l.grows()),
         "desynchronizedAccounts": desynchronized,
         "inFlightEvents": in_flight,
         "limits": limits,
@@ -720,13 +755,112 @@ struct CrawlBody {
     hostname: String,
 }
 
+/// How long a host asking to be crawled has to answer `describeServer`.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A host's base URL from what `requestCrawl` names: a bare hostname (lower-cased, letters,
+/// digits and hyphens in at least two labels, no address literal) is https on the default
+/// port. In dev mode a full http(s) URL with a port is taken too (loopback test PDSes).
+pub fn crawl_url(hostname: &str, dev: bool) -> Result<String, String> {
+    let h = hostname.trim().trim_end_matches('/');
+    if dev && (h.starts_with("http://") || h.starts_with("https://")) {
+        return Ok(h.to_string());
+    }
+    let h = h.strip_prefix("https://").unwrap_or(h).to_ascii_lowercase();
+    let labels: Vec<&str> = h.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let tld_ok = labels
+        .last()
+        .is_some_and(|t| t.bytes().any(|b| b.is_ascii_alphabetic()));
+    if h.len() > 253 || labels.len() < 2 || !labels.iter().all(label_ok) || !tld_ok {
+        return Err(format!("{hostname:?} is not a hostname"));
+    }
+    Ok(format!("https://{h}"))
+}
+
+/// `requestCrawl`: the hostname is checked, the host is asked `describeServer` (through the
+/// egress guard) before anything is stored, and the number of hosts and of requests is
+/// bounded. Each refusal says why.
 async fn request_crawl(
     State(state): State<AppState>,
     Json(body): Json<CrawlBody>,
 ) -> Result<Json<serde_json::Value>, XrpcError> {
-    // requestCrawl names a hostname; without a scheme it is https on the default port.
-    let url = crate::hosts::normalize_url(&body.hostname);
+    if state.crawl_limiter.check().is_err() {
+        return Err(XrpcError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RateLimitExceeded",
+            "too many crawl requests; try again in a minute".into(),
+        ));
+    }
+    let url = crawl_url(&body.hostname, state.dev).map_err(|e| bad("InvalidRequest", e))?;
+    if let Some(h) = state.hosts.get(&url) {
+        if h.status() == crate::hosts::HostStatus::Banned {
+            return Err(XrpcError(
+                StatusCode::FORBIDDEN,
+                "HostBanned",
+                format!("{url} is banned by this relay's operator"),
+            ));
+        }
+        // Known: make sure it is crawled (a no-op when it is).
+        state
+            .new_hosts
+            .send(crate::HostCommand::Crawl(url))
+            .await
+            .map_err(internal)?;
+        return Ok(Json(json!({})));
+    }
+    let store = state.store.clone();
+    let known = blocking(move || store.hosts()).await?.len();
+    if known >= state.max_hosts {
+        return Err(XrpcError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "TooManyHosts",
+            format!("this relay crawls at most {} hosts", state.max_hosts),
+        ));
+    }
+    probe(&state, &url).await?;
     add_host(&state, url).await
+}
+
+/// Asks a host `describeServer`: it must answer with JSON naming its DID.
+async fn probe(state: &AppState, url: &str) -> Result<(), XrpcError> {
+    let unreachable = |why: String| {
+        XrpcError(
+            StatusCode::BAD_REQUEST,
+            "HostNotReachable",
+            format!("{url} did not answer com.atproto.server.describeServer: {why}"),
+        )
+    };
+    let endpoint = atproto::net::xrpc_url(url, "com.atproto.server.describeServer", &[]);
+    let request = state
+        .probe
+        .get(&endpoint)
+        .map_err(|e| bad("InvalidRequest", e.to_string()))?;
+    let answer = async {
+        let resp = request.send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        if body.len() > 64 * 1024 {
+            return Err("answer too large".into());
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        match v["did"].as_str() {
+            Some(did) if atproto::syntax::validate_did(did).is_ok() => Ok(()),
+            _ => Err("the answer names no DID".into()),
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, answer)
+        .await
+        .map_err(|_| unreachable(format!("no answer within {PROBE_TIMEOUT:?}")))?
+        .map_err(unreachable)
 }
 
 async fn add_host(state: &AppState, url: String) -> Result<Json<serde_json::Value>, XrpcError> {
@@ -738,7 +872,11 @@ async fn add_host(state: &AppState, url: String) -> Result<Json<serde_json::Valu
     }
     atproto::identity::check_host(&url, state.dev)
         .map_err(|e| bad("InvalidRequest", e.to_string()))?;
-    state.new_hosts.send(url).await.map_err(internal)?;
+    state
+        .new_hosts
+        .send(crate::HostCommand::Crawl(url))
+        .await
+        .map_err(internal)?;
     Ok(Json(json!({})))
 }
 
@@ -752,26 +890,28 @@ async fn admin_add_host(
     headers: HeaderMap,
     Json(body): Json<AdminHost>,
 ) -> Result<Json<serde_json::Value>, XrpcError> {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if state.admin_token.is_empty() || token != Some(state.admin_token.as_str()) {
-        return Err(XrpcError(
-            StatusCode::UNAUTHORIZED,
-            "AuthRequired",
-            "admin token required".into(),
-        ));
-    }
+    authorized(&state, &headers)?;
     add_host(&state, body.url.trim_end_matches('/').to_string()).await
 }
 
+/// The admin token, compared in constant time (as SHA-256 digests, so neither its
+/// content nor its length leaks through timing).
 fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), XrpcError> {
+    use sha2::Digest;
+    use subtle::ConstantTimeEq;
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if state.admin_token.is_empty() || token != Some(state.admin_token.as_str()) {
+    let ok = match token {
+        Some(t) if !state.admin_token.is_empty() => {
+            let given = sha2::Sha256::digest(t.as_bytes());
+            let want = sha2::Sha256::digest(state.admin_token.as_bytes());
+            bool::from(given.ct_eq(&want))
+        }
+        _ => false,
+    };
+    if !ok {
         return Err(XrpcError(
             StatusCode::UNAUTHORIZED,
             "AuthRequired",
@@ -779,6 +919,110 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), XrpcError> {
         ));
     }
     Ok(())
+}
+
+/// A known host by its URL, for the admin endpoints.
+fn known_host(state: &AppState, url: &str) -> Result<Arc<crate::hosts::Host>, XrpcError> {
+    state
+        .hosts
+        .get(url.trim_end_matches('/'))
+        .ok_or_else(|| XrpcError(StatusCode::NOT_FOUND, "HostNotFound", url.to_string()))
+}
+
+/// Bans a host: it is no longer crawled, its `requestCrawl` is refused, and the ban is
+/// stored.
+async fn admin_ban(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<AdminHost>,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    authorized(&state, &headers)?;
+    let host = known_host(&state, &body.url)?;
+    host.set_status(crate::hosts::HostStatus::Banned);
+    let (store, url) = (state.store.clone(), host.url.to_string());
+    blocking(move || store.put_host(&url, "banned")).await?;
+    state
+        .new_hosts
+        .send(crate::HostCommand::Stop(host.url.to_string()))
+        .await
+        .map_err(internal)?;
+    tracing::warn!(host = %host.url, "host banned by the operator");
+    Ok(Json(json!({"status": "banned"})))
+}
+
+/// Lifts a ban and crawls the host again from its cursor.
+async fn admin_unban(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<AdminHost>,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    authorized(&state, &headers)?;
+    let host = known_host(&state, &body.url)?;
+    host.set_status(crate::hosts::HostStatus::Active);
+    let (store, url) = (state.store.clone(), host.url.to_string());
+    blocking(move || store.put_host(&url, "active")).await?;
+    state
+        .new_hosts
+        .send(crate::HostCommand::Crawl(host.url.to_string()))
+        .await
+        .map_err(internal)?;
+    tracing::info!(host = %host.url, "host unbanned by the operator");
+    Ok(Json(json!({"status": "active"})))
+}
+
+/// Stops crawling a host and forgets its cursor, status and limits.
+async fn admin_remove(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<AdminHost>,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    authorized(&state, &headers)?;
+    let host = known_host(&state, &body.url)?;
+    state
+        .new_hosts
+        .send(crate::HostCommand::Stop(host.url.to_string()))
+        .await
+        .map_err(internal)?;
+    state.hosts.remove(&host.url);
+    let (store, url) = (state.store.clone(), host.url.to_string());
+    blocking(move || store.remove_host(&url)).await?;
+    tracing::warn!(host = %host.url, "host removed by the operator");
+    Ok(Json(json!({"removed": true})))
+}
+
+#[derive(Deserialize)]
+struct CursorBody {
+    url: String,
+    /// Where reading resumes (0: the host's whole retained stream; events already in the
+    /// log are recognised and skipped).
+    cursor: Option<i64>,
+}
+
+/// Moves a host's cursor and reconnects from there.
+async fn admin_reset_cursor(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<CursorBody>,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    authorized(&state, &headers)?;
+    let host = known_host(&state, &body.url)?;
+    let cursor = body.cursor.unwrap_or(0).max(0);
+    // Stop first, so nothing the old session reads settles past the new cursor.
+    state
+        .new_hosts
+        .send(crate::HostCommand::Stop(host.url.to_string()))
+        .await
+        .map_err(internal)?;
+    host.reset_cursor(cursor);
+    let (store, url) = (state.store.clone(), host.url.to_string());
+    blocking(move || store.set_host_cursor(&url, cursor)).await?;
+    state
+        .new_hosts
+        .send(crate::HostCommand::Crawl(host.url.to_string()))
+        .await
+        .map_err(internal)?;
+    tracing::warn!(host = %host.url, cursor, "host cursor reset by the operator");
+    Ok(Json(json!({"cursor": cursor})))
 }
 
 #[derive(Deserialize)]

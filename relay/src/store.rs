@@ -452,6 +452,24 @@ impl Store {
         Ok(state)
     }
 
+    /// Records a host as known (active when new), keeping whatever is stored for it.
+    pub fn ensure_host(&self, url: &str) -> Result<HostState, StoreError> {
+        self.update_host(url, |_| {})
+    }
+
+    /// Sets a host's cursor (an operator's reset) in its current epoch.
+    pub fn set_host_cursor(&self, url: &str, cursor: i64) -> Result<HostState, StoreError> {
+        self.update_host(url, |s| s.cursor = cursor)
+    }
+
+    /// Forgets a host: its cursor, status and limits (its accounts' states stay).
+    pub fn remove_host(&self, url: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let removed = txn.open_table(HOSTS)?.remove(url)?.is_some();
+        txn.commit()?;
+        Ok(removed)
+    }
+
     /// Adds a host (or updates its status), keeping its cursor.
     pub fn put_host(&self, url: &str, status: &str) -> Result<HostState, StoreError> {
         self.update_host(url, |s| s.status = status.to_string())

@@ -60,11 +60,20 @@ pub async fn run_host(
         };
         // Resume after what this process already read (events still in flight on the
         // shards are settled by it), else after the stored low-water mark.
-        let cursor = host.resume_after(stored);
+        let forced = host.take_forced_cursor();
+        let cursor = forced.unwrap_or_else(|| host.resume_after(stored));
         let connected_at = Instant::now();
         tokio::select! {
             _ = cancel.cancelled() => return,
-            result = session(&host, cursor, &shards, &metrics, &config) => {
+            result = session(&host, cursor, forced.is_some(), &shards, &metrics, &config, &store) => {
+                let ended = match &result {
+                    Ok(()) => Some(("the host closed the stream".to_string(), false)),
+                    Err(SessionError::Other(e)) => Some((e.clone(), e == IDLE)),
+                    Err(SessionError::FutureCursor) => None,
+                };
+                if let Some(changed) = ended.and_then(|(e, idle)| host.disconnected(e, idle)) {
+                    persist_status(&store, &host, changed).await;
+                }
                 match result {
                     Ok(()) => tracing::info!(host = %host.url, "upstream closed the stream"),
                     Err(SessionError::FutureCursor) => {
@@ -93,6 +102,23 @@ pub async fn run_host(
     }
 }
 
+/// The error a session ends with when the host went quiet.
+const IDLE: &str = "idle timeout";
+
+/// Stores a host's new status so `listHosts` shows it across restarts.
+async fn persist_status(
+    store: &Store,
+    host: &crate::hosts::Host,
+    status: crate::hosts::HostStatus,
+) {
+    let store = store.clone();
+    let url = host.url.to_string();
+    let saved = tokio::task::spawn_blocking(move || store.put_host(&url, status.as_str())).await;
+    if !matches!(saved, Ok(Ok(_))) {
+        tracing::warn!(host = %host.url, status = status.as_str(), "could not store the host's status");
+    }
+}
+
 /// Why a session with a host ended.
 enum SessionError {
     /// The host answered `FutureCursor`: it does not know our cursor.
@@ -110,12 +136,16 @@ impl From<String> for SessionError {
 async fn session(
     host: &Arc<crate::hosts::Host>,
     cursor: i64,
+    explicit: bool,
     shards: &[mpsc::Sender<Inbound>],
     metrics: &Metrics,
     config: &UpstreamConfig,
+    store: &Store,
 ) -> Result<(), SessionError> {
     let ws_base = host.url.replacen("http", "ws", 1);
-    let url = if cursor > 0 {
+    // A host never read before is taken from its live tail; otherwise (or when the
+    // operator set a cursor) from the cursor.
+    let url = if cursor > 0 || explicit {
         atproto::net::xrpc_url(
             &ws_base,
             "com.atproto.sync.subscribeRepos",
@@ -143,10 +173,13 @@ async fn session(
         .map_err(|_| SessionError::Other("connect timed out".into()))?
         .map_err(SessionError::Other)?;
     metrics.upstream_connects.increment(1);
+    if let Some(changed) = host.connected() {
+        persist_status(store, host, changed).await;
+    }
     tracing::info!(host = %host.url, ?cursor, "subscribed upstream");
     loop {
         let msg = match tokio::time::timeout(config.idle_timeout, stream.next()).await {
-            Err(_) => return Err(SessionError::Other("idle timeout".into())),
+            Err(_) => return Err(SessionError::Other(IDLE.into())),
             Ok(None) => return Ok(()),
             Ok(Some(Err(e))) => return Err(SessionError::Other(e.to_string())),
             Ok(Some(Ok(m))) => m,
@@ -164,10 +197,12 @@ async fn session(
         let frame = match atproto::frame::decode_frame(&bytes) {
             Ok(f) => f,
             Err(atproto::frame::FrameError::TooLarge(_)) => {
+                host.note_failure();
                 metrics.drop_event(DropReason::TooBig, &host.url, None);
                 continue;
             }
             Err(_) => {
+                host.note_failure();
                 metrics.drop_event(DropReason::Malformed, &host.url, None);
                 continue;
             }

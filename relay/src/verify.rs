@@ -681,6 +681,9 @@ impl Shard {
     }
 
     fn drop(&self, reason: DropReason, did: &str, o: Origin) -> Step {
+        if reason.is_verification_failure() {
+            o.host.note_failure();
+        }
         self.ctx.metrics.drop_event(reason, &o.host.url, Some(did));
         Step::Done(Verified::Skip(o))
     }
@@ -818,6 +821,9 @@ impl Shard {
     ) -> Result<Append, DropReason> {
         if !self.ctx.lenient {
             return Err(reason);
+        }
+        if reason.is_verification_failure() {
+            host.note_failure();
         }
         self.ctx
             .metrics

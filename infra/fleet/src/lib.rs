@@ -635,6 +635,10 @@ impl Fleet {
             .route("/xrpc/com.atproto.sync.subscribeRepos", get(subscribe))
             .route("/xrpc/com.atproto.sync.getRepo", get(get_repo))
             .route("/xrpc/com.atproto.sync.listRepos", get(list_repos))
+            .route(
+                "/xrpc/com.atproto.server.describeServer",
+                get(describe_server),
+            )
             .route("/plc/{did}", get(plc_doc))
             .route("/.well-known/did.json", get(web_doc))
             .route("/_fleet/inject", post(inject))
@@ -778,6 +782,15 @@ async fn get_repo(State(fleet): State<Fleet>, Query(q): Query<DidQuery>) -> Resp
         )
             .into_response(),
     }
+}
+
+async fn describe_server(State(fleet): State<Fleet>) -> Json<serde_json::Value> {
+    let host = fleet
+        .0
+        .base_url
+        .trim_start_matches("http://")
+        .replace(':', "%3A");
+    Json(json!({"did": format!("did:web:{host}"), "availableUserDomains": []}))
 }
 
 async fn list_repos(State(fleet): State<Fleet>) -> Json<serde_json::Value> {
