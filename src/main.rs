@@ -145,6 +145,9 @@ struct UpArgs {
     /// The embedding model.
     #[command(flatten)]
     model: store::Model,
+    /// What callers may ask of the appview.
+    #[command(flatten)]
+    appview_limits: agentnet_appview::Limits,
     /// chDB's library for the embedded ClickHouse (`infra/chdb/setup.sh` prints it).
     #[arg(long, env = "AGENTNET_CHDB_LIB", default_value = "libchdb.so")]
     chdb_lib: PathBuf,
@@ -362,6 +365,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         recall,
         plc_url: relay.plc_url.clone(),
         dev: relay.dev,
+        limits: args.appview_limits.clone(),
     })?;
 
     println!("agentnet is up: relay, indexer and appview on {local}");

@@ -41,6 +41,49 @@ pub struct Config {
     /// Development mode: loopback and private addresses allowed for DID resolution.
     #[arg(long, env = "AGENTNET_DEV", default_value_t = false)]
     pub dev: bool,
+    /// What callers may ask of the appview.
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Bounds on what callers may ask of the appview, so a burst of queries cannot starve the
+/// indexer's writes (they may share one embedded engine) and one caller cannot crowd out
+/// the rest.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Store queries run at once; more wait their turn.
+    #[arg(long, env = "AGENTNET_APPVIEW_MAX_QUERIES", default_value_t = 8)]
+    pub max_queries: usize,
+    /// Milliseconds a query may wait for its turn before it is answered 503.
+    #[arg(long, env = "AGENTNET_APPVIEW_QUERY_QUEUE_MS", default_value_t = 2000)]
+    pub query_queue_ms: u64,
+    /// Requests per second from one client address (bursts of as many), answered 429
+    /// beyond it.
+    #[arg(long, env = "AGENTNET_APPVIEW_RATE_PER_IP", default_value_t = 50)]
+    pub per_ip: u32,
+    /// Requests per second from one authenticated caller DID, answered 429 beyond it.
+    #[arg(long, env = "AGENTNET_APPVIEW_RATE_PER_DID", default_value_t = 20)]
+    pub per_did: u32,
+    /// DID documents fetched per second for token issuers not in the cache, all callers
+    /// together (failed lookups are remembered too), answered 429 beyond it.
+    #[arg(
+        long,
+        env = "AGENTNET_APPVIEW_ISSUER_LOOKUPS_PER_SECOND",
+        default_value_t = 10
+    )]
+    pub issuer_lookups: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_queries: 8,
+            query_queue_ms: 2000,
+            per_ip: 50,
+            per_did: 20,
+            issuer_lookups: 10,
+        }
+    }
 }
 
 impl Config {

@@ -23,7 +23,7 @@ use atproto::envelope::EncryptionPublicKey;
 use atproto::identity::{CachingResolver, HttpResolver, ResolverConfig};
 use store::embed::Batcher;
 
-pub use config::{did_web_for, Config};
+pub use config::{did_web_for, Config, Limits};
 
 /// Why the appview stopped.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,36 @@ struct Inner {
     records: store::Records,
     recall: Option<(Batcher, store::Vectors)>,
     resolver: CachingResolver<HttpResolver>,
+    guard: Guard,
+}
+
+type KeyedLimiter<K> = governor::DefaultKeyedRateLimiter<K>;
+
+/// The appview's bounds in force: a queue for store queries and rate limits.
+struct Guard {
+    queries: tokio::sync::Semaphore,
+    queue: Duration,
+    per_ip: KeyedLimiter<std::net::IpAddr>,
+    per_did: KeyedLimiter<String>,
+    issuers: governor::DefaultDirectRateLimiter,
+}
+
+fn per_second(n: u32) -> governor::Quota {
+    governor::Quota::per_second(
+        std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
+    )
+}
+
+impl Guard {
+    fn new(limits: &Limits) -> Guard {
+        Guard {
+            queries: tokio::sync::Semaphore::new(limits.max_queries.max(1)),
+            queue: Duration::from_millis(limits.query_queue_ms),
+            per_ip: governor::RateLimiter::keyed(per_second(limits.per_ip)),
+            per_did: governor::RateLimiter::keyed(per_second(limits.per_did)),
+            issuers: governor::RateLimiter::direct(per_second(limits.issuer_lookups)),
+        }
+    }
 }
 
 /// The appview's service entry in its DID document; tokens may name it as their audience
@@ -74,6 +104,8 @@ pub struct Parts {
     pub plc_url: String,
     /// Loopback and private addresses allowed for DID resolution.
     pub dev: bool,
+    /// What callers may ask.
+    pub limits: Limits,
 }
 
 impl Appview {
@@ -98,6 +130,7 @@ impl Appview {
                 records: parts.records,
                 recall: parts.recall,
                 resolver,
+                guard: Guard::new(&parts.limits),
             }),
         })
     }
@@ -186,15 +219,19 @@ pub async fn run(
         recall,
         plc_url: config.plc_url.clone(),
         dev: config.dev,
+        limits: config.limits.clone(),
     })?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Serve(format!("{}: {e}", config.listen)))?;
     tracing::info!(listen = %config.listen, did = app.did(), "appview running");
-    let served = axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::Serve(e.to_string()));
+    let served = axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(|e| Error::Serve(e.to_string()));
     // The router (and with it every batcher handle) is gone: the model thread ends.
     if let Some(t) = embed_thread {
         t.join()

@@ -38,6 +38,33 @@ fn unavailable(e: impl std::fmt::Display) -> XrpcError {
 
 type Answer = Result<Json<Value>, XrpcError>;
 
+fn too_many(what: &str) -> XrpcError {
+    XrpcError(
+        StatusCode::TOO_MANY_REQUESTS,
+        "RateLimitExceeded",
+        format!("too many requests {what}; slow down"),
+    )
+}
+
+/// Per-address rate limit, before anything else is done for the request. (Addresses come
+/// from the connection; a server without connection info skips this check.)
+async fn per_ip(
+    State(app): State<Appview>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let ip = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(ip) = ip {
+        if app.inner.guard.per_ip.check_key(&ip).is_err() {
+            return too_many("from this address").into_response();
+        }
+    }
+    next.run(request).await
+}
+
 pub fn routes(app: Appview) -> Router {
     Router::new()
         .route("/xrpc/agent.comms.getInbox", get(get_inbox))
@@ -49,6 +76,7 @@ pub fn routes(app: Appview) -> Router {
         .route("/xrpc/agent.memory.recall", get(recall))
         .route("/.well-known/did.json", get(did_document))
         .route("/", get(dashboard))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), per_ip))
         .with_state(app)
 }
 
@@ -77,12 +105,28 @@ impl Appview {
         // The audience is the appview's DID, or its service reference (`did#agentnet_appview`,
         // as PDS proxying names it).
         let service = format!("{}{}", self.inner.did, crate::SERVICE_FRAGMENT);
-        let aud = match atproto::auth::Unverified::parse(token) {
+        let parsed = atproto::auth::Unverified::parse(token);
+        let aud = match &parsed {
             Ok(t) if t.claims.aud == service => service.as_str(),
             _ => self.inner.did.as_str(),
         };
+        // A token naming an issuer not in the cache costs a DID document fetch: those are
+        // bounded for all callers together.
+        if let Ok(t) = &parsed {
+            if self.inner.resolver.cached(t.claims.did()).is_none()
+                && self.inner.guard.issuers.check().is_err()
+            {
+                return Err(too_many("naming unknown token issuers"));
+            }
+        }
         match atproto::auth::verify(token, aud, Some(lxm), &self.inner.resolver, now).await {
-            Ok(claims) => Ok(Some(claims.did().to_string())),
+            Ok(claims) => {
+                let did = claims.did().to_string();
+                if self.inner.guard.per_did.check_key(&did).is_err() {
+                    return Err(too_many("from this caller"));
+                }
+                Ok(Some(did))
+            }
             Err(e) => {
                 tracing::info!(reason = %e, lxm, "refused a service token");
                 let name = if e == atproto::auth::AuthError::Expired {
@@ -99,11 +143,26 @@ impl Appview {
         }
     }
 
-    /// Runs a store query on a blocking thread (chDB calls block).
+    /// A turn at the stores: at most `max_queries` at once, each waiting at most the
+    /// queue time, then 503.
+    async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, XrpcError> {
+        let guard = &self.inner.guard;
+        match tokio::time::timeout(guard.queue, guard.queries.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(XrpcError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the appview is at its query limit; retry shortly".into(),
+            )),
+        }
+    }
+
+    /// Runs a store query on a blocking thread (chDB calls block), in turn.
     async fn query<T: Send + 'static>(
         &self,
         f: impl FnOnce(&store::Records) -> Result<T, store::records::RecordError> + Send + 'static,
     ) -> Result<T, XrpcError> {
+        let _turn = self.turn().await?;
         let app = self.clone();
         tokio::task::spawn_blocking(move || f(&app.inner.records))
             .await
@@ -411,6 +470,7 @@ async fn recall(
             "recall needs an embedding model (--model-dir)".into(),
         ));
     };
+    let turn = app.turn().await?;
     let vector = batcher.embed(q).await.map_err(unavailable)?;
     let query = store::vectors::Query {
         vector,
@@ -424,6 +484,7 @@ async fn recall(
         .await
         .map_err(unavailable)?
         .map_err(unavailable)?;
+    drop(turn);
     let uris: Vec<String> = hits.iter().map(|h| h.uri.clone()).collect();
     // The rows are read with the caller's rule too: a point the index no longer shows (or
     // never showed this caller) is left out.
@@ -452,9 +513,11 @@ async fn dashboard(State(app): State<Appview>) -> Result<Html<String>, XrpcError
         .query(|r| r.agents(None, store::records::MAX_AGENTS, None))
         .await?
         .len();
+    // Anonymous visitors see public aggregates only: nothing about shared records, not
+    // even how many there are of each kind.
     let mut rows = String::new();
     let mut total = 0;
-    for (collection, visibility, n) in &counts {
+    for (collection, visibility, n) in counts.iter().filter(|(_, v, _)| v == "public") {
         total += n;
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{n}</td></tr>",
@@ -472,7 +535,7 @@ async fn dashboard(State(app): State<Appview>) -> Result<Html<String>, XrpcError
          <title>agentnet appview</title><style>body{{font-family:sans-serif;margin:2em}}\
          td,th{{padding:.2em 1em;text-align:left}}</style></head><body>\
          <h1>agentnet appview</h1><p>DID <code>{did}</code> · recall {recall} · \
-         {total} records indexed · {agents}{more} agents with public records</p>\
+         {total} public records indexed · {agents}{more} agents with public records</p>\
          <table><tr><th>collection</th><th>privacy</th><th>records</th></tr>{rows}</table>\
          <h2>Queries</h2><ul>\
          <li><a href=\"/xrpc/agent.comms.listAgents\">agent.comms.listAgents</a></li>\

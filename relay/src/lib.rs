@@ -267,10 +267,13 @@ pub async fn run_serving(
     .merge(routes);
     let server_cancel = cancel.clone();
     tasks.spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { server_cancel.cancelled().await })
-            .await
-            .map_err(|e| Error::Serve(e.to_string()))
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { server_cancel.cancelled().await })
+        .await
+        .map_err(|e| Error::Serve(e.to_string()))
     });
     tracing::info!(listen = %config.listen, shards = shards_n, "relay running");
 

@@ -64,7 +64,21 @@ pub struct Pds {
 }
 
 impl Pds {
+    /// Starts a reference PDS network. Its test network picks free ports itself, which
+    /// two starting at once can both pick: a start that exits before it is ready is tried
+    /// again (three times in all); one that hangs fails after 60 s.
     pub fn start() -> Pds {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(pds) => return pds,
+                Err(why) => last = why,
+            }
+        }
+        panic!("reference PDS did not start: {last}");
+    }
+
+    fn try_start() -> Result<Pds, String> {
         let mut child = node()
             .arg(root().join("infra/pds/pds-server.mjs"))
             .stdin(Stdio::piped())
@@ -74,10 +88,12 @@ impl Pds {
             .expect("starting the reference PDS");
         let stdin = child.stdin.take().expect("stdin");
         let out = Lines::spawn(child.stdout.take().expect("stdout"));
-        let ready = out
-            .next_json(Duration::from_secs(60))
-            .expect("reference PDS did not start within 60 s");
-        Pds {
+        let Some(ready) = out.next_json(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            return Err(format!("not ready within 60 s, or exited ({status})"));
+        };
+        Ok(Pds {
             url: ready["pds"]
                 .as_str()
                 .expect("pds url")
@@ -87,7 +103,7 @@ impl Pds {
             child,
             stdin,
             out,
-        }
+        })
     }
 
     /// A DID resolver against this network's PLC (dev mode: loopback allowed).
