@@ -46,6 +46,10 @@ pub struct Config {
     /// Longest an event waits for its batch to fill, in milliseconds.
     #[arg(long, env = "AGENTNET_INDEX_BATCH_WAIT_MS", default_value_t = 100)]
     pub batch_wait_ms: u64,
+    /// Follow `--relay-url` although the index was built from another relay (its cursor
+    /// means nothing there: the new relay is read from its start).
+    #[arg(long, env = "AGENTNET_INDEX_FORCE_UPSTREAM", default_value_t = false)]
+    pub force_upstream: bool,
 }
 
 impl Config {

@@ -25,6 +25,12 @@ pub enum Error {
     /// A store or the embedder failed; the cursor did not move past the failed batch.
     #[error("indexing: {0}")]
     Sink(String),
+    /// Building the vector search index failed (no retry of a batch can fix that).
+    #[error("vector index: {0}")]
+    Build(String),
+    /// The index follows another upstream than the one configured.
+    #[error("{0}")]
+    Upstream(String),
 }
 
 /// What the indexer writes to, opened by [`open_stores`] or shared by a caller that runs the
@@ -171,6 +177,25 @@ pub async fn run_with(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    // The cursor belongs to the relay it was read from: following another relay from it
+    // would skip or repeat events, so that takes an explicit --force-upstream.
+    let sources = {
+        let records = sinks.records.clone();
+        tokio::task::spawn_blocking(move || records.sources())
+            .await
+            .map_err(|e| Error::Sink(e.to_string()))?
+            .map_err(|e| Error::Sink(e.to_string()))?
+    };
+    if !sources.is_empty() && !sources.contains(&config.relay_url) {
+        if !config.force_upstream {
+            return Err(Error::Upstream(format!(
+                "this index was built from {} and --relay-url is {}: pass --force-upstream to follow the new relay from its start",
+                sources.join(", "),
+                config.relay_url
+            )));
+        }
+        tracing::warn!(old = ?sources, new = %config.relay_url, "following another relay than the one this index was built from (--force-upstream)");
+    }
     tracing::info!(relay = %config.relay_url, "indexer following the relay");
     let result = pipeline::follow(
         &config.relay_url,

@@ -70,7 +70,7 @@ impl Optimizer {
                     );
                     done
                 })
-                .map_err(|e| Error::Sink(format!("vector index thread: {e}")))?;
+                .map_err(|e| Error::Build(format!("vector index thread: {e}")))?;
             self.running = Some(handle);
             self.since = 0;
         }
@@ -83,8 +83,8 @@ impl Optimizer {
             None => Ok(()),
             Some(h) => h
                 .join()
-                .map_err(|_| Error::Sink("the vector index build panicked".into()))?
-                .map_err(|e| Error::Sink(format!("building the vector index: {e}"))),
+                .map_err(|_| Error::Build("the vector index build panicked".into()))?
+                .map_err(|e| Error::Build(format!("building the vector index: {e}"))),
         }
     }
 }
@@ -112,6 +112,13 @@ impl<T: SqlTransport> Sinks<T> {
         let mut stats = BatchStats::default();
         let mut changes: Vec<Change> = Vec::new();
         for frame in frames {
+            if let Frame::Info(info) = frame {
+                if info.name == "OutdatedCursor" {
+                    // The relay no longer holds the events after our cursor: a gap.
+                    self.stats.outdated();
+                    tracing::error!(message = ?info.message, "the relay no longer holds every event after the index's cursor: records in the gap are missing until they are backfilled");
+                }
+            }
             if let Frame::Commit(ev) = frame {
                 let (c, skipped) = self.extractor.extract(ev);
                 stats.skipped += skipped.len();
@@ -124,11 +131,24 @@ impl<T: SqlTransport> Sinks<T> {
                 changes.extend(c);
             }
         }
+        // The batch's ops in commit order: for each record only its last change reaches
+        // the vector store (a delete then a re-create leaves the record; a create then a
+        // delete leaves nothing). The record index orders by rev itself.
+        let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, c) in changes.iter().enumerate() {
+            let uri = match c {
+                Change::Upsert(r) => r.uri.as_str(),
+                Change::Delete { uri, .. } => uri.as_str(),
+            };
+            last.insert(uri, i);
+        }
+        let is_last = |i: usize, uri: &str| last.get(uri) == Some(&i);
         if let Some((embedder, store)) = &mut self.vectors {
             let with_text: Vec<&store::records::RecordRow> = changes
                 .iter()
-                .filter_map(|c| match c {
-                    Change::Upsert(r) if r.text.is_some() => Some(r.as_ref()),
+                .enumerate()
+                .filter_map(|(i, c)| match c {
+                    Change::Upsert(r) if r.text.is_some() && is_last(i, &r.uri) => Some(r.as_ref()),
                     _ => None,
                 })
                 .collect();
@@ -162,10 +182,16 @@ impl<T: SqlTransport> Sinks<T> {
                 stats.vectors = points.len();
                 self.optimize.wrote(points.len(), store)?;
             }
+            // Deleted for good in this batch, and records whose last version has no text
+            // to embed (their earlier vector, if any, would be stale).
             let deleted: Vec<String> = changes
                 .iter()
-                .filter_map(|c| match c {
-                    Change::Delete { uri, .. } => Some(uri.clone()),
+                .enumerate()
+                .filter_map(|(i, c)| match c {
+                    Change::Delete { uri, .. } if is_last(i, uri) => Some(uri.clone()),
+                    Change::Upsert(r) if r.text.is_none() && is_last(i, &r.uri) => {
+                        Some(r.uri.clone())
+                    }
                     _ => None,
                 })
                 .collect();
@@ -199,7 +225,16 @@ pub async fn follow<T: SqlTransport + 'static>(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Sinks<T>, Error> {
     let mut backoff = Duration::from_millis(200);
+    // After an error frame (FutureCursor and the like) reconnecting at once would only get
+    // the same answer: wait, longer each time, until a session delivers events again.
+    let mut refused = Duration::ZERO;
     loop {
+        if !refused.is_zero() {
+            tokio::select! {
+                _ = stop.changed() => return Ok(sinks),
+                _ = tokio::time::sleep(refused) => {}
+            }
+        }
         let cursor = sinks
             .records
             .cursor(url)
@@ -250,11 +285,19 @@ pub async fn follow<T: SqlTransport + 'static>(
                     let bytes = msg.into_data();
                     match decode_frame(&bytes) {
                         Ok(Frame::Error(e)) => {
-                            tracing::warn!(error = %e.error, "relay sent an error frame");
+                            sinks.stats.error_frame();
+                            refused = (refused * 2).clamp(Duration::from_secs(1), MAX_REFUSED_WAIT);
+                            if e.error == "FutureCursor" {
+                                tracing::error!(%url, wait = ?refused, "the relay has no events up to the index's cursor: it lost its log, or is not the relay this index followed");
+                            } else {
+                                tracing::warn!(%url, error = %e.error, message = ?e.message, wait = ?refused, "relay sent an error frame");
+                            }
                             break;
                         }
+                        Ok(frame @ Frame::Info(_)) => pending.push(frame),
                         Ok(frame) => {
                             if let Some(seq) = frame.seq() {
+                                refused = Duration::ZERO;
                                 last_seq = seq as u64;
                                 pending.push(frame);
                                 deadline.get_or_insert_with(|| Instant::now() + wait);
@@ -279,34 +322,56 @@ pub async fn follow<T: SqlTransport + 'static>(
     }
 }
 
+/// Longest wait before reconnecting after the relay refused a session with an error.
+const MAX_REFUSED_WAIT: Duration = Duration::from_secs(60);
+/// First wait before a failed batch is tried again; doubles up to the next.
+const RETRY_MIN: Duration = Duration::from_millis(250);
+/// Longest wait between tries of a failed batch.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Writes one batch to every sink, then its cursor. A batch a sink refuses (a store that is
+/// down, a full disk) is tried again with backoff, in order, until it is written: it is
+/// never skipped, and nothing after it is written first. Only a failure of the vector
+/// index build (which no retry of this batch can fix) ends the indexer.
 async fn flush<T: SqlTransport + 'static>(
     mut sinks: Sinks<T>,
     frames: Vec<Frame>,
     source: &str,
     last_seq: u64,
 ) -> Result<Sinks<T>, Error> {
-    let source = source.to_string();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    tokio::task::spawn_blocking(move || {
-        let stats = match sinks.index(&frames, &source, last_seq, now) {
-            Ok(stats) => stats,
-            Err(e) => {
-                sinks.stats.failed();
-                return Err(e);
+    let frames = std::sync::Arc::new(frames);
+    let mut wait = RETRY_MIN;
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let (source2, batch) = (source.to_string(), frames.clone());
+        let (back, result) = tokio::task::spawn_blocking(move || {
+            let result = sinks.index(&batch, &source2, last_seq, now);
+            (sinks, result)
+        })
+        .await
+        .map_err(|e| Error::Sink(e.to_string()))?;
+        sinks = back;
+        match result {
+            Ok(stats) => {
+                tracing::debug!(
+                    rows = stats.rows,
+                    vectors = stats.vectors,
+                    skipped = stats.skipped,
+                    last_seq,
+                    "indexed batch"
+                );
+                return Ok(sinks);
             }
-        };
-        tracing::debug!(
-            rows = stats.rows,
-            vectors = stats.vectors,
-            skipped = stats.skipped,
-            last_seq,
-            "indexed batch"
-        );
-        Ok(sinks)
-    })
-    .await
-    .map_err(|e| Error::Sink(e.to_string()))?
+            Err(e @ Error::Build(_)) => return Err(e),
+            Err(error) => {
+                sinks.stats.failed();
+                tracing::warn!(%error, last_seq, retry_in = ?wait, "a sink refused the batch; trying it again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RETRY_MAX);
+            }
+        }
+    }
 }

@@ -17,6 +17,8 @@ struct Counters {
     rows: AtomicU64,
     vectors: AtomicU64,
     failed_batches: AtomicU64,
+    outdated: AtomicU64,
+    error_frames: AtomicU64,
     last_seq: AtomicU64,
     skipped: [AtomicU64; 4],
 }
@@ -51,6 +53,16 @@ impl Stats {
         self.0.failed_batches.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The relay said the events after our cursor are gone (`#info OutdatedCursor`).
+    pub fn outdated(&self) {
+        self.0.outdated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The relay refused a session with an error frame.
+    pub fn error_frame(&self) {
+        self.0.error_frames.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters in Prometheus' text format.
     pub fn prometheus(&self) -> String {
         let c = &self.0;
@@ -76,8 +88,18 @@ impl Stats {
             c.vectors.load(Ordering::Relaxed),
         );
         counter(
+            "indexer_outdated_cursor_total",
+            "Times the relay no longer held every event after the cursor (a gap).",
+            c.outdated.load(Ordering::Relaxed),
+        );
+        counter(
+            "indexer_error_frames_total",
+            "Sessions the relay refused with an error frame (FutureCursor, ...).",
+            c.error_frames.load(Ordering::Relaxed),
+        );
+        counter(
             "indexer_failed_batches_total",
-            "Batches a sink refused; retried from the cursor.",
+            "Batch writes a sink refused; each is tried again until it is written.",
             c.failed_batches.load(Ordering::Relaxed),
         );
         out.push_str(

@@ -722,6 +722,34 @@ impl<T: SqlTransport> RecordStore<T> {
         Ok((number(&v["n"]) > 0).then(|| number(&v["seq"]) as u64))
     }
 
+    /// Every record the index shows (to anyone), as (URI, CID), in URI order. For tests
+    /// and audits; it reads the whole table.
+    pub fn all_visible(&self) -> Result<Vec<(String, String)>, RecordError> {
+        #[derive(Deserialize)]
+        struct U {
+            uri: String,
+            cid: String,
+        }
+        Ok(self
+            .json_rows::<U>("SELECT uri, cid FROM records FINAL WHERE deleted = 0 ORDER BY uri")?
+            .into_iter()
+            .map(|u| (u.uri, u.cid))
+            .collect())
+    }
+
+    /// Every source a cursor was stored for.
+    pub fn sources(&self) -> Result<Vec<String>, RecordError> {
+        #[derive(Deserialize)]
+        struct S {
+            source: String,
+        }
+        Ok(self
+            .json_rows::<S>("SELECT DISTINCT source FROM cursors ORDER BY source")?
+            .into_iter()
+            .map(|s| s.source)
+            .collect())
+    }
+
     /// Records that everything up to `seq` from `source` is in every sink.
     pub fn save_cursor(&self, source: &str, seq: u64) -> Result<(), RecordError> {
         let row = json!({"source": source, "seq": seq});

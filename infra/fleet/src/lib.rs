@@ -37,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 /// In conversation traffic, an agent re-publishes its key record every this many commits.
 const KEY_EVERY: u64 = 8;
+/// Generated traffic emits an `#identity` instead of a commit every this many events.
+const IDENTITY_EVERY: usize = 25;
 
 /// Fleet settings. Every option has a default and an `AGENTNET_FLEET_…` override.
 #[derive(Debug, Clone, clap::Args)]
@@ -355,6 +357,11 @@ impl Fleet {
         self.0.live.receiver_count()
     }
 
+    /// Every frame emitted so far, in order (index = seq - 1).
+    pub fn frames(&self) -> Vec<Bytes> {
+        self.0.log.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
     /// Frames emitted so far.
     pub fn emitted(&self) -> usize {
         self.0.log.read().map(|l| l.len()).unwrap_or(0)
@@ -405,6 +412,19 @@ impl Fleet {
             self.write_one(i).await?;
         }
         Ok(())
+    }
+
+    /// An `#identity` for account `i`, as a PDS emits when an account's handle or
+    /// document changes.
+    pub async fn announce(&self, i: usize) -> u64 {
+        let did = self.0.accounts[i].lock().await.did.clone();
+        self.publish(Frame::Identity(IdentityEvent {
+            seq: 0,
+            did,
+            time: now(),
+            handle: None,
+        }))
+        .await
     }
 
     /// One commit by account `i`: creates, now and then an update or a delete.
@@ -682,8 +702,14 @@ impl Fleet {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tick.tick() => {
-                    let i = self.0.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % regular;
-                    self.write_one(i).await?;
+                    let n = self.0.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let i = n % regular;
+                    // Now and then an account's identity changes, as on a real PDS.
+                    if n % IDENTITY_EVERY == IDENTITY_EVERY - 1 {
+                        self.announce(i).await;
+                    } else {
+                        self.write_one(i).await?;
+                    }
                 }
             }
         }
