@@ -96,7 +96,11 @@ async fn healthy(port: u16) {
 fn identity(f: &Frame) -> Option<(String, String, String)> {
     Some(match f {
         Frame::Commit(c) => (c.repo.clone(), "#commit".into(), c.rev.clone()),
-        Frame::Identity(e) => (e.did.clone(), "#identity".into(), e.time.clone()),
+        Frame::Identity(e) => (
+            e.did.clone(),
+            "#identity".into(),
+            format!("{} {}", e.time, e.handle.as_deref().unwrap_or_default()),
+        ),
         Frame::Account(e) => (e.did.clone(), "#account".into(), e.time.clone()),
         Frame::Sync(e) => (e.did.clone(), "#sync".into(), e.rev.clone()),
         _ => return None,

@@ -52,22 +52,38 @@ pub struct Config {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Limits {
     /// Store queries run at once; more wait their turn.
-    #[arg(long, env = "AGENTNET_APPVIEW_MAX_QUERIES", default_value_t = 8)]
+    #[arg(
+        long = "appview-max-queries",
+        env = "AGENTNET_APPVIEW_MAX_QUERIES",
+        default_value_t = 8
+    )]
     pub max_queries: usize,
     /// Milliseconds a query may wait for its turn before it is answered 503.
-    #[arg(long, env = "AGENTNET_APPVIEW_QUERY_QUEUE_MS", default_value_t = 2000)]
+    #[arg(
+        long = "appview-query-queue-ms",
+        env = "AGENTNET_APPVIEW_QUERY_QUEUE_MS",
+        default_value_t = 2000
+    )]
     pub query_queue_ms: u64,
     /// Requests per second from one client address (bursts of as many), answered 429
     /// beyond it.
-    #[arg(long, env = "AGENTNET_APPVIEW_RATE_PER_IP", default_value_t = 50)]
+    #[arg(
+        long = "appview-rate-per-ip",
+        env = "AGENTNET_APPVIEW_RATE_PER_IP",
+        default_value_t = 50
+    )]
     pub per_ip: u32,
     /// Requests per second from one authenticated caller DID, answered 429 beyond it.
-    #[arg(long, env = "AGENTNET_APPVIEW_RATE_PER_DID", default_value_t = 20)]
+    #[arg(
+        long = "appview-rate-per-did",
+        env = "AGENTNET_APPVIEW_RATE_PER_DID",
+        default_value_t = 20
+    )]
     pub per_did: u32,
     /// DID documents fetched per second for token issuers not in the cache, all callers
     /// together (failed lookups are remembered too), answered 429 beyond it.
     #[arg(
-        long,
+        long = "appview-issuer-lookups-per-second",
         env = "AGENTNET_APPVIEW_ISSUER_LOOKUPS_PER_SECOND",
         default_value_t = 10
     )]

@@ -115,6 +115,8 @@ struct Inner {
     seq_lock: Mutex<()>,
     /// Fired when serving stops, so open streams end like a host going down.
     disconnect: broadcast::Sender<()>,
+    /// Identity changes announced (each gets a new handle).
+    renames: std::sync::atomic::AtomicUsize,
     /// `getRepo` calls still to fail (HTTP 500).
     fail_get_repo: std::sync::atomic::AtomicUsize,
     /// `getRepo` calls answered.
@@ -220,6 +222,7 @@ impl Fleet {
             next: std::sync::atomic::AtomicUsize::new(0),
             seq_lock: Mutex::new(()),
             disconnect: broadcast::channel(1).0,
+            renames: std::sync::atomic::AtomicUsize::new(0),
             fail_get_repo: std::sync::atomic::AtomicUsize::new(0),
             get_repo_calls: std::sync::atomic::AtomicUsize::new(0),
             slow_docs: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -418,11 +421,16 @@ impl Fleet {
     /// document changes.
     pub async fn announce(&self, i: usize) -> u64 {
         let did = self.0.accounts[i].lock().await.did.clone();
+        // A new handle each time, as a rename would give.
+        let n = self
+            .0
+            .renames
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.publish(Frame::Identity(IdentityEvent {
             seq: 0,
             did,
             time: now(),
-            handle: None,
+            handle: Some(format!("agent{i}-{n}.fleet.test")),
         }))
         .await
     }
