@@ -102,6 +102,8 @@ pub struct BatchStats {
 
 impl<T: SqlTransport> Sinks<T> {
     /// Indexes one batch of frames and then stores `last_seq` as the cursor for `source`.
+    /// Frames apply in order: an `#account` event takes effect between the commits before
+    /// and after it.
     pub fn index(
         &mut self,
         frames: &[Frame],
@@ -112,24 +114,73 @@ impl<T: SqlTransport> Sinks<T> {
         let mut stats = BatchStats::default();
         let mut changes: Vec<Change> = Vec::new();
         for frame in frames {
-            if let Frame::Info(info) = frame {
-                if info.name == "OutdatedCursor" {
+            match frame {
+                Frame::Info(info) if info.name == "OutdatedCursor" => {
                     // The relay no longer holds the events after our cursor: a gap.
                     self.stats.outdated();
                     tracing::error!(message = ?info.message, "the relay no longer holds every event after the index's cursor: records in the gap are missing until they are backfilled");
                 }
-            }
-            if let Frame::Commit(ev) = frame {
-                let (c, skipped) = self.extractor.extract(ev);
-                stats.skipped += skipped.len();
-                for (path, why) in &skipped {
-                    self.stats.skipped(why);
-                    if let crate::extract::Skipped::Invalid(reason) = why {
-                        tracing::info!(repo = %ev.repo, %path, %reason, "record breaks its lexicon; skipped");
+                Frame::Commit(ev) => {
+                    let (c, skipped) = self.extractor.extract(ev);
+                    stats.skipped += skipped.len();
+                    for (path, why) in &skipped {
+                        self.stats.skipped(why);
+                        if let crate::extract::Skipped::Invalid(reason) = why {
+                            tracing::info!(repo = %ev.repo, %path, %reason, "record breaks its lexicon; skipped");
+                        }
                     }
+                    changes.extend(c);
                 }
-                changes.extend(c);
+                Frame::Account(ev) => {
+                    self.write(std::mem::take(&mut changes), now_ms, &mut stats)?;
+                    self.account(ev)?;
+                }
+                _ => {}
             }
+        }
+        self.write(changes, now_ms, &mut stats)?;
+        // Only after every sink has the batch.
+        self.records
+            .save_cursor(source, last_seq)
+            .map_err(|e| Error::Sink(e.to_string()))?;
+        self.stats.batch(stats.rows, stats.vectors, last_seq);
+        Ok(stats)
+    }
+
+    /// An account's hosting status changed: an inactive account is hidden from every
+    /// query until it is active again; a deleted one's records and vectors are purged.
+    fn account(&mut self, ev: &atproto::frame::AccountEvent) -> Result<(), Error> {
+        if !ev.active && ev.status.as_deref() == Some("deleted") {
+            let uris = self
+                .records
+                .purge_author(&ev.did)
+                .map_err(|e| Error::Sink(e.to_string()))?;
+            if let Some((_, store)) = &self.vectors {
+                store
+                    .delete(&uris)
+                    .map_err(|e| Error::Sink(e.to_string()))?;
+            }
+            tracing::info!(did = %ev.did, records = uris.len(), "account deleted: its records are purged");
+        }
+        self.records
+            .set_account_status(
+                &ev.did,
+                ev.seq.max(0) as u64,
+                ev.active,
+                ev.status.as_deref(),
+            )
+            .map_err(|e| Error::Sink(e.to_string()))
+    }
+
+    /// Writes changes to the vector store and the record index.
+    fn write(
+        &mut self,
+        changes: Vec<Change>,
+        now_ms: i64,
+        stats: &mut BatchStats,
+    ) -> Result<(), Error> {
+        if changes.is_empty() {
+            return Ok(());
         }
         // The batch's ops in commit order: for each record only its last change reaches
         // the vector store (a delete then a re-create leaves the record; a create then a
@@ -179,7 +230,7 @@ impl<T: SqlTransport> Sinks<T> {
                 store
                     .upsert(&points)
                     .map_err(|e| Error::Sink(e.to_string()))?;
-                stats.vectors = points.len();
+                stats.vectors += points.len();
                 self.optimize.wrote(points.len(), store)?;
             }
             // Deleted for good in this batch, and records whose last version has no text
@@ -204,13 +255,8 @@ impl<T: SqlTransport> Sinks<T> {
         self.records
             .apply(&changes, now_ms)
             .map_err(|e| Error::Sink(e.to_string()))?;
-        stats.rows = changes.len();
-        // Only after every sink has the batch.
-        self.records
-            .save_cursor(source, last_seq)
-            .map_err(|e| Error::Sink(e.to_string()))?;
-        self.stats.batch(stats.rows, stats.vectors, last_seq);
-        Ok(stats)
+        stats.rows += changes.len();
+        Ok(())
     }
 }
 

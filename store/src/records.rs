@@ -68,6 +68,7 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../sql/001_records.sql")),
     (2, include_str!("../sql/002_cursor.sql")),
     (3, include_str!("../sql/003_links.sql")),
+    (4, include_str!("../sql/004_accounts.sql")),
 ];
 
 /// Where applied schema versions are recorded.
@@ -142,14 +143,19 @@ pub fn sql_str(s: &str) -> String {
 /// The caller's access rule as a SQL condition: public records, or the caller is the
 /// author or a recipient. Anonymous callers see public records only.
 pub fn visible_to(caller: Option<&str>) -> String {
-    match caller {
+    let rule = match caller {
         None => "visibility = 'public'".to_string(),
         Some(did) => {
             let d = sql_str(did);
             format!("(visibility = 'public' OR author = {d} OR has(recipients, {d}))")
         }
-    }
+    };
+    // Nobody sees the records of an account its host says is not active.
+    format!("{rule} AND {HIDDEN}")
 }
+
+/// The condition that hides accounts that are not active.
+const HIDDEN: &str = "author NOT IN (SELECT did FROM account_status FINAL WHERE active = 0)";
 
 /// The record index. Cloning shares the transport.
 #[derive(Clone)]
@@ -703,10 +709,10 @@ impl<T: SqlTransport> RecordStore<T> {
             n: Value,
         }
         Ok(self
-            .json_rows::<C>(
+            .json_rows::<C>(&format!(
                 "SELECT collection, visibility, count() AS n FROM records FINAL WHERE deleted = 0 \
-                 GROUP BY collection, visibility ORDER BY collection, visibility",
-            )?
+                 AND {HIDDEN} GROUP BY collection, visibility ORDER BY collection, visibility"
+            ))?
             .into_iter()
             .map(|c| (c.collection, c.visibility, number(&c.n) as u64))
             .collect())
@@ -735,6 +741,55 @@ impl<T: SqlTransport> RecordStore<T> {
             .into_iter()
             .map(|u| (u.uri, u.cid))
             .collect())
+    }
+
+    /// Records an account's status as of relay event `seq`: inactive accounts are hidden
+    /// from every query, active ones shown again.
+    pub fn set_account_status(
+        &self,
+        did: &str,
+        seq: u64,
+        active: bool,
+        status: Option<&str>,
+    ) -> Result<(), RecordError> {
+        let row = json!({"did": did, "ver": seq, "active": u8::from(active), "status": status.unwrap_or_default()});
+        self.sql.execute(&format!(
+            "INSERT INTO account_status FORMAT JSONEachRow {row}"
+        ))?;
+        Ok(())
+    }
+
+    /// Tombstones every record of `did` (a deleted account) and returns their URIs, for the
+    /// vector store. The tombstones outrank any version the account ever wrote.
+    pub fn purge_author(&self, did: &str) -> Result<Vec<String>, RecordError> {
+        #[derive(Deserialize)]
+        struct U {
+            uri: String,
+        }
+        let uris: Vec<String> = self
+            .json_rows::<U>(&format!(
+                "SELECT uri FROM records FINAL WHERE deleted = 0 AND author = {}",
+                sql_str(did)
+            ))?
+            .into_iter()
+            .map(|u| u.uri)
+            .collect();
+        // Later than any rev the account wrote (revs may run at most minutes ahead).
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0)
+            + 3_600_000_000;
+        let rev = atproto::syntax::Tid::new(micros, 0).to_string();
+        let tombstones: Vec<Change> = uris
+            .iter()
+            .map(|uri| Change::Delete {
+                uri: uri.clone(),
+                rev: rev.clone(),
+            })
+            .collect();
+        self.apply(&tombstones, 0)?;
+        Ok(uris)
     }
 
     /// Every source a cursor was stored for.

@@ -20,7 +20,7 @@ const SECRET: &str = "private: the escrow code is 4242";
 
 /// Runs every check against `store` (empty on entry).
 pub fn run<T: SqlTransport>(store: &RecordStore<T>) {
-    assert_eq!(store.applied().expect("versions"), vec![1, 2, 3]);
+    assert_eq!(store.applied().expect("versions"), vec![1, 2, 3, 4]);
     let mut repo = RepoWriter::new(
         "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa",
         Keypair::generate(Algorithm::K256),
