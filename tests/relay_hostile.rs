@@ -373,3 +373,91 @@ async fn firehose_answers_pings_and_close_and_drops_silent_peers() {
     host.stop().await;
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_that_stall_or_break_off_mid_frame_hold_up_no_one() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    // A host that takes the connection and never answers the upgrade.
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stall_url = format!("http://{}", stall.local_addr().expect("addr"));
+    let stalled = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = stall.accept().await {
+            held.push(s);
+        }
+    });
+    // A host that upgrades, then sends half a frame and hangs up.
+    let half = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let half_url = format!("http://{}", half.local_addr().expect("addr"));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let seen = attempts.clone();
+    let halfway = tokio::spawn(async move {
+        while let Ok((s, _)) = half.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut ws) = tokio_tungstenite::accept_async(s).await {
+                // A binary frame header announcing 4,096 bytes, then three of them.
+                let _ = ws
+                    .get_mut()
+                    .write_all(&[0x82, 0x7e, 0x10, 0x00, 1, 2, 3])
+                    .await;
+                let _ = ws.get_mut().shutdown().await;
+            }
+        }
+    });
+    let mut good = FleetHandle::start(2, false).await;
+    let data = tempdir("stalling");
+    let mut args = relay_args(&data, &good.fleet);
+    args.extend(
+        [
+            "--host",
+            &stall_url,
+            "--host",
+            &half_url,
+            "--idle-timeout-secs",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = RelayHandle::start(&args).await;
+    wait_for("the relay to subscribe", async || {
+        good.fleet.subscribers() >= 1
+    })
+    .await;
+    good.fleet.genesis().await.expect("genesis");
+    published(&relay, 6.0).await;
+
+    wait_for("both bad hosts to be shown offline, with why", async || {
+        let a = get_json(relay.port, &host_status_path(&stall_url)).await;
+        let b = get_json(relay.port, &host_status_path(&half_url)).await;
+        a["status"] == "offline"
+            && a["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("timed out"))
+            && b["status"] == "offline"
+            && b["lastError"].is_string()
+    })
+    .await;
+    assert!(
+        attempts.load(Ordering::SeqCst) >= 3,
+        "the broken host is retried"
+    );
+    // The good host was never held up.
+    let out = relay.metric("relay_events_out_total").await;
+    for i in 0..4 {
+        good.fleet.write_one(i % 2).await.expect("write");
+    }
+    published(&relay, out + 4.0).await;
+    relay.stop().await;
+    good.stop().await;
+    stalled.abort();
+    halfway.abort();
+    let _ = std::fs::remove_dir_all(&data);
+}

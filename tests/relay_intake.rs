@@ -238,6 +238,11 @@ async fn the_operator_bans_rewinds_and_removes_hosts_and_sees_them_go_offline() 
     })
     .await;
     let second = FleetHandle::serve(second.fleet.clone(), second.addr).await;
+    wait_for("the relay to resubscribe", async || {
+        second.fleet.subscribers() >= 1
+    })
+    .await;
+    second.fleet.write_one(0).await.expect("write");
     wait_for("the host to be taken back", async || {
         get_json(relay.port, &host_status(&b)).await["status"] == "active"
     })

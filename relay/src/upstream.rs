@@ -29,7 +29,8 @@ pub struct UpstreamConfig {
     pub egress: atproto::net::Egress,
 }
 
-/// Longest a connection and WebSocket handshake with a host may take.
+/// Longest a connection and WebSocket handshake with a host may take (or the idle
+/// timeout, if shorter).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the subscription to `host` until `cancel` fires. Returns only on cancellation.
@@ -102,6 +103,9 @@ pub async fn run_host(
     }
 }
 
+/// How long a session must stay up, without frames, to count as the host being back.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
 /// The error a session ends with when the host went quiet.
 const IDLE: &str = "idle timeout";
 
@@ -168,17 +172,33 @@ async fn session(
             .await
             .map_err(|e| e.to_string())
     };
-    let (mut stream, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+    let (mut stream, _) = tokio::time::timeout(CONNECT_TIMEOUT.min(config.idle_timeout), connect)
         .await
         .map_err(|_| SessionError::Other("connect timed out".into()))?
         .map_err(SessionError::Other)?;
     metrics.upstream_connects.increment(1);
-    if let Some(changed) = host.connected() {
-        persist_status(store, host, changed).await;
-    }
     tracing::info!(host = %host.url, ?cursor, "subscribed upstream");
+    // A session counts as the host being back (status active, failures forgotten) once it
+    // delivers a frame or stays up for a while: a host that accepts and then breaks off
+    // every time stays offline.
+    let stable = (config.idle_timeout / 2).min(STABLE_AFTER);
+    let opened = Instant::now();
+    let mut proven = false;
     loop {
-        let msg = match tokio::time::timeout(config.idle_timeout, stream.next()).await {
+        let wait = if proven {
+            config.idle_timeout
+        } else {
+            stable.saturating_sub(opened.elapsed())
+        };
+        let next = tokio::time::timeout(wait, stream.next()).await;
+        if !proven && !matches!(next, Ok(None) | Ok(Some(Err(_)))) {
+            proven = true;
+            if let Some(changed) = host.connected() {
+                persist_status(store, host, changed).await;
+            }
+        }
+        let msg = match next {
+            Err(_) if wait != config.idle_timeout => continue,
             Err(_) => return Err(SessionError::Other(IDLE.into())),
             Ok(None) => return Ok(()),
             Ok(Some(Err(e))) => return Err(SessionError::Other(e.to_string())),
