@@ -303,6 +303,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     indexer.data_dir = index_dir.clone();
     indexer.model = args.model.clone();
     indexer.appview_did = did.clone();
+    indexer.dev = args.dev;
     // `up` is the one-machine shape: embedded stores.
     indexer.backends.chdb_lib = args.chdb_lib.clone();
     indexer.backends.clickhouse_url = None;

@@ -164,6 +164,7 @@ async fn the_indexer_is_a_complete_consumer() {
         )),
         stats: agentnet_indexer::Stats::new(),
         optimize: agentnet_indexer::pipeline::Optimizer::every(0),
+        repos: None,
     };
     let vectors = flaky.clone() as Arc<dyn VectorStore>;
 
@@ -267,6 +268,13 @@ async fn the_indexer_is_a_complete_consumer() {
     .await;
     flaky.fail.store(3, Ordering::SeqCst);
     let relay_url = format!("ws://127.0.0.1:{}", relay.port);
+    sinks.repos = Some(
+        agentnet_indexer::pipeline::RepoSource::new(
+            &relay_url,
+            &atproto::net::Egress::new(atproto::net::EgressPolicy::new(true)),
+        )
+        .expect("repo source"),
+    );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let url = relay_url.clone();
     let task =
@@ -294,6 +302,33 @@ async fn the_indexer_is_a_complete_consumer() {
         sinks.records.cursor(&relay_url).expect("cursor"),
         Some(15),
         "the cursor followed the batches it covers"
+    );
+
+    // #sync: a commit the host made but never emitted reaches the index through the repo.
+    fleet.fleet.inject("skip_commit").await.expect("inject"); // account 0
+    fleet.fleet.write_one(0).await.expect("write");
+    wait_for("the relay to repair the account", async || {
+        relay.metric("relay_resyncs_total").await >= 1.0
+    })
+    .await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let url = relay_url.clone();
+    let task =
+        tokio::spawn(
+            async move { follow(&url, sinks, 64, Duration::from_millis(50), stopped).await },
+        );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = stop.send(true);
+    let sinks = task.await.expect("join").expect("indexer ran cleanly");
+    assert!(
+        sinks.stats.prometheus().contains("indexer_syncs_total 1"),
+        "{}",
+        sinks.stats.prometheus()
+    );
+    assert_eq!(
+        visible(&sinks, &dids[0]),
+        5,
+        "the skipped commit's message and the one the repair answered are indexed from the repo"
     );
 
     // A cursor ahead of the relay: FutureCursor, answered with growing waits, not a loop.

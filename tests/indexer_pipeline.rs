@@ -104,6 +104,7 @@ async fn fleet_to_relay_to_index_and_resume() {
         stats: agentnet_indexer::Stats::new(),
         // Every 10 vectors: the 15 of the first pass start one build.
         optimize: agentnet_indexer::pipeline::Optimizer::every(10),
+        repos: None,
     };
     let relay_url = format!("ws://127.0.0.1:{}", relay.port);
     let sinks = follow_for_a_while(sinks, &relay_url).await;

@@ -176,6 +176,7 @@ fn index_and_inbox() {
         vectors: None,
         stats: agentnet_indexer::Stats::new(),
         optimize: Default::default(),
+        repos: None,
     };
     for (label, precision) in [
         ("no embeddings", None),

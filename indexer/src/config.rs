@@ -46,6 +46,18 @@ pub struct Config {
     /// Longest an event waits for its batch to fill, in milliseconds.
     #[arg(long, env = "AGENTNET_INDEX_BATCH_WAIT_MS", default_value_t = 100)]
     pub batch_wait_ms: u64,
+    /// Development mode: loopback and private addresses may be reached (repos fetched for
+    /// `#sync` come from wherever the account's DID document points).
+    #[arg(long, env = "AGENTNET_DEV", default_value_t = false)]
+    pub dev: bool,
+    /// Networks (CIDR) the indexer may reach although internal (repeatable,
+    /// comma-separated).
+    #[arg(
+        long = "egress-allow",
+        env = "AGENTNET_EGRESS_ALLOW",
+        value_delimiter = ','
+    )]
+    pub egress_allow: Vec<ipnet::IpNet>,
     /// Follow `--relay-url` although the index was built from another relay (its cursor
     /// means nothing there: the new relay is read from its start).
     #[arg(long, env = "AGENTNET_INDEX_FORCE_UPSTREAM", default_value_t = false)]

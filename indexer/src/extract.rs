@@ -70,58 +70,99 @@ impl Extractor {
             .map(|c| c.blocks)
             .unwrap_or_default();
         for op in &ev.ops {
-            let Some((collection, rkey)) = op.path.split_once('/') else {
-                skipped.push((op.path.clone(), Skipped::Undecodable));
-                continue;
-            };
-            if !collection.starts_with("agent.") {
-                skipped.push((op.path.clone(), Skipped::NotAgent));
-                continue;
-            }
-            let uri = format!("at://{}/{}", ev.repo, op.path);
             if op.action == "delete" {
-                changes.push(Change::Delete {
-                    uri,
-                    rev: ev.rev.clone(),
-                });
+                match op.path.split_once('/') {
+                    Some((collection, _)) if collection.starts_with("agent.") => {
+                        changes.push(Change::Delete {
+                            uri: format!("at://{}/{}", ev.repo, op.path),
+                            rev: ev.rev.clone(),
+                        })
+                    }
+                    Some(_) => skipped.push((op.path.clone(), Skipped::NotAgent)),
+                    None => skipped.push((op.path.clone(), Skipped::Undecodable)),
+                }
                 continue;
             }
             let Some(cid) = op.cid else {
                 skipped.push((op.path.clone(), Skipped::Undecodable));
                 continue;
             };
-            let Some(data) = blocks
-                .get(&cid)
-                .and_then(|b| atproto::data::from_cbor::<Ipld>(b).ok())
-            else {
-                skipped.push((op.path.clone(), Skipped::Undecodable));
-                continue;
-            };
-            if let Err(e) = self.catalog.validate_record(collection, rkey, &data) {
-                skipped.push((op.path.clone(), Skipped::Invalid(e.to_string())));
-                continue;
+            match self.record(&ev.repo, &ev.rev, &op.path, cid, &blocks) {
+                Ok(row) => changes.push(Change::Upsert(Box::new(row))),
+                Err(why) => skipped.push((op.path.clone(), why)),
             }
-            let base = RowBase {
-                uri,
-                cid: cid.to_string(),
-                author: &ev.repo,
-                rkey,
-                rev: &ev.rev,
-            };
-            let row = if collection == lexicons::SEALED_NSID {
-                match self.sealed_row(base, &data) {
-                    Ok(row) => row,
-                    Err(why) => {
-                        skipped.push((op.path.clone(), why));
-                        continue;
-                    }
-                }
-            } else {
-                base.public(collection, &data)
-            };
-            changes.push(Change::Upsert(Box::new(row)));
         }
         (changes, skipped)
+    }
+
+    /// Every record of a whole repo (a `getRepo` CAR) as it stands at `rev`: one upsert per
+    /// indexable record, and the paths skipped with why. The CAR's blocks are checked
+    /// against their CIDs and the tree is walked from the commit's root.
+    pub fn extract_repo(
+        &self,
+        did: &str,
+        car: &atproto::car::Car,
+    ) -> Result<(String, Vec<Change>, Vec<(String, Skipped)>), String> {
+        let root = car.roots.first().ok_or("the repo CAR has no root")?;
+        let commit: atproto::commit::Commit = atproto::data::from_cbor(
+            car.blocks
+                .get(root)
+                .ok_or("the repo CAR lacks its commit")?,
+        )
+        .map_err(|e| format!("repo commit: {e}"))?;
+        if commit.did != did {
+            return Err(format!("the repo is {}, not {did}", commit.did));
+        }
+        let mut tree = atproto::mst::Mst::load(commit.data, &car.blocks)
+            .map_err(|e| format!("repo tree: {e}"))?;
+        let entries = tree
+            .entries(&car.blocks)
+            .map_err(|e| format!("repo tree: {e}"))?;
+        let mut changes = Vec::new();
+        let mut skipped = Vec::new();
+        for (key, cid) in entries {
+            let path = String::from_utf8_lossy(&key).into_owned();
+            match self.record(did, &commit.rev, &path, cid, &car.blocks) {
+                Ok(row) => changes.push(Change::Upsert(Box::new(row))),
+                Err(why) => skipped.push((path, why)),
+            }
+        }
+        Ok((commit.rev, changes, skipped))
+    }
+
+    /// One record at `path` (block `cid` in `blocks`) of `repo` at `rev`, as a row, or why
+    /// not: only `agent.*` collections, valid against their lexicon, and never private.
+    fn record(
+        &self,
+        repo: &str,
+        rev: &str,
+        path: &str,
+        cid: atproto::Cid,
+        blocks: &atproto::car::BlockMap,
+    ) -> Result<RecordRow, Skipped> {
+        let (collection, rkey) = path.split_once('/').ok_or(Skipped::Undecodable)?;
+        if !collection.starts_with("agent.") {
+            return Err(Skipped::NotAgent);
+        }
+        let data = blocks
+            .get(&cid)
+            .and_then(|b| atproto::data::from_cbor::<Ipld>(b).ok())
+            .ok_or(Skipped::Undecodable)?;
+        self.catalog
+            .validate_record(collection, rkey, &data)
+            .map_err(|e| Skipped::Invalid(e.to_string()))?;
+        let base = RowBase {
+            uri: format!("at://{repo}/{path}"),
+            cid: cid.to_string(),
+            author: repo,
+            rkey,
+            rev,
+        };
+        if collection == lexicons::SEALED_NSID {
+            self.sealed_row(base, &data)
+        } else {
+            Ok(base.public(collection, &data))
+        }
     }
 
     fn sealed_row(&self, base: RowBase<'_>, data: &Ipld) -> Result<RecordRow, Skipped> {

@@ -171,6 +171,13 @@ pub async fn run_with(
         vectors,
         stats,
         optimize: pipeline::Optimizer::every(config.optimize_every),
+        repos: Some(pipeline::RepoSource::new(
+            &config.relay_url,
+            &atproto::net::Egress::new(atproto::net::EgressPolicy {
+                allow_internal: config.dev,
+                allow: config.egress_allow.clone(),
+            }),
+        )?),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let watcher = tokio::spawn(async move {

@@ -28,6 +28,65 @@ pub struct Sinks<T> {
     pub stats: crate::stats::Stats,
     /// When to build the vector index.
     pub optimize: Optimizer,
+    /// Where whole repos come from when the relay announces a `#sync` (absent: `#sync` is
+    /// only counted).
+    pub repos: Option<RepoSource>,
+}
+
+/// Whole repos for `#sync` reconciliation, from the relay's `getRepo` (which redirects to
+/// the account's PDS), through the egress guard, bounded in size and time.
+pub struct RepoSource {
+    client: atproto::net::GuardedClient,
+    relay: String,
+    max_bytes: usize,
+}
+
+/// Largest repo fetched for a reconciliation.
+const MAX_REPO_BYTES: usize = 256 * 1024 * 1024;
+/// Longest a repo fetch may take.
+const REPO_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl RepoSource {
+    /// Repos from the relay at `relay_url` (its firehose URL, `ws://` or `wss://`).
+    pub fn new(relay_url: &str, egress: &atproto::net::Egress) -> Result<Self, Error> {
+        let relay = relay_url
+            .replacen("wss://", "https://", 1)
+            .replacen("ws://", "http://", 1);
+        let client = egress
+            .client(reqwest::Client::builder().timeout(REPO_TIMEOUT))
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(RepoSource {
+            client,
+            relay,
+            max_bytes: MAX_REPO_BYTES,
+        })
+    }
+
+    /// The account's repo as a CAR. Blocks the calling (non-runtime) thread.
+    fn fetch(&self, did: &str) -> Result<atproto::car::Car, String> {
+        let url = atproto::net::xrpc_url(&self.relay, "com.atproto.sync.getRepo", &[("did", did)]);
+        let request = self.client.get(&url).map_err(|e| e.to_string())?;
+        let max = self.max_bytes;
+        let body = tokio::runtime::Handle::current().block_on(async move {
+            let mut resp = request.send().await.map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("getRepo: HTTP {}", resp.status()));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+                if body.len() + chunk.len() > max {
+                    return Err(format!("getRepo: repo over {max} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body)
+        })?;
+        let limits = atproto::car::CarLimits {
+            max_bytes: max,
+            ..atproto::car::CarLimits::REPO
+        };
+        atproto::car::read_car(&body, limits).map_err(|e| format!("repo CAR: {e}"))
+    }
 }
 
 /// Builds the vector store's search index (qdrant-edge's HNSW) in the background once
@@ -135,6 +194,10 @@ impl<T: SqlTransport> Sinks<T> {
                     self.write(std::mem::take(&mut changes), now_ms, &mut stats)?;
                     self.account(ev)?;
                 }
+                Frame::Sync(ev) => {
+                    self.write(std::mem::take(&mut changes), now_ms, &mut stats)?;
+                    self.reconcile(ev, now_ms, &mut stats)?;
+                }
                 _ => {}
             }
         }
@@ -170,6 +233,60 @@ impl<T: SqlTransport> Sinks<T> {
                 ev.status.as_deref(),
             )
             .map_err(|e| Error::Sink(e.to_string()))
+    }
+
+    /// `#sync`: the account's repo is what the host says it is now, whatever commits were
+    /// missed. The index is made to match it: every record in the repo written at the
+    /// repo's rev, every indexed record no longer in it deleted. A repo that cannot be
+    /// fetched is logged and counted, and indexing goes on (the account's later commits
+    /// still arrive); only a store that refuses the writes fails the batch.
+    fn reconcile(
+        &mut self,
+        ev: &atproto::frame::SyncEvent,
+        now_ms: i64,
+        stats: &mut BatchStats,
+    ) -> Result<(), Error> {
+        let Some(source) = &self.repos else {
+            return Ok(());
+        };
+        let fetched = source
+            .fetch(&ev.did)
+            .and_then(|car| self.extractor.extract_repo(&ev.did, &car));
+        let (rev, mut changes, skipped) = match fetched {
+            Ok(r) if r.0.as_str() >= ev.rev.as_str() => r,
+            Ok(r) => {
+                self.stats.sync_failed();
+                tracing::warn!(did = %ev.did, got = %r.0, want = %ev.rev, "the repo fetched for a #sync is older than the #sync; left as it was");
+                return Ok(());
+            }
+            Err(error) => {
+                self.stats.sync_failed();
+                tracing::warn!(did = %ev.did, %error, "could not fetch the repo for a #sync; the account's index is left as it was");
+                return Ok(());
+            }
+        };
+        for (_, why) in &skipped {
+            self.stats.skipped(why);
+        }
+        let present: std::collections::HashSet<String> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Upsert(r) => Some(r.uri.clone()),
+                Change::Delete { .. } => None,
+            })
+            .collect();
+        let indexed = self
+            .records
+            .uris_of(&ev.did)
+            .map_err(|e| Error::Sink(e.to_string()))?;
+        let gone = indexed.into_iter().filter(|u| !present.contains(u));
+        changes.extend(gone.map(|uri| Change::Delete {
+            uri,
+            rev: rev.clone(),
+        }));
+        tracing::info!(did = %ev.did, %rev, records = present.len(), "account reconciled from its repo after #sync");
+        self.stats.synced();
+        self.write(changes, now_ms, stats)
     }
 
     /// Writes changes to the vector store and the record index.

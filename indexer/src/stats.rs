@@ -19,6 +19,8 @@ struct Counters {
     failed_batches: AtomicU64,
     outdated: AtomicU64,
     error_frames: AtomicU64,
+    synced: AtomicU64,
+    sync_failed: AtomicU64,
     last_seq: AtomicU64,
     skipped: [AtomicU64; 4],
 }
@@ -58,6 +60,16 @@ impl Stats {
         self.0.outdated.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// An account was reconciled from its repo after a `#sync`.
+    pub fn synced(&self) {
+        self.0.synced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A `#sync` whose repo could not be fetched or read.
+    pub fn sync_failed(&self) {
+        self.0.sync_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The relay refused a session with an error frame.
     pub fn error_frame(&self) {
         self.0.error_frames.fetch_add(1, Ordering::Relaxed);
@@ -91,6 +103,16 @@ impl Stats {
             "indexer_outdated_cursor_total",
             "Times the relay no longer held every event after the cursor (a gap).",
             c.outdated.load(Ordering::Relaxed),
+        );
+        counter(
+            "indexer_syncs_total",
+            "Accounts reconciled from their repo after a #sync.",
+            c.synced.load(Ordering::Relaxed),
+        );
+        counter(
+            "indexer_sync_failures_total",
+            "#sync events whose repo could not be fetched or read (the account is left as it was).",
+            c.sync_failed.load(Ordering::Relaxed),
         );
         counter(
             "indexer_error_frames_total",

@@ -759,21 +759,26 @@ impl<T: SqlTransport> RecordStore<T> {
         Ok(())
     }
 
-    /// Tombstones every record of `did` (a deleted account) and returns their URIs, for the
-    /// vector store. The tombstones outrank any version the account ever wrote.
-    pub fn purge_author(&self, did: &str) -> Result<Vec<String>, RecordError> {
+    /// The URIs of every record of `did` the index holds (deleted ones aside).
+    pub fn uris_of(&self, did: &str) -> Result<Vec<String>, RecordError> {
         #[derive(Deserialize)]
         struct U {
             uri: String,
         }
-        let uris: Vec<String> = self
+        Ok(self
             .json_rows::<U>(&format!(
                 "SELECT uri FROM records FINAL WHERE deleted = 0 AND author = {}",
                 sql_str(did)
             ))?
             .into_iter()
             .map(|u| u.uri)
-            .collect();
+            .collect())
+    }
+
+    /// Tombstones every record of `did` (a deleted account) and returns their URIs, for the
+    /// vector store. The tombstones outrank any version the account ever wrote.
+    pub fn purge_author(&self, did: &str) -> Result<Vec<String>, RecordError> {
+        let uris = self.uris_of(did)?;
         // Later than any rev the account wrote (revs may run at most minutes ahead).
         let micros = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
