@@ -41,6 +41,17 @@ impl Skipped {
     }
 }
 
+/// A whole repo's indexable records.
+#[derive(Debug)]
+pub struct RepoRecords {
+    /// The repo's rev.
+    pub rev: String,
+    /// One upsert per indexable record.
+    pub changes: Vec<Change>,
+    /// The paths skipped, and why.
+    pub skipped: Vec<(String, Skipped)>,
+}
+
 /// The appview's identity as a recipient of shared records.
 pub struct AppviewKey {
     /// The appview's DID.
@@ -98,11 +109,7 @@ impl Extractor {
     /// Every record of a whole repo (a `getRepo` CAR) as it stands at `rev`: one upsert per
     /// indexable record, and the paths skipped with why. The CAR's blocks are checked
     /// against their CIDs and the tree is walked from the commit's root.
-    pub fn extract_repo(
-        &self,
-        did: &str,
-        car: &atproto::car::Car,
-    ) -> Result<(String, Vec<Change>, Vec<(String, Skipped)>), String> {
+    pub fn extract_repo(&self, did: &str, car: &atproto::car::Car) -> Result<RepoRecords, String> {
         let root = car.roots.first().ok_or("the repo CAR has no root")?;
         let commit: atproto::commit::Commit = atproto::data::from_cbor(
             car.blocks
@@ -127,7 +134,11 @@ impl Extractor {
                 Err(why) => skipped.push((path, why)),
             }
         }
-        Ok((commit.rev, changes, skipped))
+        Ok(RepoRecords {
+            rev: commit.rev,
+            changes,
+            skipped,
+        })
     }
 
     /// One record at `path` (block `cid` in `blocks`) of `repo` at `rev`, as a row, or why

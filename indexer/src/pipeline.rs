@@ -252,11 +252,15 @@ impl<T: SqlTransport> Sinks<T> {
         let fetched = source
             .fetch(&ev.did)
             .and_then(|car| self.extractor.extract_repo(&ev.did, &car));
-        let (rev, mut changes, skipped) = match fetched {
-            Ok(r) if r.0.as_str() >= ev.rev.as_str() => r,
+        let crate::extract::RepoRecords {
+            rev,
+            mut changes,
+            skipped,
+        } = match fetched {
+            Ok(r) if r.rev.as_str() >= ev.rev.as_str() => r,
             Ok(r) => {
                 self.stats.sync_failed();
-                tracing::warn!(did = %ev.did, got = %r.0, want = %ev.rev, "the repo fetched for a #sync is older than the #sync; left as it was");
+                tracing::warn!(did = %ev.did, got = %r.rev, want = %ev.rev, "the repo fetched for a #sync is older than the #sync; left as it was");
                 return Ok(());
             }
             Err(error) => {
