@@ -522,5 +522,5 @@ fn seed_cursor(store: &agentnet_relay::store::Store, url: &str) {
         cursor: 1,
         events: 0,
     };
-    store.append(vec![], &[], &[cursor], 0).expect("cursor");
+    store.append(&[], &[], &[cursor], 0).expect("cursor");
 }

@@ -200,7 +200,8 @@ pub async fn run_serving(
     let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
     {
         let (store, live, metrics) = (store.clone(), live.clone(), metrics.clone());
-        tasks.spawn_blocking(move || sequencer(store, seq_rx, live, metrics));
+        let cancel = cancel.clone();
+        tasks.spawn_blocking(move || sequencer(store, seq_rx, live, metrics, cancel));
     }
     tasks.spawn(retention(
         store.clone(),
@@ -515,6 +516,7 @@ fn sequencer(
     mut input: mpsc::Receiver<Verified>,
     live: broadcast::Sender<(u64, Bytes)>,
     metrics: Metrics,
+    cancel: CancellationToken,
 ) -> Result<(), Error> {
     while let Some(first) = input.blocking_recv() {
         let mut batch = vec![first];
@@ -564,7 +566,7 @@ fn sequencer(
                 events,
             })
             .collect();
-        let written = store.append(appends, &states, &cursors, now_ms())?;
+        let written = append_until_written(&store, &appends, &states, &cursors, &metrics, &cancel)?;
         for ((seq, bytes), at) in written.into_iter().zip(received) {
             metrics.events_out.increment(1);
             metrics.publish_seconds.record(at.elapsed().as_secs_f64());
@@ -573,6 +575,53 @@ fn sequencer(
         }
     }
     Ok(())
+}
+
+/// First wait after a failed log write; doubles up to the next.
+const STORE_RETRY_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between tries of a failed log write.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Appends a batch, waiting out a store that refuses it (a full disk): the batch is kept,
+/// the database reopened (redb refuses everything after an I/O failure until then) and the
+/// write tried again with backoff. Nothing in the batch is acknowledged meanwhile (no
+/// cursor moves, nothing is published), and the queues behind the sequencer fill, so the
+/// hosts' readers wait instead of taking more. Shutting down while the store refuses ends
+/// the wait with the store's error (the batch was never acknowledged, and its events are
+/// read again from the hosts' cursors after a restart).
+fn append_until_written(
+    store: &Store,
+    appends: &[Append],
+    states: &[(String, store::AccountState)],
+    cursors: &[store::HostCursor],
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> Result<Vec<(u64, Bytes)>, Error> {
+    let mut wait = STORE_RETRY_MIN;
+    let mut failures = 0u64;
+    loop {
+        match store.append(appends, states, cursors, now_ms()) {
+            Ok(written) => {
+                if failures > 0 {
+                    tracing::warn!(failures, "the event log accepts writes again");
+                }
+                return Ok(written);
+            }
+            Err(error) if cancel.is_cancelled() => return Err(Error::Store(error)),
+            Err(error) => {
+                failures += 1;
+                metrics.store_failures.increment(1);
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::error!(%error, failures, "the event log refused a write (disk full?): holding the batch and retrying; nothing is acknowledged meanwhile");
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(STORE_RETRY_MAX);
+                if let Err(error) = store.reopen() {
+                    tracing::debug!(%error, "reopening the event log failed; trying again");
+                }
+            }
+        }
+    }
 }
 
 /// Applies the retention policy once a minute.
@@ -590,12 +639,17 @@ async fn retention(
         }
         let s = store.clone();
         let max = config.retention_events;
-        let count = tokio::task::spawn_blocking(move || {
+        let pruned = tokio::task::spawn_blocking(move || {
             s.prune(max, max_age_ms, now_ms())?;
             s.event_count()
         })
         .await
-        .map_err(|e| Error::Task(e.to_string()))??;
-        metrics.log_events.set(count as f64);
+        .map_err(|e| Error::Task(e.to_string()))?;
+        // A store that refuses (a full disk) is the sequencer's to wait out; pruning tries
+        // again next time.
+        match pruned {
+            Ok(count) => metrics.log_events.set(count as f64),
+            Err(error) => tracing::warn!(%error, "retention could not prune the log this time"),
+        }
     }
 }

@@ -149,6 +149,8 @@ pub struct Metrics {
     pub redelivered: Counter,
     /// Repairs (`getRepo`) that failed and will be retried.
     pub repair_failures: Counter,
+    /// Log writes the store refused (a full disk); each is tried again.
+    pub store_failures: Counter,
     /// Accounts resynchronized from `getRepo`.
     pub resyncs: Counter,
     /// Whole-event verification time, seconds.
@@ -203,6 +205,7 @@ impl Metrics {
             drop_log: Arc::default(),
             redelivered: counter("relay_events_redelivered_total"),
             repair_failures: counter("relay_repair_failures_total"),
+            store_failures: counter("relay_store_write_failures_total"),
             resyncs: counter("relay_resyncs_total"),
             verify_seconds: histogram("relay_verify_seconds"),
             publish_seconds: histogram("relay_publish_seconds"),

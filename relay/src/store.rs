@@ -152,17 +152,60 @@ pub struct Append {
 }
 
 /// The durable store. Cheap to clone; all methods block (call them off the async runtime).
+///
+/// After an I/O failure (a full disk) the database refuses every operation until it is
+/// opened again: [`Store::reopen`] does that in place for every clone, so the relay can wait
+/// for space and go on without restarting.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<std::sync::RwLock<Option<Arc<Database>>>>,
+    path: Arc<std::path::PathBuf>,
 }
+
+/// How long a reopen waits for in-flight readers of the old handle.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Store {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
-        let db = Database::create(dir.join("relay.redb"))?;
+        let path = dir.join("relay.redb");
+        let db = Self::open_db(&path)?;
+        Ok(Store {
+            db: Arc::new(std::sync::RwLock::new(Some(Arc::new(db)))),
+            path: Arc::new(path),
+        })
+    }
+
+    /// The current handle.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Db("the store is being reopened".into()))
+    }
+
+    /// Closes and opens the database again (after an I/O failure, which redb makes
+    /// permanent for the handle that saw it). Waits up to a few seconds for readers of the
+    /// old handle to finish.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = slot.take() {
+            let deadline = std::time::Instant::now() + REOPEN_WAIT;
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            drop(old);
+        }
+        let db = Self::open_db(&self.path)?;
+        *slot = Some(Arc::new(db));
+        Ok(())
+    }
+
+    fn open_db(path: &Path) -> Result<Database, StoreError> {
+        let db = Database::create(path)?;
         let txn = db.begin_write()?;
         {
             txn.open_table(EVENTS)?;
@@ -174,19 +217,19 @@ impl Store {
             txn.open_table(REPO_COLLECTIONS)?;
         }
         txn.commit()?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(db)
     }
 
     /// The highest `seq` assigned so far (0 before the first event).
     pub fn last_seq(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0))
     }
 
     /// The oldest retained `seq`, if any event is retained.
     pub fn oldest_seq(&self) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let events = txn.open_table(EVENTS)?;
         let oldest = events.first()?.map(|(k, _)| k.value());
         Ok(oldest)
@@ -194,7 +237,7 @@ impl Store {
 
     /// Number of retained events.
     pub fn event_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         Ok(txn.open_table(EVENTS)?.len()?)
     }
 
@@ -203,12 +246,12 @@ impl Store {
     /// the same transaction.
     pub fn append(
         &self,
-        batch: Vec<Append>,
+        batch: &[Append],
         states: &[(String, AccountState)],
         host_cursors: &[HostCursor],
         now_ms: u64,
     ) -> Result<Vec<(u64, Bytes)>, StoreError> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db()?.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let mut out = Vec::with_capacity(batch.len());
         {
@@ -219,25 +262,27 @@ impl Store {
             let mut accounts = txn.open_table(ACCOUNTS)?;
             let mut by_collection = txn.open_table(COLLECTIONS)?;
             let mut by_repo = txn.open_table(REPO_COLLECTIONS)?;
-            for mut item in batch {
-                if let Some(did) = item.frame.did().map(str::to_string) {
-                    apply_collections(&mut by_collection, &mut by_repo, &did, &item.collections)?;
+            for item in batch {
+                if let Some(did) = item.frame.did() {
+                    apply_collections(&mut by_collection, &mut by_repo, did, &item.collections)?;
                 }
                 seq += 1;
                 let bytes = match &item.raw {
                     Some(raw) => atproto::frame::with_seq(raw, seq as i64)
                         .map_err(|_| StoreError::Corrupt("frame has no seq to rewrite"))?,
                     None => {
-                        item.frame.set_seq(seq as i64);
-                        atproto::frame::encode_frame(&item.frame)
+                        // Events the relay made itself (repairs): encoded here.
+                        let mut frame = item.frame.clone();
+                        frame.set_seq(seq as i64);
+                        atproto::frame::encode_frame(&frame)
                             .map_err(|_| StoreError::Corrupt("frame does not encode"))?
                     }
                 };
                 events.insert(seq, bytes.as_slice())?;
                 times.insert(seq, now_ms)?;
-                if let Some((did, state)) = item.account {
+                if let Some((did, state)) = &item.account {
                     let v =
-                        serde_json::to_vec(&state).map_err(|_| StoreError::Corrupt("account"))?;
+                        serde_json::to_vec(state).map_err(|_| StoreError::Corrupt("account"))?;
                     accounts.insert(did.as_str(), v.as_slice())?;
                 }
                 out.push((seq, Bytes::from(bytes)));
@@ -275,7 +320,7 @@ impl Store {
 
     /// Up to `max` events with `seq > after`, in order.
     pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let events = txn.open_table(EVENTS)?;
         let mut out = Vec::with_capacity(max.min(4096));
         for item in events.range(after.saturating_add(1)..)?.take(max) {
@@ -288,7 +333,7 @@ impl Store {
     /// Drops the oldest events while more than `max_events` are retained or they are older
     /// than `max_age_ms`. Returns how many were dropped.
     pub fn prune(&self, max_events: u64, max_age_ms: u64, now_ms: u64) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let mut dropped = 0;
         {
             let mut events = txn.open_table(EVENTS)?;
@@ -318,7 +363,7 @@ impl Store {
 
     /// Every stored account.
     pub fn accounts(&self) -> Result<Vec<(String, AccountState)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(ACCOUNTS)?;
         let mut out = Vec::new();
         for item in table.range::<&str>(..)? {
@@ -334,7 +379,7 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, AccountState)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(ACCOUNTS)?;
         let mut out = Vec::new();
         let range = match after {
@@ -361,7 +406,7 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(COLLECTIONS)?;
         let prefix = format!("{collection}\0");
         let start = match after {
@@ -384,7 +429,7 @@ impl Store {
 
     /// One account's state.
     pub fn account(&self, did: &str) -> Result<Option<AccountState>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(ACCOUNTS)?;
         table
             .get(did)?
@@ -394,7 +439,7 @@ impl Store {
 
     /// Every known host.
     pub fn hosts(&self) -> Result<Vec<HostState>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(HOSTS)?;
         let mut out = Vec::new();
         for item in table.range::<&str>(..)? {
@@ -431,7 +476,7 @@ impl Store {
         url: &str,
         change: impl FnOnce(&mut HostState),
     ) -> Result<HostState, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let state;
         {
             let mut table = txn.open_table(HOSTS)?;
@@ -464,7 +509,7 @@ impl Store {
 
     /// Forgets a host: its cursor, status and limits (its accounts' states stay).
     pub fn remove_host(&self, url: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let removed = txn.open_table(HOSTS)?.remove(url)?.is_some();
         txn.commit()?;
         Ok(removed)
