@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
@@ -298,43 +297,75 @@ async fn subscribe_repos(
 /// How long a closing socket waits for the client's Close in reply.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Serves one subscriber while reading its socket: pings are answered (the WebSocket
-/// layer replies to each as it is read), a client's Close is answered and ends the
-/// subscription, and every read counts as hearing from the client, which the keepalive
-/// uses to close peers that went away without a word.
+/// Serves one subscriber, reading its socket whenever nothing is being sent (and between
+/// replay pages): pings are answered (the WebSocket layer queues each reply as it reads the
+/// ping and sends it with the next read or write), a client's Close is answered and ends
+/// the subscription, and every read counts as hearing from the client, which the keepalive
+/// uses to close peers that went away without a word. One task, one unsplit socket: no
+/// lock between a reader and a writer on the fan-out path.
 async fn serve_socket(
-    socket: WebSocket,
+    mut socket: WebSocket,
     state: &AppState,
     params: &SubscribeParams,
 ) -> Result<(), String> {
-    let (mut sink, mut stream) = socket.split();
-    let heard = std::sync::Mutex::new(std::time::Instant::now());
-    let read = read_client(&mut stream, &heard);
-    let write = serve_subscriber(&mut sink, state, params, &heard);
-    let result = tokio::select! {
-        // The client closed (its Close was answered) or the connection broke.
-        () = read => return Ok(()),
-        r = write => r,
+    let mut client = Client {
+        heard: std::time::Instant::now(),
+        gone: false,
     };
+    let result = serve_subscriber(&mut socket, state, params, &mut client).await;
+    if client.gone {
+        // The client closed (its Close answered) or the connection broke.
+        return Ok(());
+    }
     // We closed: give the client a moment to answer our Close, so the handshake
     // completes instead of the client waiting out its own timeout.
-    let _ = sink.close().await;
-    let _ = tokio::time::timeout(CLOSE_GRACE, read_client(&mut stream, &heard)).await;
+    let _ = socket.close().await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
     result
 }
 
-/// Reads the client's socket until it closes or breaks. Reading is what answers pings and
-/// Close frames (the WebSocket layer queues each reply and sends it on the next read).
-async fn read_client(
-    stream: &mut SplitStream<WebSocket>,
-    heard: &std::sync::Mutex<std::time::Instant>,
-) {
-    while let Some(msg) = stream.next().await {
-        *heard.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
-        if msg.is_err() {
-            return;
+/// What the relay knows of a subscriber's side of the socket.
+struct Client {
+    /// When anything last came from it.
+    heard: std::time::Instant,
+    /// It closed or the connection broke.
+    gone: bool,
+}
+
+impl Client {
+    /// Takes one message the client sent. False when the client is gone (after a Close,
+    /// whose reply is flushed here).
+    async fn took(
+        &mut self,
+        socket: &mut WebSocket,
+        msg: Option<Result<Message, axum::Error>>,
+    ) -> bool {
+        self.heard = std::time::Instant::now();
+        match msg {
+            Some(Ok(Message::Close(_))) => {
+                let _ = socket.flush().await;
+                self.gone = true;
+                false
+            }
+            Some(Ok(_)) => true,
+            None | Some(Err(_)) => {
+                self.gone = true;
+                false
+            }
         }
-        // A Close is answered on the next read, which then ends the stream.
+    }
+
+    /// Takes whatever the client has sent without waiting. False when it is gone.
+    async fn drain(&mut self, socket: &mut WebSocket) -> bool {
+        while let Some(msg) = futures::FutureExt::now_or_never(socket.next()) {
+            if !self.took(socket, msg).await {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -346,9 +377,7 @@ fn error_frame(error: &str, message: &str) -> Bytes {
     Bytes::from(atproto::frame::encode_frame(&frame).unwrap_or_default())
 }
 
-type Sink = SplitSink<WebSocket, Message>;
-
-async fn send_error_and_close(socket: &mut Sink, error: &str, message: &str) {
+async fn send_error_and_close(socket: &mut WebSocket, error: &str, message: &str) {
     let _ = socket
         .send(Message::Binary(error_frame(error, message)))
         .await;
@@ -363,7 +392,11 @@ async fn send_error_and_close(socket: &mut Sink, error: &str, message: &str) {
 /// Sends frames with one flush; a subscriber that does not take them within the send
 /// timeout is closed as too slow (it holds nobody else up: every subscriber has its own
 /// task and buffer).
-async fn send_batch(socket: &mut Sink, state: &AppState, frames: Vec<Bytes>) -> Result<(), String> {
+async fn send_batch(
+    socket: &mut WebSocket,
+    state: &AppState,
+    frames: Vec<Bytes>,
+) -> Result<(), String> {
     if frames.is_empty() {
         return Ok(());
     }
@@ -390,10 +423,10 @@ async fn send_batch(socket: &mut Sink, state: &AppState, frames: Vec<Bytes>) -> 
 /// below the last replayed `seq` are skipped. A subscriber that cannot keep up is sent
 /// `ConsumerTooSlow` and closed; nobody else waits for it.
 async fn serve_subscriber(
-    socket: &mut Sink,
+    socket: &mut WebSocket,
     state: &AppState,
     params: &SubscribeParams,
-    heard: &std::sync::Mutex<std::time::Instant>,
+    client: &mut Client,
 ) -> Result<(), String> {
     let mut keepalive = tokio::time::interval(state.ping_interval);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -460,6 +493,9 @@ async fn serve_subscriber(
                     .filter(|b| !filtering || params.wants(b));
                 send_batch(socket, state, frames.collect()).await?;
                 last = end;
+                if !client.drain(socket).await {
+                    return Ok(());
+                }
             }
             catching_up = false;
         }
@@ -468,8 +504,14 @@ async fn serve_subscriber(
         let mut batch = Vec::new();
         let first = tokio::select! {
             item = rx.recv() => item,
+            msg = socket.next() => {
+                if client.took(socket, msg).await {
+                    continue;
+                }
+                return Ok(());
+            }
             _ = keepalive.tick() => {
-                let silent = heard.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+                let silent = client.heard.elapsed();
                 if silent > state.dead_after {
                     state.metrics.dead_subscribers.increment(1);
                     return Err(format!("no word from the client in {silent:?}"));
