@@ -294,6 +294,9 @@ async fn subscribe_repos(
     })
 }
 
+/// While frames flow without a pause, the client's socket is still read this often.
+const READ_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a closing socket waits for the client's Close in reply.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -475,6 +478,7 @@ async fn serve_subscriber(
     };
     let mut catching_up = cursor.is_some();
     let mut catch_ups = 0;
+    let mut read_at = std::time::Instant::now();
     loop {
         if catching_up {
             loop {
@@ -502,7 +506,10 @@ async fn serve_subscriber(
         // Take what is ready (up to LIVE_BATCH frames) and send it with one flush; while
         // nothing is, keep the connection alive and notice a client that went away.
         let mut batch = Vec::new();
+        // Biased to the live stream: while frames flow, neither the socket nor the timer is
+        // polled per frame (the client is read at least once a second below).
         let first = tokio::select! {
+            biased;
             item = rx.recv() => item,
             msg = socket.next() => {
                 if client.took(socket, msg).await {
@@ -577,6 +584,12 @@ async fn serve_subscriber(
             };
         }
         send_batch(socket, state, batch).await?;
+        if read_at.elapsed() >= READ_EVERY {
+            read_at = std::time::Instant::now();
+            if !client.drain(socket).await {
+                return Ok(());
+            }
+        }
     }
 }
 
