@@ -431,9 +431,13 @@ async fn serve_subscriber(
     params: &SubscribeParams,
     client: &mut Client,
 ) -> Result<(), String> {
-    let mut keepalive = tokio::time::interval(state.ping_interval);
-    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    keepalive.tick().await;
+    // One housekeeping tick (at most every READ_EVERY): read what the client sent, ping it
+    // when the ping interval is up, close it when it has been silent too long. Polling the
+    // socket on every frame instead costs more than the frame's own send.
+    let mut housekeeping = tokio::time::interval(state.ping_interval.min(READ_EVERY));
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    housekeeping.tick().await;
+    let mut pinged = std::time::Instant::now();
     let cursor = params.cursor;
     let filtering = params.filtering();
     let mut rx = state.live.subscribe();
@@ -506,29 +510,31 @@ async fn serve_subscriber(
         // Take what is ready (up to LIVE_BATCH frames) and send it with one flush; while
         // nothing is, keep the connection alive and notice a client that went away.
         let mut batch = Vec::new();
-        // Biased to the live stream: while frames flow, neither the socket nor the timer is
-        // polled per frame (the client is read at least once a second below).
+        // Biased to the live stream: while frames flow the housekeeping tick waits (the
+        // client is still read at least once a second, below).
         let first = tokio::select! {
             biased;
             item = rx.recv() => item,
-            msg = socket.next() => {
-                if client.took(socket, msg).await {
-                    continue;
+            _ = housekeeping.tick() => {
+                read_at = std::time::Instant::now();
+                if !client.drain(socket).await {
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            _ = keepalive.tick() => {
                 let silent = client.heard.elapsed();
                 if silent > state.dead_after {
                     state.metrics.dead_subscribers.increment(1);
                     return Err(format!("no word from the client in {silent:?}"));
                 }
-                let ping = socket.send(Message::Ping(Bytes::new()));
-                match tokio::time::timeout(state.send_timeout, ping).await {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => return Err("ping not taken in time".into()),
+                if pinged.elapsed() >= state.ping_interval {
+                    pinged = std::time::Instant::now();
+                    let ping = socket.send(Message::Ping(Bytes::new()));
+                    match tokio::time::timeout(state.send_timeout, ping).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(e.to_string()),
+                        Err(_) => return Err("ping not taken in time".into()),
+                    }
                 }
+                continue;
             }
         };
         let mut next = Some(first);
