@@ -283,16 +283,26 @@ async fn subscribe_repos(
         )
         .into_response();
     }
-    ws.on_upgrade(move |socket| async move {
-        state.subscribers.fetch_add(1, Ordering::Relaxed);
-        state.metrics.subscribers.increment(1.0);
-        if let Err(error) = serve_socket(socket, &state, &params).await {
-            tracing::debug!(%error, "subscriber ended");
-        }
-        state.subscribers.fetch_sub(1, Ordering::Relaxed);
-        state.metrics.subscribers.decrement(1.0);
-    })
+    // Subscribers send only control frames: a small read buffer (it is allocated per
+    // socket once it is read) and small message bounds.
+    ws.read_buffer_size(SUBSCRIBER_READ_BUFFER)
+        .max_message_size(SUBSCRIBER_MAX_MESSAGE)
+        .max_frame_size(SUBSCRIBER_MAX_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            state.subscribers.fetch_add(1, Ordering::Relaxed);
+            state.metrics.subscribers.increment(1.0);
+            if let Err(error) = serve_socket(socket, &state, &params).await {
+                tracing::debug!(%error, "subscriber ended");
+            }
+            state.subscribers.fetch_sub(1, Ordering::Relaxed);
+            state.metrics.subscribers.decrement(1.0);
+        })
 }
+
+/// Read buffer per subscriber socket (what a subscriber sends is pings, pongs and Close).
+const SUBSCRIBER_READ_BUFFER: usize = 4 * 1024;
+/// Largest message a subscriber may send.
+const SUBSCRIBER_MAX_MESSAGE: usize = 64 * 1024;
 
 /// While frames flow without a pause, the client's socket is still read this often.
 const READ_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
