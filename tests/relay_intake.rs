@@ -242,9 +242,14 @@ async fn the_operator_bans_rewinds_and_removes_hosts_and_sees_them_go_offline() 
         second.fleet.subscribers() >= 1
     })
     .await;
+    let before = relay.metric("relay_events_out_total").await;
     second.fleet.write_one(0).await.expect("write");
     wait_for("the host to be taken back", async || {
         get_json(relay.port, &host_status(&b)).await["status"] == "active"
+    })
+    .await;
+    wait_for("its commit to be published", async || {
+        relay.metric("relay_events_out_total").await >= before + 1.0
     })
     .await;
 
@@ -257,6 +262,8 @@ async fn the_operator_bans_rewinds_and_removes_hosts_and_sees_them_go_offline() 
     .await;
     assert_eq!(code, 200);
     assert!(!listed(&relay).await.iter().any(|h| h["hostname"] == b));
+    // (The crawler lets the host go as soon as it reads the command.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let out = relay.metric("relay_events_out_total").await;
     second.fleet.write_one(0).await.expect("write");
     tokio::time::sleep(Duration::from_millis(500)).await;
