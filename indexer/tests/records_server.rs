@@ -23,5 +23,6 @@ fn record_index_on_a_clickhouse_server() {
     common::suite::run(&store);
     // Reopening finds every version applied and applies nothing twice.
     let again = store::open_server_records(&config).expect("reopen");
-    assert_eq!(again.applied().expect("versions"), vec![1, 2, 3]);
+    let every: Vec<u32> = store::records::MIGRATIONS.iter().map(|(v, _)| *v).collect();
+    assert_eq!(again.applied().expect("versions"), every);
 }
