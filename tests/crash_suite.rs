@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use agentnet_fleet::{Fleet, FleetConfig};
 use atproto::frame::Frame;
-use inproc::{frames, http_get, tempdir, wait_for, FleetHandle};
+use inproc::{frames, free_port, http_get, tempdir, wait_for, FleetHandle};
 use rand::{Rng, SeedableRng};
 use store::records::Change;
 
@@ -36,14 +36,6 @@ impl Proc {
         self.0.kill().expect("kill -9");
         self.0.wait().expect("reap");
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn relay(port: u16, data: &std::path::Path, fleet: &Fleet) -> Proc {

@@ -21,7 +21,7 @@ use agentnet_indexer::pipeline::{follow, Sinks};
 use atproto::commit::{RepoWriter, Write};
 use atproto::crypto::{Algorithm, Keypair};
 use atproto::frame::{AccountEvent, Frame};
-use inproc::{relay_args, tempdir, wait_for, FleetHandle, RelayHandle};
+use inproc::{published, relay_in, tempdir, wait_for, FleetHandle};
 use serde_json::json;
 use store::embed::{Embedder, Precision};
 use store::records::Page;
@@ -251,21 +251,12 @@ async fn the_indexer_is_a_complete_consumer() {
 
     // A relay with the fleet's agents; the vector store refuses the first three writes.
     let mut fleet = FleetHandle::start(3, false).await;
-    let args = relay_args(&data.join("relay"), &fleet.fleet);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let relay = RelayHandle::start(&args).await;
-    wait_for("the relay to subscribe", async || {
-        fleet.fleet.subscribers() >= 1
-    })
-    .await;
+    let relay = relay_in(&[&fleet], &data.join("relay"), &[]).await;
     fleet.fleet.genesis().await.expect("genesis");
     for i in 0..6 {
         fleet.fleet.write_one(i % 3).await.expect("write");
     }
-    wait_for("relay to publish", async || {
-        relay.metric("relay_events_out_total").await >= 15.0
-    })
-    .await;
+    published(&relay, 15.0).await;
     flaky.fail.store(3, Ordering::SeqCst);
     let relay_url = format!("ws://127.0.0.1:{}", relay.port);
     sinks.repos = Some(

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use atproto::frame::Frame;
-use inproc::{frames, http_get, relay_args, wait_for, FleetHandle, RelayHandle};
+use inproc::{frames, http_get, published, relay_in, wait_for, FleetHandle};
 
 /// A tmpfs of `size_kib`, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -58,19 +58,9 @@ fn fill(dir: &std::path::Path) -> PathBuf {
 async fn a_full_disk_pauses_the_relay_and_loses_nothing() {
     let disk = Tmpfs::mount(8 * 1024);
     let mut fleet = FleetHandle::start(4, false).await;
-    let data = disk.0.join("relay");
-    let args = relay_args(&data, &fleet.fleet);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let relay = RelayHandle::start(&args).await;
-    wait_for("the relay to subscribe", async || {
-        fleet.fleet.subscribers() >= 1
-    })
-    .await;
+    let relay = relay_in(&[&fleet], &disk.0.join("relay"), &[]).await;
     fleet.fleet.genesis().await.expect("genesis");
-    wait_for("genesis relayed", async || {
-        relay.metric("relay_events_out_total").await >= 12.0
-    })
-    .await;
+    published(&relay, 12.0).await;
 
     let filler = fill(&disk.0);
     // Keep writing until the log refuses a write (the database may have had free pages).

@@ -11,50 +11,15 @@ use std::time::{Duration, Instant};
 use atproto::frame::Frame;
 use futures::{SinkExt, StreamExt};
 use inproc::{
-    frames, get_json, http_full, relay_args, tempdir, wait_for, FleetHandle, RelayHandle,
+    frames, get_json, host_status_path, http_full, published, relay_args, start_relay, tempdir,
+    wait_for, FleetHandle, RelayHandle,
 };
 use tokio_tungstenite::tungstenite::Message;
-
-async fn start_relay(
-    fleets: &[&FleetHandle],
-    name: &str,
-    extra: &[&str],
-) -> (RelayHandle, std::path::PathBuf) {
-    let data = tempdir(name);
-    let mut args = relay_args(&data, &fleets[0].fleet);
-    for f in &fleets[1..] {
-        args.extend(["--host".to_string(), f.fleet.url().to_string()]);
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let relay = RelayHandle::start(&args).await;
-    for f in fleets {
-        wait_for("the relay to subscribe", async || {
-            f.fleet.subscribers() >= 1
-        })
-        .await;
-    }
-    (relay, data)
-}
-
-async fn published(relay: &RelayHandle, at_least: f64) {
-    wait_for(&format!("{at_least} events out"), async || {
-        relay.metric("relay_events_out_total").await >= at_least
-    })
-    .await;
-}
 
 fn status_path(did: &str) -> String {
     format!(
         "/xrpc/com.atproto.sync.getRepoStatus?did={}",
         atproto::net::percent_encode(did)
-    )
-}
-
-fn host_status_path(url: &str) -> String {
-    format!(
-        "/xrpc/com.atproto.sync.getHostStatus?hostname={}",
-        atproto::net::percent_encode(url)
     )
 }
 

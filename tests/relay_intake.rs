@@ -6,7 +6,9 @@ mod inproc;
 
 use std::time::Duration;
 
-use inproc::{get_json, http, relay_args, tempdir, wait_for, FleetHandle, RelayHandle};
+use inproc::{
+    get_json, http, published, relay_args, start_relay, tempdir, wait_for, FleetHandle, RelayHandle,
+};
 
 const ADMIN: &str = "Bearer 0p3rator";
 
@@ -55,18 +57,11 @@ async fn listed(relay: &RelayHandle) -> Vec<serde_json::Value> {
 async fn request_crawl_checks_probes_and_bounds_what_it_takes() {
     let first = FleetHandle::start(1, false).await;
     let second = FleetHandle::start(1, false).await;
-    let data = tempdir("intake");
-    let mut args = relay_args(&data, &first.fleet);
-    args.extend(
-        ["--max-hosts", "2", "--crawl-requests-per-minute", "12"]
-            .iter()
-            .map(|s| s.to_string()),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let relay = RelayHandle::start(&args).await;
-    wait_for("the relay to subscribe", async || {
-        first.fleet.subscribers() >= 1
-    })
+    let (relay, data) = start_relay(
+        &[&first],
+        "intake",
+        &["--max-hosts", "2", "--crawl-requests-per-minute", "12"],
+    )
     .await;
 
     for bad in [
@@ -124,27 +119,16 @@ async fn the_operator_bans_rewinds_and_removes_hosts_and_sees_them_go_offline() 
     let mut first = FleetHandle::start(2, false).await;
     // A did:web host of its own (the fleets' did:plc accounts share one directory).
     let mut second = FleetHandle::start(1, true).await;
-    let data = tempdir("lifecycle");
-    let mut args = relay_args(&data, &first.fleet);
-    args.extend(
-        ["--host", second.fleet.url(), "--admin-token", "0p3rator"]
-            .iter()
-            .map(|s| s.to_string()),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let relay = RelayHandle::start(&args).await;
-    for f in [&first, &second] {
-        wait_for("the relay to subscribe", async || {
-            f.fleet.subscribers() >= 1
-        })
-        .await;
-        f.fleet.genesis().await.expect("genesis");
-    }
-    // 2 accounts × 3 events (the foreign account's are refused) + the did:web genesis.
-    wait_for("genesis relayed", async || {
-        relay.metric("relay_events_out_total").await >= 7.0
-    })
+    let (relay, data) = start_relay(
+        &[&first, &second],
+        "lifecycle",
+        &["--admin-token", "0p3rator"],
+    )
     .await;
+    first.fleet.genesis().await.expect("genesis");
+    second.fleet.genesis().await.expect("genesis");
+    // 2 accounts × 3 events (the foreign account's are refused) + the did:web genesis.
+    published(&relay, 7.0).await;
     let b = second.fleet.url().to_string();
 
     // Without the token, every admin endpoint says no.

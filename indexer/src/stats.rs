@@ -79,51 +79,22 @@ impl Stats {
     pub fn prometheus(&self) -> String {
         let c = &self.0;
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, value: u64| {
+        let counters: [(&str, &str, &AtomicU64); 8] = [
+            ("indexer_batches_total", "Batches written to every sink.", &c.batches),
+            ("indexer_rows_total", "Record index rows written (upserts and deletes).", &c.rows),
+            ("indexer_vectors_total", "Vectors written.", &c.vectors),
+            ("indexer_outdated_cursor_total", "Times the relay no longer held every event after the cursor (a gap).", &c.outdated),
+            ("indexer_syncs_total", "Accounts reconciled from their repo after a #sync.", &c.synced),
+            ("indexer_sync_failures_total", "#sync events whose repo could not be fetched or read (the account is left as it was).", &c.sync_failed),
+            ("indexer_error_frames_total", "Sessions the relay refused with an error frame (FutureCursor, ...).", &c.error_frames),
+            ("indexer_failed_batches_total", "Batch writes a sink refused; each is tried again until it is written.", &c.failed_batches),
+        ];
+        for (name, help, value) in counters {
             out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                value.load(Ordering::Relaxed)
             ));
-        };
-        counter(
-            "indexer_batches_total",
-            "Batches written to every sink.",
-            c.batches.load(Ordering::Relaxed),
-        );
-        counter(
-            "indexer_rows_total",
-            "Record index rows written (upserts and deletes).",
-            c.rows.load(Ordering::Relaxed),
-        );
-        counter(
-            "indexer_vectors_total",
-            "Vectors written.",
-            c.vectors.load(Ordering::Relaxed),
-        );
-        counter(
-            "indexer_outdated_cursor_total",
-            "Times the relay no longer held every event after the cursor (a gap).",
-            c.outdated.load(Ordering::Relaxed),
-        );
-        counter(
-            "indexer_syncs_total",
-            "Accounts reconciled from their repo after a #sync.",
-            c.synced.load(Ordering::Relaxed),
-        );
-        counter(
-            "indexer_sync_failures_total",
-            "#sync events whose repo could not be fetched or read (the account is left as it was).",
-            c.sync_failed.load(Ordering::Relaxed),
-        );
-        counter(
-            "indexer_error_frames_total",
-            "Sessions the relay refused with an error frame (FutureCursor, ...).",
-            c.error_frames.load(Ordering::Relaxed),
-        );
-        counter(
-            "indexer_failed_batches_total",
-            "Batch writes a sink refused; each is tried again until it is written.",
-            c.failed_batches.load(Ordering::Relaxed),
-        );
+        }
         out.push_str(
             "# HELP indexer_skipped_total Ops not indexed, by reason.\n# TYPE indexer_skipped_total counter\n",
         );

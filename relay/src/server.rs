@@ -879,11 +879,7 @@ async fn request_crawl(
             ));
         }
         // Known: make sure it is crawled (a no-op when it is).
-        state
-            .new_hosts
-            .send(crate::HostCommand::Crawl(url))
-            .await
-            .map_err(internal)?;
+        tell(&state, crate::HostCommand::Crawl(url)).await?;
         return Ok(Json(json!({})));
     }
     let store = state.store.clone();
@@ -943,11 +939,7 @@ async fn add_host(state: &AppState, url: String) -> Result<Json<serde_json::Valu
     }
     atproto::identity::check_host(&url, state.dev)
         .map_err(|e| bad("InvalidRequest", e.to_string()))?;
-    state
-        .new_hosts
-        .send(crate::HostCommand::Crawl(url))
-        .await
-        .map_err(internal)?;
+    tell(state, crate::HostCommand::Crawl(url)).await?;
     Ok(Json(json!({})))
 }
 
@@ -992,6 +984,11 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), XrpcError> {
     Ok(())
 }
 
+/// Tells the crawler `command`.
+async fn tell(state: &AppState, command: crate::HostCommand) -> Result<(), XrpcError> {
+    state.new_hosts.send(command).await.map_err(internal)
+}
+
 /// A known host by its URL, for the admin endpoints.
 fn known_host(state: &AppState, url: &str) -> Result<Arc<crate::hosts::Host>, XrpcError> {
     state
@@ -1007,18 +1004,7 @@ async fn admin_ban(
     headers: HeaderMap,
     Json(body): Json<AdminHost>,
 ) -> Result<Json<serde_json::Value>, XrpcError> {
-    authorized(&state, &headers)?;
-    let host = known_host(&state, &body.url)?;
-    host.set_status(crate::hosts::HostStatus::Banned);
-    let (store, url) = (state.store.clone(), host.url.to_string());
-    blocking(move || store.put_host(&url, "banned")).await?;
-    state
-        .new_hosts
-        .send(crate::HostCommand::Stop(host.url.to_string()))
-        .await
-        .map_err(internal)?;
-    tracing::warn!(host = %host.url, "host banned by the operator");
-    Ok(Json(json!({"status": "banned"})))
+    set_banned(&state, &headers, &body.url, true).await
 }
 
 /// Lifts a ban and crawls the host again from its cursor.
@@ -1027,18 +1013,35 @@ async fn admin_unban(
     headers: HeaderMap,
     Json(body): Json<AdminHost>,
 ) -> Result<Json<serde_json::Value>, XrpcError> {
-    authorized(&state, &headers)?;
-    let host = known_host(&state, &body.url)?;
-    host.set_status(crate::hosts::HostStatus::Active);
-    let (store, url) = (state.store.clone(), host.url.to_string());
-    blocking(move || store.put_host(&url, "active")).await?;
-    state
-        .new_hosts
-        .send(crate::HostCommand::Crawl(host.url.to_string()))
-        .await
-        .map_err(internal)?;
-    tracing::info!(host = %host.url, "host unbanned by the operator");
-    Ok(Json(json!({"status": "active"})))
+    set_banned(&state, &headers, &body.url, false).await
+}
+
+async fn set_banned(
+    state: &AppState,
+    headers: &HeaderMap,
+    url: &str,
+    banned: bool,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    use crate::hosts::HostStatus;
+    authorized(state, headers)?;
+    let host = known_host(state, url)?;
+    let status = if banned {
+        HostStatus::Banned
+    } else {
+        HostStatus::Active
+    };
+    host.set_status(status);
+    let (store, u) = (state.store.clone(), host.url.to_string());
+    blocking(move || store.put_host(&u, status.as_str())).await?;
+    let url = host.url.to_string();
+    if banned {
+        tell(state, crate::HostCommand::Stop(url)).await?;
+        tracing::warn!(host = %host.url, "host banned by the operator");
+    } else {
+        tell(state, crate::HostCommand::Crawl(url)).await?;
+        tracing::info!(host = %host.url, "host unbanned by the operator");
+    }
+    Ok(Json(json!({"status": status.as_str()})))
 }
 
 /// Stops crawling a host and forgets its cursor, status and limits.
@@ -1049,11 +1052,7 @@ async fn admin_remove(
 ) -> Result<Json<serde_json::Value>, XrpcError> {
     authorized(&state, &headers)?;
     let host = known_host(&state, &body.url)?;
-    state
-        .new_hosts
-        .send(crate::HostCommand::Stop(host.url.to_string()))
-        .await
-        .map_err(internal)?;
+    tell(&state, crate::HostCommand::Stop(host.url.to_string())).await?;
     state.hosts.remove(&host.url);
     let (store, url) = (state.store.clone(), host.url.to_string());
     blocking(move || store.remove_host(&url)).await?;
@@ -1079,19 +1078,11 @@ async fn admin_reset_cursor(
     let host = known_host(&state, &body.url)?;
     let cursor = body.cursor.unwrap_or(0).max(0);
     // Stop first, so nothing the old session reads settles past the new cursor.
-    state
-        .new_hosts
-        .send(crate::HostCommand::Stop(host.url.to_string()))
-        .await
-        .map_err(internal)?;
+    tell(&state, crate::HostCommand::Stop(host.url.to_string())).await?;
     host.reset_cursor(cursor);
     let (store, url) = (state.store.clone(), host.url.to_string());
     blocking(move || store.set_host_cursor(&url, cursor)).await?;
-    state
-        .new_hosts
-        .send(crate::HostCommand::Crawl(host.url.to_string()))
-        .await
-        .map_err(internal)?;
+    tell(&state, crate::HostCommand::Crawl(host.url.to_string())).await?;
     tracing::warn!(host = %host.url, cursor, "host cursor reset by the operator");
     Ok(Json(json!({"cursor": cursor})))
 }

@@ -614,33 +614,22 @@ impl Shard {
             epoch: host.epoch(),
             seq: upstream_seq,
         };
+        // A commit handed back for network work goes back into its event, as it came.
+        let again = |ev: CommitEvent, host: Arc<Host>, raw: bytes::Bytes| Pending {
+            inbound: Inbound {
+                host,
+                upstream_seq,
+                frame: Frame::Commit(Box::new(ev)),
+                raw,
+                received,
+            },
+            refreshed,
+        };
         let result = match frame {
             Frame::Commit(ev) => match self.commit(&host, marker, *ev, &id, refreshed) {
                 CommitStep::Done(r) => r,
-                CommitStep::Refresh(ev) => {
-                    return Step::Resolve(Pending {
-                        inbound: Inbound {
-                            host,
-                            upstream_seq,
-                            frame: Frame::Commit(Box::new(ev)),
-                            raw,
-                            received,
-                        },
-                        refreshed,
-                    })
-                }
-                CommitStep::Repair(ev) => {
-                    return Step::Repair(Pending {
-                        inbound: Inbound {
-                            host,
-                            upstream_seq,
-                            frame: Frame::Commit(Box::new(ev)),
-                            raw,
-                            received,
-                        },
-                        refreshed,
-                    })
-                }
+                CommitStep::Refresh(ev) => return Step::Resolve(again(ev, host, raw)),
+                CommitStep::Repair(ev) => return Step::Repair(again(ev, host, raw)),
             },
             Frame::Sync(ev) => self.sync(&host, marker, ev, &id),
             Frame::Identity(ev) => self.touch(did, &host, marker).map(|account| Append {

@@ -252,3 +252,62 @@ pub fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// A relay for `fleets` (the first one's PLC directory resolves DIDs) with `extra` flags,
+/// in a fresh data directory named after `name`, once it has subscribed to every fleet.
+pub async fn start_relay(
+    fleets: &[&FleetHandle],
+    name: &str,
+    extra: &[&str],
+) -> (RelayHandle, std::path::PathBuf) {
+    let data = tempdir(name);
+    let relay = relay_in(fleets, &data, extra).await;
+    (relay, data)
+}
+
+/// Like [`start_relay`], with its data in `data`.
+pub async fn relay_in(
+    fleets: &[&FleetHandle],
+    data: &std::path::Path,
+    extra: &[&str],
+) -> RelayHandle {
+    let mut args = relay_args(data, &fleets[0].fleet);
+    for f in &fleets[1..] {
+        args.extend(["--host".to_string(), f.fleet.url().to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = RelayHandle::start(&args).await;
+    for f in fleets {
+        wait_for("the relay to subscribe", async || {
+            f.fleet.subscribers() >= 1
+        })
+        .await;
+    }
+    relay
+}
+
+/// Waits until the relay has published `at_least` events.
+pub async fn published(relay: &RelayHandle, at_least: f64) {
+    wait_for(&format!("{at_least} events out"), async || {
+        relay.metric("relay_events_out_total").await >= at_least
+    })
+    .await;
+}
+
+/// `getHostStatus` for a host URL.
+pub fn host_status_path(url: &str) -> String {
+    format!(
+        "/xrpc/com.atproto.sync.getHostStatus?hostname={}",
+        atproto::net::percent_encode(url)
+    )
+}
+
+/// A free loopback port (for processes that bind it themselves).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
