@@ -5,7 +5,9 @@
 //! the node must stay healthy and keep relaying, and its memory must stay bounded.
 //!
 //! `AGENTNET_FUZZ_REQUESTS` sets the count (default 3,000, as CI runs it; RELIABILITY.md
-//! has the long run), `AGENTNET_FUZZ_SEED` the seed. Needs `AGENTNET_CHDB_LIB`.
+//! has the long run), `AGENTNET_FUZZ_SEED` the seed, and `AGENTNET_FUZZ_AGENTS=0` runs the
+//! node without its demo agents (to tell request-driven memory from ingest). Needs
+//! `AGENTNET_CHDB_LIB`.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -135,9 +137,15 @@ async fn random_xrpc_never_breaks_the_node() {
         .port();
     let data = std::env::temp_dir().join(format!("agentnet-xrpc-fuzz-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
+    let agents = std::env::var("AGENTNET_FUZZ_AGENTS").map_or(true, |v| v != "0");
     let node = Node(
         Command::new(env!("CARGO_BIN_EXE_agentnet"))
-            .args(["up", "--demo", "--demo-rate", "20", "--demo-agents", "6"])
+            .arg("up")
+            .args(if agents {
+                &["--demo", "--demo-rate", "20", "--demo-agents", "6"][..]
+            } else {
+                &[][..]
+            })
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(&data)
@@ -263,7 +271,7 @@ async fn random_xrpc_never_breaks_the_node() {
         .expect("health");
     assert!(health.status().is_success());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while events_out(&client, &base).await <= out_before {
+    while agents && events_out(&client, &base).await <= out_before {
         assert!(Instant::now() < deadline, "the node stopped relaying");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
