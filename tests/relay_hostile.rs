@@ -275,6 +275,29 @@ async fn firehose_answers_pings_and_close_and_drops_silent_peers() {
     host.fleet.genesis().await.expect("genesis");
     published(&relay, 3.0).await;
 
+    // The fleet, as the PDS it stands in for, answers its subscribers' pings too.
+    let (mut to_host, _) = tokio_tungstenite::connect_async(format!(
+        "{}/xrpc/com.atproto.sync.subscribeRepos",
+        host.fleet.url().replacen("http", "ws", 1)
+    ))
+    .await
+    .expect("subscribe to the fleet");
+    to_host
+        .send(Message::Ping(vec![9].into()))
+        .await
+        .expect("ping");
+    let pong = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(Ok(msg)) = to_host.next().await {
+            if let Message::Pong(p) = msg {
+                return p.as_ref() == [9];
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(pong, Ok(true), "the fleet answered the ping");
+    drop(to_host);
+
     // A silent peer: upgrades, then never reads or writes (so never answers a ping).
     let (silent, _) = tokio_tungstenite::connect_async(relay.ws(""))
         .await

@@ -766,8 +766,28 @@ async fn stream_frames(mut socket: WebSocket, fleet: Fleet, cursor: Option<u64>)
             }
         }
     }
+    // Like a real PDS, answer what the subscriber sends (pings, Close) once a second; the
+    // WebSocket layer replies to a ping as it reads it.
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match rx.recv().await {
+        let item = tokio::select! {
+            biased;
+            item = rx.recv() => item,
+            _ = housekeeping.tick() => {
+                while let Some(msg) = futures::FutureExt::now_or_never(socket.recv()) {
+                    match msg {
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                            let _ = futures::SinkExt::flush(&mut socket).await;
+                            return;
+                        }
+                        Some(Ok(_)) => {}
+                    }
+                }
+                continue;
+            }
+        };
+        match item {
             Ok((seq, bytes)) if seq > last => {
                 if socket.send(Message::Binary(bytes)).await.is_err() {
                     return;
