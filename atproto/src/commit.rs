@@ -117,6 +117,48 @@ pub enum CommitError {
     TooManyOps(usize),
 }
 
+/// A whole repo as a `getRepo` CAR holds it: the commit at its root and every record's
+/// path and CID, read through a tree whose every node was present and hash-consistent.
+/// The commit's signature is not checked here (callers with the account's key do).
+#[derive(Debug, Clone)]
+pub struct RepoSnapshot {
+    /// The root CID (the commit's).
+    pub head: Cid,
+    /// The commit.
+    pub commit: Commit,
+    /// Every record, as (`collection/rkey`, CID), in key order.
+    pub entries: Vec<(String, Cid)>,
+}
+
+impl RepoSnapshot {
+    /// Reads the repo of `did` from a CAR's blocks.
+    pub fn read(did: &str, car: &crate::car::Car) -> Result<RepoSnapshot, CommitError> {
+        let head = *car
+            .roots
+            .first()
+            .ok_or(CommitError::Inconsistent("the repo CAR has no root"))?;
+        let commit: Commit = from_cbor(
+            car.blocks
+                .get(&head)
+                .ok_or(CommitError::Inconsistent("the repo CAR lacks its commit"))?,
+        )?;
+        if commit.did != did {
+            return Err(CommitError::Inconsistent("the repo is another account's"));
+        }
+        let mut tree = Mst::load(commit.data, &car.blocks)?;
+        let entries = tree
+            .entries(&car.blocks)?
+            .into_iter()
+            .map(|(key, cid)| (String::from_utf8_lossy(&key).into_owned(), cid))
+            .collect();
+        Ok(RepoSnapshot {
+            head,
+            commit,
+            entries,
+        })
+    }
+}
+
 /// What a verified commit event established.
 #[derive(Debug, Clone)]
 pub struct VerifiedCommit {

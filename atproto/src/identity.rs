@@ -283,15 +283,8 @@ fn is_local_host(host_port: &str) -> bool {
     if host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost") {
         return true;
     }
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => {
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
-        }
-        Ok(IpAddr::V6(ip)) => {
-            ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xfe00) == 0xfc00
-        }
-        Err(_) => false,
-    }
+    // One classification of addresses for the whole crate: the egress guard's.
+    host.parse::<IpAddr>().is_ok_and(crate::net::is_internal)
 }
 
 /// The SSRF guard: outside dev mode, refuse URLs naming loopback or private hosts.

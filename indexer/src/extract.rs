@@ -110,25 +110,12 @@ impl Extractor {
     /// indexable record, and the paths skipped with why. The CAR's blocks are checked
     /// against their CIDs and the tree is walked from the commit's root.
     pub fn extract_repo(&self, did: &str, car: &atproto::car::Car) -> Result<RepoRecords, String> {
-        let root = car.roots.first().ok_or("the repo CAR has no root")?;
-        let commit: atproto::commit::Commit = atproto::data::from_cbor(
-            car.blocks
-                .get(root)
-                .ok_or("the repo CAR lacks its commit")?,
-        )
-        .map_err(|e| format!("repo commit: {e}"))?;
-        if commit.did != did {
-            return Err(format!("the repo is {}, not {did}", commit.did));
-        }
-        let mut tree = atproto::mst::Mst::load(commit.data, &car.blocks)
-            .map_err(|e| format!("repo tree: {e}"))?;
-        let entries = tree
-            .entries(&car.blocks)
-            .map_err(|e| format!("repo tree: {e}"))?;
+        let repo =
+            atproto::commit::RepoSnapshot::read(did, car).map_err(|e| format!("repo: {e}"))?;
+        let commit = repo.commit;
         let mut changes = Vec::new();
         let mut skipped = Vec::new();
-        for (key, cid) in entries {
-            let path = String::from_utf8_lossy(&key).into_owned();
+        for (path, cid) in repo.entries {
             match self.record(did, &commit.rev, &path, cid, &car.blocks) {
                 Ok(row) => changes.push(Change::Upsert(Box::new(row))),
                 Err(why) => skipped.push((path, why)),

@@ -477,6 +477,16 @@ impl Hosts {
             .clone()
     }
 
+    /// Hosts known.
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no host is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Forgets a host (removed by the operator).
     pub fn remove(&self, url: &str) {
         self.inner

@@ -882,9 +882,8 @@ async fn request_crawl(
         tell(&state, crate::HostCommand::Crawl(url)).await?;
         return Ok(Json(json!({})));
     }
-    let store = state.store.clone();
-    let known = blocking(move || store.hosts()).await?.len();
-    if known >= state.max_hosts {
+    // Every stored host is registered at start, and every new one when it is crawled.
+    if state.hosts.len() >= state.max_hosts {
         return Err(XrpcError(
             StatusCode::SERVICE_UNAVAILABLE,
             "TooManyHosts",

@@ -982,29 +982,14 @@ fn verify_repo(
         ..CarLimits::REPO
     };
     let car = read_car(bytes, limits).map_err(|e| format!("repo CAR: {e}"))?;
-    let root = *car.roots.first().ok_or("repo CAR has no root")?;
-    let commit_bytes = car
-        .blocks
-        .get(&root)
-        .ok_or("repo CAR lacks its commit")?
-        .clone();
-    let commit: Commit =
-        atproto::data::from_cbor(&commit_bytes).map_err(|e| format!("repo commit: {e}"))?;
-    if commit.did != did {
-        return Err(format!("repo is {}, not {did}", commit.did));
-    }
-    commit
+    let repo = atproto::commit::RepoSnapshot::read(did, &car).map_err(|e| format!("repo: {e}"))?;
+    repo.commit
         .verify(key)
         .map_err(|e| format!("repo signature: {e}"))?;
-    // The whole tree must be present and hash-consistent.
-    let mut tree =
-        atproto::mst::Mst::load(commit.data, &car.blocks).map_err(|e| format!("repo MST: {e}"))?;
-    let entries = tree
-        .entries(&car.blocks)
-        .map_err(|e| format!("repo MST: {e}"))?;
+    let (root, commit, entries) = (repo.head, repo.commit, repo.entries);
+    let commit_bytes = car.blocks.get(&root).cloned().unwrap_or_default();
     let mut per_collection: HashMap<String, u64> = HashMap::new();
     for (key, _) in &entries {
-        let key = String::from_utf8_lossy(key);
         *per_collection
             .entry(key.split('/').next().unwrap_or_default().to_string())
             .or_default() += 1;
