@@ -9,6 +9,7 @@
 //! join handles) under one cancellation token, and the first one to fail stops the relay.
 
 mod config;
+pub mod eventlog;
 pub mod hosts;
 pub mod metrics;
 mod server;

@@ -1,8 +1,11 @@
-//! The relay's durable state, in one embedded crash-safe database (`redb`): the event log
-//! keyed by the relay's `seq`, per-account state, and per-host state with its upstream
-//! cursor. One write transaction covers a batch of events together with the account states
-//! and host cursors they advance, so after a crash (kill -9 included) the three agree: an
-//! event is either in the log with its effects, or absent with none of them.
+//! The relay's durable state: the event log's bytes in append-only segment files
+//! ([`crate::eventlog`]) and, in one embedded crash-safe database (`redb`), where each batch
+//! of the log starts, per-account state, and per-host state with its upstream cursor. A
+//! batch's frames are written and synced to the segment first; then one write transaction
+//! records the batch together with the account states and host cursors it advances, and
+//! moves `last_seq`. After a crash (kill -9 included) the log is cut back to the committed
+//! `last_seq`, so the three agree: an event is either in the log with its effects, or absent
+//! with none of them.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,8 +17,14 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-const EVENT_TIMES: TableDefinition<u64, u64> = TableDefinition::new("event_times");
+use crate::eventlog::{EventLog, Position};
+
+/// Where batches of the log start: first seq → (segment, byte offset, append time in ms).
+const BATCHES: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("batches");
+/// Events as stores before the segment log kept them (moved into segments on open).
+const LEGACY_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Their append times (moved with them).
+const LEGACY_EVENT_TIMES: TableDefinition<u64, u64> = TableDefinition::new("event_times");
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -25,6 +34,10 @@ const COLLECTIONS: TableDefinition<&str, u64> = TableDefinition::new("collection
 const REPO_COLLECTIONS: TableDefinition<&str, u64> = TableDefinition::new("repo_collections");
 /// Highest `seq` ever assigned (kept when retention empties the log).
 const LAST_SEQ: &str = "last_seq";
+/// The oldest retained `seq` (`last_seq + 1` when the log is empty).
+const OLDEST_SEQ: &str = "oldest_seq";
+/// Events moved per segment append when a store from before the segment log is opened.
+const MIGRATE_CHUNK: usize = 4096;
 
 /// A storage failure. The relay stops rather than continue without durability.
 #[derive(Debug, Error)]
@@ -160,6 +173,7 @@ pub struct Append {
 pub struct Store {
     db: Arc<std::sync::RwLock<Option<Arc<Database>>>>,
     path: Arc<std::path::PathBuf>,
+    log: Arc<EventLog>,
 }
 
 /// How long a reopen waits for in-flight readers of the old handle.
@@ -172,10 +186,95 @@ impl Store {
             .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
         let path = dir.join("relay.redb");
         let db = Self::open_db(&path)?;
+        let log_dir = dir.join("log");
+        let legacy = {
+            let txn = db.begin_read()?;
+            !txn.open_table(LEGACY_EVENTS)?.is_empty()?
+        };
+        if legacy {
+            // A store from before the segment log: a migration cut short is started over.
+            let _ = std::fs::remove_dir_all(&log_dir);
+        }
+        let (last, oldest, tail) = Self::bounds(&db)?;
+        let log = EventLog::open(&log_dir, last, oldest, tail)?;
+        if legacy {
+            Self::migrate(&db, &log)?;
+        }
         Ok(Store {
             db: Arc::new(std::sync::RwLock::new(Some(Arc::new(db)))),
             path: Arc::new(path),
+            log: Arc::new(log),
         })
+    }
+
+    /// The committed `last_seq`, the oldest retained seq and the last batch's position.
+    fn bounds(db: &Database) -> Result<(u64, u64, Option<Position>), StoreError> {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let last = meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0);
+        let oldest = match meta.get(OLDEST_SEQ)? {
+            Some(v) => v.value(),
+            None => {
+                let legacy = txn.open_table(LEGACY_EVENTS)?;
+                let first = legacy.first()?.map(|(k, _)| k.value());
+                first.unwrap_or(last + 1)
+            }
+        };
+        let tail = txn.open_table(BATCHES)?.last()?.map(|(_, v)| {
+            let (segment, offset, _) = v.value();
+            Position { segment, offset }
+        });
+        Ok((last, oldest, tail))
+    }
+
+    /// Moves the events of a store from before the segment log into segments, then drops
+    /// them from the database (one transaction: an interrupted move starts over).
+    fn migrate(db: &Database, log: &EventLog) -> Result<(), StoreError> {
+        let mut batches = Vec::new();
+        let mut first_seq = None;
+        let mut moved = 0u64;
+        {
+            let txn = db.begin_read()?;
+            let events = txn.open_table(LEGACY_EVENTS)?;
+            let times = txn.open_table(LEGACY_EVENT_TIMES)?;
+            let mut chunk: Vec<(u64, Bytes)> = Vec::with_capacity(MIGRATE_CHUNK);
+            let mut flush = |chunk: &mut Vec<(u64, Bytes)>| -> Result<(), StoreError> {
+                let Some(&(first, _)) = chunk.first() else {
+                    return Ok(());
+                };
+                let at = times.get(first)?.map(|v| v.value()).unwrap_or(0);
+                let pos = log.append(chunk)?;
+                batches.push((first, pos, at));
+                chunk.clear();
+                Ok(())
+            };
+            for item in events.range(0u64..)? {
+                let (k, v) = item?;
+                first_seq.get_or_insert(k.value());
+                chunk.push((k.value(), Bytes::copy_from_slice(v.value())));
+                moved += 1;
+                if chunk.len() >= MIGRATE_CHUNK {
+                    flush(&mut chunk)?;
+                }
+            }
+            flush(&mut chunk)?;
+        }
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(BATCHES)?;
+            for (first, pos, at) in batches {
+                table.insert(first, (pos.segment, pos.offset, at))?;
+            }
+            let mut meta = txn.open_table(META)?;
+            if let Some(first) = first_seq {
+                meta.insert(OLDEST_SEQ, first)?;
+            }
+            txn.open_table(LEGACY_EVENTS)?.retain(|_, _| false)?;
+            txn.open_table(LEGACY_EVENT_TIMES)?.retain(|_, _| false)?;
+        }
+        txn.commit()?;
+        tracing::info!(events = moved, "moved the event log into segment files");
+        Ok(())
     }
 
     /// The current handle.
@@ -200,6 +299,8 @@ impl Store {
             drop(old);
         }
         let db = Self::open_db(&self.path)?;
+        let (last, oldest, tail) = Self::bounds(&db)?;
+        self.log.recover(last, oldest, tail)?;
         *slot = Some(Arc::new(db));
         Ok(())
     }
@@ -208,13 +309,21 @@ impl Store {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         {
-            txn.open_table(EVENTS)?;
-            txn.open_table(EVENT_TIMES)?;
+            txn.open_table(LEGACY_EVENTS)?;
+            txn.open_table(LEGACY_EVENT_TIMES)?;
+            txn.open_table(BATCHES)?;
             txn.open_table(ACCOUNTS)?;
             txn.open_table(HOSTS)?;
             txn.open_table(META)?;
             txn.open_table(COLLECTIONS)?;
             txn.open_table(REPO_COLLECTIONS)?;
+            // A new store, or one whose legacy log is empty, starts its bounds here (a
+            // legacy log being moved sets them when it is).
+            let mut meta = txn.open_table(META)?;
+            if meta.get(OLDEST_SEQ)?.is_none() && txn.open_table(LEGACY_EVENTS)?.is_empty()? {
+                let last = meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0);
+                meta.insert(OLDEST_SEQ, last + 1)?;
+            }
         }
         txn.commit()?;
         Ok(db)
@@ -229,16 +338,14 @@ impl Store {
 
     /// The oldest retained `seq`, if any event is retained.
     pub fn oldest_seq(&self) -> Result<Option<u64>, StoreError> {
-        let txn = self.db()?.begin_read()?;
-        let events = txn.open_table(EVENTS)?;
-        let oldest = events.first()?.map(|(k, _)| k.value());
-        Ok(oldest)
+        let (last, oldest, _) = Self::bounds(&*self.db()?)?;
+        Ok((oldest <= last).then_some(oldest))
     }
 
     /// Number of retained events.
     pub fn event_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db()?.begin_read()?;
-        Ok(txn.open_table(EVENTS)?.len()?)
+        let (last, oldest, _) = Self::bounds(&*self.db()?)?;
+        Ok((last + 1).saturating_sub(oldest))
     }
 
     /// Appends a batch durably (fsync on commit) and returns each event's `(seq, frame)`.
@@ -253,44 +360,96 @@ impl Store {
     ) -> Result<Vec<(u64, Bytes)>, StoreError> {
         let mut txn = self.db()?.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
+        let last = {
+            let meta = txn.open_table(META)?;
+            let last = meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0);
+            last
+        };
         let mut out = Vec::with_capacity(batch.len());
+        for (item, seq) in batch.iter().zip(last + 1..) {
+            let bytes = match &item.raw {
+                Some(raw) => atproto::frame::with_seq(raw, seq as i64)
+                    .map_err(|_| StoreError::Corrupt("frame has no seq to rewrite"))?,
+                None => {
+                    // Events the relay made itself (repairs): encoded here.
+                    let mut frame = item.frame.clone();
+                    frame.set_seq(seq as i64);
+                    atproto::frame::encode_frame(&frame)
+                        .map_err(|_| StoreError::Corrupt("frame does not encode"))?
+                }
+            };
+            out.push((seq, Bytes::from(bytes)));
+        }
+        // The frames are durable before the transaction that counts them commits; if it
+        // does not, they are taken back out of the segment.
+        let position = match out.first() {
+            Some(_) => Some(self.log.append(&out)?),
+            None => None,
+        };
+        let written = Self::record_batch(txn, batch, states, host_cursors, &out, position, now_ms);
+        if let (Err(_), Some(p)) = (&written, position) {
+            if let Err(e) = self.log.truncate(p) {
+                tracing::error!(error = %e, "event log: could not take back an unrecorded batch");
+            }
+        }
+        written.map(|()| out)
+    }
+
+    /// The database half of [`Store::append`]: the batch's position and every state it
+    /// advances, in one transaction. Account states are written once per account (the
+    /// last one of the batch) and collection counts once per (repo, collection).
+    fn record_batch(
+        txn: redb::WriteTransaction,
+        batch: &[Append],
+        states: &[(String, AccountState)],
+        host_cursors: &[HostCursor],
+        out: &[(u64, Bytes)],
+        position: Option<Position>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         {
             let mut meta = txn.open_table(META)?;
-            let mut seq = meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0);
-            let mut events = txn.open_table(EVENTS)?;
-            let mut times = txn.open_table(EVENT_TIMES)?;
-            let mut accounts = txn.open_table(ACCOUNTS)?;
+            if let (Some(&(first, _)), Some(&(last, _)), Some(p)) =
+                (out.first(), out.last(), position)
+            {
+                txn.open_table(BATCHES)?
+                    .insert(first, (p.segment, p.offset, now_ms))?;
+                meta.insert(LAST_SEQ, last)?;
+            }
             let mut by_collection = txn.open_table(COLLECTIONS)?;
             let mut by_repo = txn.open_table(REPO_COLLECTIONS)?;
+            let mut deltas: std::collections::HashMap<(&str, &str), i64> =
+                std::collections::HashMap::new();
+            let mut latest: std::collections::HashMap<&str, &AccountState> =
+                std::collections::HashMap::new();
             for item in batch {
                 if let Some(did) = item.frame.did() {
-                    apply_collections(&mut by_collection, &mut by_repo, did, &item.collections)?;
-                }
-                seq += 1;
-                let bytes = match &item.raw {
-                    Some(raw) => atproto::frame::with_seq(raw, seq as i64)
-                        .map_err(|_| StoreError::Corrupt("frame has no seq to rewrite"))?,
-                    None => {
-                        // Events the relay made itself (repairs): encoded here.
-                        let mut frame = item.frame.clone();
-                        frame.set_seq(seq as i64);
-                        atproto::frame::encode_frame(&frame)
-                            .map_err(|_| StoreError::Corrupt("frame does not encode"))?
+                    match &item.collections {
+                        Collections::Unchanged => {}
+                        Collections::Delta(d) => {
+                            for (collection, n) in d {
+                                *deltas.entry((did, collection.as_str())).or_default() += n;
+                            }
+                        }
+                        reset @ Collections::Reset(_) => {
+                            // Counts from before the reset apply first.
+                            apply_deltas(&mut by_collection, &mut by_repo, deltas.drain())?;
+                            apply_collections(&mut by_collection, &mut by_repo, did, reset)?;
+                        }
                     }
-                };
-                events.insert(seq, bytes.as_slice())?;
-                times.insert(seq, now_ms)?;
-                if let Some((did, state)) = &item.account {
-                    let v =
-                        serde_json::to_vec(state).map_err(|_| StoreError::Corrupt("account"))?;
-                    accounts.insert(did.as_str(), v.as_slice())?;
                 }
-                out.push((seq, Bytes::from(bytes)));
+                if let Some((did, state)) = &item.account {
+                    latest.insert(did.as_str(), state);
+                }
             }
-            meta.insert(LAST_SEQ, seq)?;
+            apply_deltas(&mut by_collection, &mut by_repo, deltas.drain())?;
             for (did, state) in states {
+                latest.insert(did.as_str(), state);
+            }
+            let mut accounts = txn.open_table(ACCOUNTS)?;
+            for (did, state) in latest {
                 let v = serde_json::to_vec(state).map_err(|_| StoreError::Corrupt("account"))?;
-                accounts.insert(did.as_str(), v.as_slice())?;
+                accounts.insert(did, v.as_slice())?;
             }
             let mut hosts = txn.open_table(HOSTS)?;
             for c in host_cursors {
@@ -315,50 +474,80 @@ impl Store {
             }
         }
         txn.commit()?;
-        Ok(out)
+        Ok(())
     }
 
     /// Up to `max` events with `seq > after`, in order.
     pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
-        let txn = self.db()?.begin_read()?;
-        let events = txn.open_table(EVENTS)?;
-        let mut out = Vec::with_capacity(max.min(4096));
-        for item in events.range(after.saturating_add(1)..)?.take(max) {
-            let (k, v) = item?;
-            out.push((k.value(), Bytes::copy_from_slice(v.value())));
-        }
-        Ok(out)
+        let (last, start, from) = {
+            let txn = self.db()?.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let last = meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0);
+            let oldest = meta.get(OLDEST_SEQ)?.map(|v| v.value()).unwrap_or(1);
+            let start = after.saturating_add(1).max(oldest);
+            if start > last || max == 0 {
+                return Ok(Vec::new());
+            }
+            let batches = txn.open_table(BATCHES)?;
+            let found = match batches.range(..=start)?.next_back() {
+                Some(item) => Some(item?.1.value()),
+                None => batches.first()?.map(|(_, v)| v.value()),
+            };
+            let Some((segment, offset, _)) = found else {
+                return Ok(Vec::new());
+            };
+            (last, start, Position { segment, offset })
+        };
+        self.log.read(from, start - 1, last, max)
     }
 
     /// Drops the oldest events while more than `max_events` are retained or they are older
     /// than `max_age_ms`. Returns how many were dropped.
     pub fn prune(&self, max_events: u64, max_age_ms: u64, now_ms: u64) -> Result<u64, StoreError> {
         let txn = self.db()?.begin_write()?;
-        let mut dropped = 0;
-        {
-            let mut events = txn.open_table(EVENTS)?;
-            let mut times = txn.open_table(EVENT_TIMES)?;
-            let count = events.len()?;
-            let mut cut: Option<u64> = None;
-            let excess = count.saturating_sub(max_events);
-            for (i, item) in times.range(0u64..)?.enumerate() {
-                let (seq, at) = item?;
-                if (i as u64) < excess || now_ms.saturating_sub(at.value()) > max_age_ms {
-                    cut = Some(seq.value());
-                } else {
-                    break;
+        let (oldest, cut) = {
+            let mut meta = txn.open_table(META)?;
+            let last = meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0);
+            let oldest = meta.get(OLDEST_SEQ)?.map(|v| v.value()).unwrap_or(1);
+            let count = (last + 1).saturating_sub(oldest);
+            // The last seq to drop: by count, then whole batches by age.
+            let mut cut = oldest - 1 + count.saturating_sub(max_events);
+            let mut batches = txn.open_table(BATCHES)?;
+            let mut whole: Vec<u64> = Vec::new();
+            {
+                let mut iter = batches.range(0u64..)?.peekable();
+                while let Some(item) = iter.next() {
+                    let (first, v) = item?;
+                    let (first, (_, _, at)) = (first.value(), v.value());
+                    let end = match iter.peek() {
+                        Some(Ok((next, _))) => next.value() - 1,
+                        _ => last,
+                    };
+                    if now_ms.saturating_sub(at) > max_age_ms {
+                        cut = cut.max(end);
+                    }
+                    if end <= cut {
+                        whole.push(first);
+                    } else {
+                        break;
+                    }
                 }
             }
-            if let Some(cut) = cut {
-                events.retain_in(0..=cut, |_, _| false)?;
-                times.retain_in(0..=cut, |_, _| {
-                    dropped += 1;
-                    false
-                })?;
+            if cut >= oldest {
+                // Batches wholly dropped go; the one the new oldest sits in stays.
+                for first in whole {
+                    batches.remove(first)?;
+                }
+                meta.insert(OLDEST_SEQ, cut + 1)?;
             }
-        }
+            (oldest, cut)
+        };
         txn.commit()?;
-        Ok(dropped)
+        if cut < oldest {
+            return Ok(0);
+        }
+        self.log.remove_before(cut + 1)?;
+        Ok(cut + 1 - oldest)
     }
 
     /// Every stored account.
@@ -584,9 +773,201 @@ fn apply_collections(
     Ok(())
 }
 
+/// Adds summed count changes, one read and write per (repo, collection).
+fn apply_deltas<'a>(
+    by_collection: &mut redb::Table<&str, u64>,
+    by_repo: &mut redb::Table<&str, u64>,
+    deltas: impl Iterator<Item = ((&'a str, &'a str), i64)>,
+) -> Result<(), StoreError> {
+    for ((did, collection), d) in deltas {
+        if d == 0 {
+            continue;
+        }
+        let rk = format!("{did}\0{collection}");
+        let current = by_repo.get(rk.as_str())?.map(|v| v.value()).unwrap_or(0);
+        set_count(
+            by_collection,
+            by_repo,
+            did,
+            collection,
+            current.saturating_add_signed(d),
+        )?;
+    }
+    Ok(())
+}
+
 fn decode_json<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     what: &'static str,
 ) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atproto::frame::{decode_frame, Frame, IdentityEvent};
+
+    fn tempdir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("agentnet-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn identity(did: &str) -> Append {
+        Append {
+            frame: Frame::Identity(IdentityEvent {
+                seq: 0,
+                did: did.into(),
+                time: "2026-12-02T00:00:00.000Z".into(),
+                handle: None,
+            }),
+            account: Some((
+                did.into(),
+                AccountState {
+                    host: "https://pds.example".into(),
+                    active: true,
+                    ..AccountState::default()
+                },
+            )),
+            collections: Collections::Delta(vec![("agent.comms.message".into(), 1)]),
+            raw: None,
+        }
+    }
+
+    fn seqs(events: &[(u64, Bytes)]) -> Vec<u64> {
+        events
+            .iter()
+            .map(|(seq, bytes)| {
+                let Ok(Frame::Identity(ev)) = decode_frame(bytes) else {
+                    panic!("not the identity frame written")
+                };
+                assert_eq!(ev.seq as u64, *seq, "the frame carries its seq");
+                *seq
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_are_read_back_pruned_and_survive_reopening() {
+        let dir = tempdir("batches");
+        let store = Store::open(&dir).expect("open");
+        for (i, n) in [3usize, 1, 4].into_iter().enumerate() {
+            let batch: Vec<Append> = (0..n).map(|_| identity("did:plc:a")).collect();
+            store
+                .append(&batch, &[], &[], 1_000 * i as u64)
+                .expect("append");
+        }
+        assert_eq!(store.last_seq().expect("last"), 8);
+        assert_eq!(store.event_count().expect("count"), 8);
+        assert_eq!(
+            seqs(&store.read_after(0, 100).expect("read")),
+            (1..=8).collect::<Vec<_>>()
+        );
+        assert_eq!(seqs(&store.read_after(3, 2).expect("read")), vec![4, 5]);
+        assert!(store.read_after(8, 10).expect("read").is_empty());
+        // The collection count followed every event (summed per batch).
+        assert_eq!(
+            store
+                .repos_by_collection("agent.comms.message", None, 10)
+                .expect("repos"),
+            vec!["did:plc:a".to_string()]
+        );
+
+        // By count: the two oldest go.
+        assert_eq!(store.prune(6, u64::MAX, 10_000).expect("prune"), 2);
+        assert_eq!(store.oldest_seq().expect("oldest"), Some(3));
+        assert_eq!(
+            seqs(&store.read_after(0, 100).expect("read")),
+            (3..=8).collect::<Vec<_>>()
+        );
+        // By age: whole batches older than the bound (the first two).
+        assert_eq!(store.prune(100, 1_500, 2_600).expect("prune"), 2);
+        assert_eq!(store.oldest_seq().expect("oldest"), Some(5));
+        drop(store);
+
+        let store = Store::open(&dir).expect("reopen");
+        assert_eq!(store.event_count().expect("count"), 4);
+        assert_eq!(
+            seqs(&store.read_after(0, 100).expect("read")),
+            vec![5, 6, 7, 8]
+        );
+        store
+            .append(&[identity("did:plc:b")], &[], &[], 3_000)
+            .expect("append");
+        assert_eq!(seqs(&store.read_after(7, 100).expect("read")), vec![8, 9]);
+        // Everything by age: the log is empty, `last_seq` stays.
+        assert_eq!(store.prune(100, 0, 10_000).expect("prune"), 5);
+        assert_eq!(store.oldest_seq().expect("oldest"), None);
+        assert_eq!(store.last_seq().expect("last"), 9);
+        assert!(store.read_after(0, 10).expect("read").is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn frames_written_but_never_committed_are_cut() {
+        let dir = tempdir("uncommitted");
+        let store = Store::open(&dir).expect("open");
+        store
+            .append(&[identity("did:plc:a")], &[], &[], 0)
+            .expect("append");
+        // A crash after the segment write and before the transaction: seq 2 in the file only.
+        store
+            .log
+            .append(&[(2, Bytes::from_static(b"never committed"))])
+            .expect("raw append");
+        drop(store);
+        let store = Store::open(&dir).expect("reopen");
+        store
+            .append(&[identity("did:plc:a")], &[], &[], 0)
+            .expect("append");
+        assert_eq!(seqs(&store.read_after(0, 10).expect("read")), vec![1, 2]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_from_before_segments_is_moved_into_them() {
+        let dir = tempdir("legacy");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let frame = |seq: i64| {
+            let mut f = identity("did:plc:old").frame;
+            f.set_seq(seq);
+            atproto::frame::encode_frame(&f).expect("encode")
+        };
+        {
+            let db = Database::create(dir.join("relay.redb")).expect("db");
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut events = txn.open_table(LEGACY_EVENTS).expect("events");
+                let mut times = txn.open_table(LEGACY_EVENT_TIMES).expect("times");
+                for seq in 5..=9u64 {
+                    events
+                        .insert(seq, frame(seq as i64).as_slice())
+                        .expect("insert");
+                    times.insert(seq, 100 * seq).expect("insert");
+                }
+                txn.open_table(META)
+                    .expect("meta")
+                    .insert(LAST_SEQ, 9)
+                    .expect("last");
+            }
+            txn.commit().expect("commit");
+        }
+        let store = Store::open(&dir).expect("open");
+        assert_eq!(store.oldest_seq().expect("oldest"), Some(5));
+        assert_eq!(
+            seqs(&store.read_after(0, 100).expect("read")),
+            vec![5, 6, 7, 8, 9]
+        );
+        store
+            .append(&[identity("did:plc:a")], &[], &[], 0)
+            .expect("append");
+        drop(store);
+        let store = Store::open(&dir).expect("reopen");
+        assert_eq!(
+            seqs(&store.read_after(6, 100).expect("read")),
+            vec![7, 8, 9, 10]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
