@@ -6,11 +6,12 @@ use cid::Cid;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::car::{read_car, write_car, BlockMap, CarError, CarLimits};
+use crate::car::{read_car_view, write_car, BlockMap, CarError, CarLimits};
+use crate::cbor::{NotCanonical, Reader};
 use crate::crypto::{CryptoError, Keypair, PublicKey};
 use crate::data::{encode_block, from_cbor, DataError};
 use crate::frame::{CommitEvent, RepoOp};
-use crate::mst::{Mst, MstError, NoBlocks};
+use crate::mst::{BlockSource, Mst, MstError, NoBlocks};
 use crate::syntax::{Tid, TidClock};
 
 /// The repo format version written and accepted.
@@ -78,6 +79,18 @@ impl Commit {
         })
     }
 
+    /// Decodes a commit block, with the bytes its signature covers. A canonical block (as
+    /// every implementation writes them) yields those bytes by cutting `sig` out of it;
+    /// anything else the generic decoder takes is re-encoded, as before.
+    pub fn decode_signed(bytes: &[u8]) -> Result<(Commit, Vec<u8>), CommitError> {
+        if let Ok(fast) = canonical_commit(bytes) {
+            return Ok(fast);
+        }
+        let commit: Commit = from_cbor(bytes)?;
+        let unsigned = commit.unsigned_bytes()?;
+        Ok((commit, unsigned))
+    }
+
     /// Checks the version and the signature against `key`.
     pub fn verify(&self, key: &PublicKey) -> Result<(), CommitError> {
         if self.version != COMMIT_VERSION {
@@ -86,6 +99,49 @@ impl Commit {
         key.verify(&self.unsigned_bytes()?, &self.sig)
             .map_err(CommitError::Signature)
     }
+}
+
+/// A commit block in canonical form (keys `did`, `rev`, `sig`, `data`, `prev`, `version`,
+/// in DAG-CBOR order), and the same bytes without `sig`: the unsigned commit's canonical
+/// encoding, since dropping one entry keeps the others in order.
+fn canonical_commit(bytes: &[u8]) -> Result<(Commit, Vec<u8>), NotCanonical> {
+    let mut r = Reader::new(bytes);
+    if bytes.first() != Some(&0xa6) {
+        return Err(NotCanonical);
+    }
+    r.map()?;
+    r.key("did")?;
+    let did = r.text()?;
+    r.key("rev")?;
+    let rev = r.text()?;
+    let sig_start = r.pos();
+    r.key("sig")?;
+    let sig = r.bytes()?;
+    let sig_end = r.pos();
+    r.key("data")?;
+    let data = r.cid()?;
+    r.key("prev")?;
+    let prev = r.cid_or_null()?;
+    r.key("version")?;
+    let version = r.uint()?;
+    if !r.is_done() {
+        return Err(NotCanonical);
+    }
+    let mut unsigned = Vec::with_capacity(bytes.len() - (sig_end - sig_start));
+    unsigned.push(0xa5);
+    unsigned.extend_from_slice(&bytes[1..sig_start]);
+    unsigned.extend_from_slice(&bytes[sig_end..]);
+    Ok((
+        Commit {
+            did: did.to_string(),
+            version,
+            data,
+            rev: rev.to_string(),
+            prev,
+            sig: sig.to_vec(),
+        },
+        unsigned,
+    ))
 }
 
 /// Why a commit or commit event was refused.
@@ -167,15 +223,13 @@ pub struct VerifiedCommit {
     /// Root of the MST before the commit, when the inversion could establish it (always, if
     /// the event carried `prevData`).
     pub prev_data: Option<Cid>,
-    /// The event's blocks, verified against their CIDs.
-    pub blocks: BlockMap,
 }
 
 /// Verifies a `#commit` event: the CAR, the signature by `key`, that the event agrees with
 /// the signed commit, and that undoing its ops on the partial tree in `blocks` gives
 /// `prevData`. An event without `prevData` (some hosts omit it) is verified as far as it
 /// can be and reports the root the inversion found, for the caller to compare with the
-/// account's stored state.
+/// account's stored state. The CAR is read in place: no block is copied.
 pub fn verify_commit_event(
     event: &CommitEvent,
     key: &PublicKey,
@@ -184,7 +238,7 @@ pub fn verify_commit_event(
     if event.ops.len() > MAX_OPS {
         return Err(CommitError::TooManyOps(event.ops.len()));
     }
-    let car = read_car(&event.blocks, limits)?;
+    let car = read_car_view(&event.blocks, limits)?;
     if car.roots.first() != Some(&event.commit) {
         return Err(CommitError::Inconsistent("CAR root is not the commit"));
     }
@@ -192,7 +246,7 @@ pub fn verify_commit_event(
         .blocks
         .get(&event.commit)
         .ok_or(CommitError::Inconsistent("commit block missing"))?;
-    let commit: Commit = from_cbor(commit_bytes)?;
+    let (commit, unsigned) = Commit::decode_signed(commit_bytes)?;
     if commit.did != event.repo {
         return Err(CommitError::Inconsistent("commit is for another repo"));
     }
@@ -201,7 +255,11 @@ pub fn verify_commit_event(
             "event rev differs from commit rev",
         ));
     }
-    commit.verify(key)?;
+    if commit.version != COMMIT_VERSION {
+        return Err(CommitError::Version(commit.version));
+    }
+    key.verify(&unsigned, &commit.sig)
+        .map_err(CommitError::Signature)?;
     let prev_data = invert_ops(&commit, &event.ops, &car.blocks)?;
     if let Some(expected) = event.prev_data {
         if prev_data != expected {
@@ -211,14 +269,17 @@ pub fn verify_commit_event(
     Ok(VerifiedCommit {
         commit,
         prev_data: Some(prev_data),
-        blocks: car.blocks,
     })
 }
 
 /// Undoes `ops` on the tree rooted at `commit.data`, reading only `blocks`, and returns
 /// the root before the commit. Each op must match the tree: a create or update's `cid` is
 /// the value present, a delete's key is absent.
-pub fn invert_ops(commit: &Commit, ops: &[RepoOp], blocks: &BlockMap) -> Result<Cid, CommitError> {
+pub fn invert_ops(
+    commit: &Commit,
+    ops: &[RepoOp],
+    blocks: &dyn BlockSource,
+) -> Result<Cid, CommitError> {
     let mut tree = Mst::load(commit.data, blocks)?;
     for op in ops.iter().rev() {
         let key = op.path.as_bytes();
@@ -470,5 +531,56 @@ impl RepoWriter {
             prev_data: Some(prev_data),
             time: time.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Algorithm;
+    use crate::data::{cid_for_cbor, to_cbor};
+    use proptest::prelude::*;
+
+    fn generic(bytes: &[u8]) -> Option<(Commit, Vec<u8>)> {
+        let c: Commit = from_cbor(bytes).ok()?;
+        let u = c.unsigned_bytes().ok()?;
+        Some((c, u))
+    }
+
+    /// Cutting `sig` out of a canonical block gives exactly the bytes the generic encoder
+    /// writes for the unsigned commit, so the signature is checked over the same message.
+    #[test]
+    fn the_unsigned_bytes_cut_from_the_block_are_the_canonical_encoding() {
+        let key = Keypair::generate(Algorithm::K256);
+        let mut blocks = Vec::new();
+        for (i, did) in ["did:plc:ewvi7nxzyoun6zhxrhs64oiz", "did:web:a.example%3A8443"]
+            .iter()
+            .enumerate()
+        {
+            let data = cid_for_cbor(&[i as u8]);
+            let commit = Commit::sign(did, data, "3lbx4dwkuq22s", &key).expect("sign");
+            let bytes = to_cbor(&commit).expect("encode");
+            let (fast, unsigned) = canonical_commit(&bytes).expect("canonical");
+            assert_eq!(Some((fast.clone(), unsigned.clone())), generic(&bytes));
+            fast.verify(&key.public_key()).expect("verifies");
+            key.public_key().verify(&unsigned, &fast.sig).expect("same message");
+            blocks.push(bytes);
+        }
+        // A commit with a prev link written in the block takes the same path.
+        let mut with_prev = Commit::sign("did:plc:x", cid_for_cbor(b"d"), "3lbx4dwkuq22s", &key)
+            .expect("sign");
+        with_prev.prev = Some(cid_for_cbor(b"p"));
+        let bytes = to_cbor(&with_prev).expect("encode");
+        assert_eq!(canonical_commit(&bytes).ok(), generic(&bytes));
+        blocks.push(bytes);
+        proptest!(ProptestConfig { cases: 2000, ..ProptestConfig::default() },
+            |(which in 0..blocks.len(), at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<bool>())| {
+            let mut bytes = blocks[which].clone();
+            let at = at.index(bytes.len());
+            if cut { bytes.truncate(at) } else { bytes[at] = byte }
+            if let Ok(fast) = canonical_commit(&bytes) {
+                prop_assert_eq!(Some(fast), generic(&bytes));
+            }
+        });
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod car;
+pub mod cbor;
 pub mod commit;
 pub mod crypto;
 pub mod data;

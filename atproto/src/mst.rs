@@ -11,6 +11,7 @@
 //! the undo needs but the proof lacks is a [`MstError::MissingBlock`].
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use cid::Cid;
 use serde::Deserialize;
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::car::BlockMap;
+use crate::cbor::{NotCanonical, Reader};
 use crate::data::{cid_for_cbor, from_cbor, DataError};
 
 /// Longest key accepted in a node (`collection/rkey` is far shorter).
@@ -59,6 +61,12 @@ pub trait BlockSource {
 impl BlockSource for BlockMap {
     fn block(&self, cid: &Cid) -> Option<&[u8]> {
         self.get(cid).map(Vec::as_slice)
+    }
+}
+
+impl BlockSource for HashMap<Cid, &[u8]> {
+    fn block(&self, cid: &Cid) -> Option<&[u8]> {
+        self.get(cid).copied()
     }
 }
 
@@ -169,19 +177,40 @@ impl Node {
     }
 
     fn decode(cid: Cid, bytes: &[u8], layer: Option<u32>) -> Result<Node, MstError> {
+        match canonical_node(bytes) {
+            Ok((left, raw)) => Node::build(cid, left, raw.into_iter(), layer),
+            Err(NotCanonical) => {
+                // Any other encoding the generic decoder takes is judged by it.
+                let data: NodeData = from_cbor(bytes).map_err(|_| MstError::Malformed {
+                    cid,
+                    reason: "does not decode",
+                })?;
+                let raw = data.e.iter().map(|e| (e.p, e.k.as_slice(), e.t, e.v));
+                Node::build(cid, data.l, raw, layer)
+            }
+        }
+    }
+
+    /// A node from its decoded parts (prefix length, key suffix, right subtree, value per
+    /// entry), checking keys, order and layer.
+    fn build<'a>(
+        cid: Cid,
+        left: Option<Cid>,
+        raw: impl ExactSizeIterator<Item = (u64, &'a [u8], Option<Cid>, Cid)>,
+        layer: Option<u32>,
+    ) -> Result<Node, MstError> {
         let bad = |reason| MstError::Malformed { cid, reason };
-        let data: NodeData = from_cbor(bytes).map_err(|_| bad("does not decode"))?;
-        let mut entries: Vec<Entry> = Vec::with_capacity(data.e.len());
+        let mut entries: Vec<Entry> = Vec::with_capacity(raw.len());
         let mut expected_layer = layer;
-        for e in data.e {
+        for (p, k, t, v) in raw {
             let prev = entries.last().map(|x| x.key.as_slice()).unwrap_or_default();
-            let p = usize::try_from(e.p).map_err(|_| bad("prefix too long"))?;
+            let p = usize::try_from(p).map_err(|_| bad("prefix too long"))?;
             if p > prev.len() {
                 return Err(bad("prefix longer than the previous key"));
             }
-            let mut key = Vec::with_capacity(p + e.k.len());
+            let mut key = Vec::with_capacity(p + k.len());
             key.extend_from_slice(&prev[..p]);
-            key.extend_from_slice(&e.k);
+            key.extend_from_slice(k);
             if key.is_empty() || key.len() > MAX_KEY_LEN {
                 return Err(bad("key empty or too long"));
             }
@@ -195,12 +224,12 @@ impl Node {
             }
             entries.push(Entry {
                 key,
-                value: e.v,
-                right: e.t.map(Link::Stub),
+                value: v,
+                right: t.map(Link::Stub),
             });
         }
         Ok(Node {
-            left: data.l.map(Link::Stub),
+            left: left.map(Link::Stub),
             entries,
             cid: Some(cid),
             fresh: None,
@@ -223,6 +252,46 @@ impl Node {
         self.fresh = Some(bytes);
         Ok(cid)
     }
+}
+
+/// A node's parts straight from its canonical encoding (`{"e": [{"k","p","t","v"}…], "l"}`,
+/// the order [`encode_node`] writes), borrowing the key suffixes.
+#[allow(clippy::type_complexity)]
+fn canonical_node(
+    bytes: &[u8],
+) -> Result<(Option<Cid>, Vec<(u64, &[u8], Option<Cid>, Cid)>), NotCanonical> {
+    let mut r = Reader::new(bytes);
+    if r.map()? != 2 {
+        return Err(NotCanonical);
+    }
+    r.key("e")?;
+    let n = r.array()?;
+    // Each entry takes well over 4 bytes: a count the input cannot hold is refused before
+    // anything is allocated for it.
+    if n > bytes.len() / 4 {
+        return Err(NotCanonical);
+    }
+    let mut raw = Vec::with_capacity(n);
+    for _ in 0..n {
+        if r.map()? != 4 {
+            return Err(NotCanonical);
+        }
+        r.key("k")?;
+        let k = r.bytes()?;
+        r.key("p")?;
+        let p = r.uint()?;
+        r.key("t")?;
+        let t = r.cid_or_null()?;
+        r.key("v")?;
+        let v = r.cid()?;
+        raw.push((p, k, t, v));
+    }
+    r.key("l")?;
+    let left = r.cid_or_null()?;
+    if !r.is_done() {
+        return Err(NotCanonical);
+    }
+    Ok((left, raw))
 }
 
 /// Writes a node's canonical DAG-CBOR directly: `{"e": [{"k", "p", "t", "v"}…], "l"}` with
@@ -911,6 +980,43 @@ impl Walker {
 mod tests {
     use super::*;
     use crate::data::cid_for_cbor;
+
+    /// The canonical reader and the generic decoder agree on every node a real tree
+    /// writes, and on every mutation of one that the canonical reader takes.
+    #[test]
+    fn canonical_node_reading_matches_the_generic_decoder() {
+        use proptest::prelude::*;
+        type Parts = (Option<Cid>, Vec<(u64, Vec<u8>, Option<Cid>, Cid)>);
+        fn generic(bytes: &[u8]) -> Option<Parts> {
+            let d: NodeData = from_cbor(bytes).ok()?;
+            Some((d.l, d.e.into_iter().map(|e| (e.p, e.k.into_vec(), e.t, e.v)).collect()))
+        }
+        fn fast(bytes: &[u8]) -> Option<Parts> {
+            let (l, raw) = canonical_node(bytes).ok()?;
+            Some((l, raw.into_iter().map(|(p, k, t, v)| (p, k.to_vec(), t, v)).collect()))
+        }
+        let mut tree = Mst::new();
+        for i in 0..600u32 {
+            let key = format!("agent.comms.message/3l{i:011}");
+            tree.insert(key.as_bytes(), val(i), &NoBlocks).expect("insert");
+        }
+        let (_, blocks) = tree.new_blocks().expect("blocks");
+        assert!(blocks.len() > 10);
+        for bytes in blocks.values() {
+            assert_eq!(fast(bytes), generic(bytes));
+            assert!(fast(bytes).is_some(), "every node written is canonical");
+        }
+        let nodes: Vec<Vec<u8>> = blocks.into_values().collect();
+        proptest!(ProptestConfig { cases: 2000, ..ProptestConfig::default() },
+            |(which in 0..nodes.len(), at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<bool>())| {
+            let mut bytes = nodes[which].clone();
+            let at = at.index(bytes.len());
+            if cut { bytes.truncate(at) } else { bytes[at] = byte }
+            if let Some(parts) = fast(&bytes) {
+                prop_assert_eq!(Some(parts), generic(&bytes));
+            }
+        });
+    }
 
     fn val(n: u32) -> Cid {
         cid_for_cbor(&n.to_be_bytes())
