@@ -128,6 +128,26 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// `true` or `false`.
+    pub fn bool(&mut self) -> R<bool> {
+        let b = match self.peek()? {
+            0xf4 => false,
+            0xf5 => true,
+            _ => return Err(NotCanonical),
+        };
+        self.pos += 1;
+        Ok(b)
+    }
+
+    /// A text string or `null`.
+    pub fn text_or_null(&mut self) -> R<Option<&'a str>> {
+        if self.null()? {
+            Ok(None)
+        } else {
+            self.text().map(Some)
+        }
+    }
+
     /// A CID link: tag 42 over a byte string holding 0x00 and the binary CID.
     pub fn cid(&mut self) -> R<Cid> {
         if self.take(2)? != [0xd8, 42] {

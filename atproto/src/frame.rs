@@ -266,6 +266,117 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
     })
 }
 
+/// Decodes a frame held in shared bytes. A `#commit` in canonical form (as every
+/// implementation writes it) is read in place and its `blocks` are a slice of `bytes`, not
+/// a copy; everything else is decoded as by [`decode_frame`], which judges any input the
+/// canonical reader does not take.
+pub fn decode_frame_shared(bytes: &Bytes) -> Result<Frame, FrameError> {
+    let (header, body) = split_frame(bytes)?;
+    if header.op == 1 && header.t.as_deref() == Some("#commit") {
+        let offset = bytes.len() - body.len();
+        let slice = |r: std::ops::Range<usize>| bytes.slice(offset + r.start..offset + r.end);
+        if let Ok(ev) = canonical_commit_event(body, slice) {
+            return Ok(Frame::Commit(Box::new(ev)));
+        }
+    }
+    decode_frame(bytes)
+}
+
+/// A `#commit` body with its keys in DAG-CBOR order (`ops`, `rev`, `seq`, `repo`, `time`,
+/// `blobs`, `since`, `blocks`, `commit`, `rebase`, `tooBig`, then `prevData` if present);
+/// `blocks` is handed to `slice` as a range of `body`.
+fn canonical_commit_event(
+    body: &[u8],
+    slice: impl FnOnce(std::ops::Range<usize>) -> Bytes,
+) -> Result<CommitEvent, crate::cbor::NotCanonical> {
+    use crate::cbor::{NotCanonical, Reader};
+    let mut r = Reader::new(body);
+    let entries = r.map()?;
+    if entries != 11 && entries != 12 {
+        return Err(NotCanonical);
+    }
+    r.key("ops")?;
+    let n = r.array()?;
+    if n > body.len() / 8 {
+        return Err(NotCanonical);
+    }
+    let mut ops = Vec::with_capacity(n);
+    for _ in 0..n {
+        let fields = r.map()?;
+        r.key("cid")?;
+        let cid = r.cid_or_null()?;
+        r.key("path")?;
+        let path = r.text()?.to_string();
+        let prev = match fields {
+            3 => None,
+            4 => {
+                r.key("prev")?;
+                r.cid_or_null()?
+            }
+            _ => return Err(NotCanonical),
+        };
+        r.key("action")?;
+        let action = r.text()?.to_string();
+        ops.push(RepoOp {
+            action,
+            path,
+            cid,
+            prev,
+        });
+    }
+    r.key("rev")?;
+    let rev = r.text()?.to_string();
+    r.key("seq")?;
+    let seq = i64::try_from(r.uint()?).map_err(|_| NotCanonical)?;
+    r.key("repo")?;
+    let repo = r.text()?.to_string();
+    r.key("time")?;
+    let time = r.text()?.to_string();
+    r.key("blobs")?;
+    let n = r.array()?;
+    if n > body.len() / 8 {
+        return Err(NotCanonical);
+    }
+    let mut blobs = Vec::with_capacity(n);
+    for _ in 0..n {
+        blobs.push(r.cid()?);
+    }
+    r.key("since")?;
+    let since = r.text_or_null()?.map(str::to_string);
+    r.key("blocks")?;
+    let car = r.bytes()?;
+    let blocks_at = r.pos() - car.len()..r.pos();
+    r.key("commit")?;
+    let commit = r.cid()?;
+    r.key("rebase")?;
+    let rebase = r.bool()?;
+    r.key("tooBig")?;
+    let too_big = r.bool()?;
+    let prev_data = if entries == 12 {
+        r.key("prevData")?;
+        r.cid_or_null()?
+    } else {
+        None
+    };
+    if !r.is_done() {
+        return Err(NotCanonical);
+    }
+    Ok(CommitEvent {
+        seq,
+        rebase,
+        too_big,
+        repo,
+        commit,
+        rev,
+        since,
+        blocks: slice(blocks_at),
+        ops,
+        blobs,
+        prev_data,
+        time,
+    })
+}
+
 /// Encodes a frame: header then body.
 pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, FrameError> {
     let (op, body) = match frame {
@@ -384,6 +495,81 @@ mod tests {
             let bytes = encode_frame(&frame).expect("encode");
             assert_eq!(decode_frame(&bytes).expect("decode"), frame);
         }
+    }
+
+    /// The in-place `#commit` reader gives what the generic decoder gives, on the events a
+    /// repo writes (creates, updates, deletes, the first commit's null `since`, with and
+    /// without `prevData`) and on every mutation of them it takes.
+    #[test]
+    fn shared_commit_decoding_matches_the_generic_decoder() {
+        use crate::commit::{RepoWriter, Write};
+        use proptest::prelude::*;
+        let key = crate::crypto::Keypair::generate(crate::crypto::Algorithm::K256);
+        let mut w = RepoWriter::new("did:plc:ewvi7nxzyoun6zhxrhs64oiz", key).expect("repo");
+        let record = |t: &str| {
+            to_cbor(&serde_json::json!({"$type": "agent.memory.note", "text": t})).expect("cbor")
+        };
+        let mut frames = Vec::new();
+        let mut rkeys = Vec::new();
+        for i in 0..6 {
+            let rkey = w.next_rkey().to_string();
+            rkeys.push(rkey.clone());
+            let ev = w
+                .commit(
+                    &[Write::Create {
+                        collection: "agent.memory.note".into(),
+                        rkey,
+                        record: record(&format!("n{i}")),
+                    }],
+                    "2026-12-02T08:00:00.000Z",
+                )
+                .expect("commit");
+            frames.push(ev);
+        }
+        let ev = w
+            .commit(
+                &[
+                    Write::Update {
+                        collection: "agent.memory.note".into(),
+                        rkey: rkeys[1].clone(),
+                        record: record("changed"),
+                    },
+                    Write::Delete {
+                        collection: "agent.memory.note".into(),
+                        rkey: rkeys[2].clone(),
+                    },
+                ],
+                "2026-12-02T08:00:01.000Z",
+            )
+            .expect("commit");
+        frames.push(ev.clone());
+        let mut without_prev_data = ev;
+        without_prev_data.prev_data = None;
+        frames.push(without_prev_data);
+        let frames: Vec<Vec<u8>> = frames
+            .into_iter()
+            .map(|ev| encode_frame(&Frame::Commit(Box::new(ev))).expect("encode"))
+            .collect();
+        for f in &frames {
+            let shared = Bytes::from(f.clone());
+            let header_len = cbor_item_len(f, MAX_HEADER_DEPTH).expect("header");
+            assert!(
+                canonical_commit_event(&f[header_len..], |r| shared.slice(r)).is_ok(),
+                "every event written is canonical"
+            );
+            assert_eq!(decode_frame_shared(&shared).expect("decodes"), decode_frame(f).expect("decodes"));
+        }
+        proptest!(ProptestConfig { cases: 3000, ..ProptestConfig::default() },
+            |(which in 0..frames.len(), at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<bool>())| {
+            let mut bytes = frames[which].clone();
+            let at = at.index(bytes.len());
+            if cut { bytes.truncate(at) } else { bytes[at] = byte }
+            let shared = Bytes::from(bytes.clone());
+            match decode_frame_shared(&shared) {
+                Ok(frame) => prop_assert_eq!(Some(frame), decode_frame(&bytes).ok()),
+                Err(_) => prop_assert!(decode_frame(&bytes).is_err()),
+            }
+        });
     }
 
     #[test]

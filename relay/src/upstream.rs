@@ -214,7 +214,7 @@ async fn session(
             metrics.drop_event(DropReason::RateLimited, &host.url, None);
             continue;
         }
-        let frame = match atproto::frame::decode_frame(&bytes) {
+        let frame = match atproto::frame::decode_frame_shared(&bytes) {
             Ok(f) => f,
             Err(atproto::frame::FrameError::TooLarge(_)) => {
                 host.note_failure();

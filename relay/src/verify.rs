@@ -715,11 +715,16 @@ impl Shard {
         refreshed: bool,
     ) -> CommitStep {
         let started = Instant::now();
-        let prior = self.accounts.get(&ev.repo).cloned();
-        if let Some(p) = &prior {
-            if !p.active && p.status.is_some() {
-                return CommitStep::Done(self.fail(DropReason::Inactive, host, ev));
-            }
+        // What the account's stored state says about this event, read in place.
+        let (inactive, stale) = match self.accounts.get(&ev.repo) {
+            Some(p) => (
+                !p.active && p.status.is_some(),
+                p.rev.as_deref().is_some_and(|last| ev.rev.as_str() <= last),
+            ),
+            None => (false, false),
+        };
+        if inactive {
+            return CommitStep::Done(self.fail(DropReason::Inactive, host, ev));
         }
         let rev = match Tid::parse(&ev.rev) {
             Ok(t) => t,
@@ -728,10 +733,8 @@ impl Shard {
         if rev.micros() > now_micros() + MAX_FUTURE_REV_MICROS {
             return CommitStep::Done(self.fail(DropReason::FutureRev, host, ev));
         }
-        if let Some(last) = prior.as_ref().and_then(|p| p.rev.as_deref()) {
-            if ev.rev.as_str() <= last {
-                return CommitStep::Done(self.fail(DropReason::StaleRev, host, ev));
-            }
+        if stale {
+            return CommitStep::Done(self.fail(DropReason::StaleRev, host, ev));
         }
         let verified = match verify_commit_event(&ev, &id.signing_key, CarLimits::FIREHOSE) {
             Err(CommitError::Signature(_)) if !refreshed => return CommitStep::Refresh(ev),
@@ -746,13 +749,17 @@ impl Shard {
         // Continuity: the tree before this commit must be the one we last saw, which the
         // inversion establishes even when the host omits prevData. A desynchronized
         // account waits for its repair.
-        if let Some(p) = &prior {
+        if let Some(p) = self.accounts.get(&ev.repo) {
             if p.desynchronized {
                 return CommitStep::Done(Err(DropReason::Desync));
             }
-            let continuous = p.data.is_none()
-                || (verified.prev_data.map(|c| c.to_string()) == p.data
-                    && ev.since.as_deref() == p.rev.as_deref());
+            let continuous = match (&p.data, verified.prev_data) {
+                (None, _) => true,
+                (Some(data), Some(prev)) => {
+                    prev.to_string() == *data && ev.since.as_deref() == p.rev.as_deref()
+                }
+                (Some(_), None) => false,
+            };
             if !continuous {
                 return CommitStep::Repair(ev);
             }
