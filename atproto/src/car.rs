@@ -134,7 +134,9 @@ fn car_header(bytes: &[u8]) -> Result<Vec<Cid>, CarError> {
         }
     };
     if version != 1 {
-        return Err(CarError::Malformed("only CAR version 1 is supported".into()));
+        return Err(CarError::Malformed(
+            "only CAR version 1 is supported".into(),
+        ));
     }
     if roots.is_empty() {
         return Err(CarError::Malformed("the header names no root".into()));
@@ -247,8 +249,8 @@ mod tests {
                 .map(|i| encode_block(&format!("block {i} ").repeat(i % 50)).expect("encode"))
                 .collect();
             let (root, _) = encode_block(&"root").expect("encode");
-            let car = write_car(&[root], blocks.iter().map(|(c, b)| (c, b.as_slice())))
-                .expect("write");
+            let car =
+                write_car(&[root], blocks.iter().map(|(c, b)| (c, b.as_slice()))).expect("write");
             let ours = read_car(&car, CarLimits::FIREHOSE).expect("read");
             let theirs = reference(&car).expect("reference");
             assert_eq!((ours.roots, ours.blocks), (theirs.roots, theirs.blocks));

@@ -63,7 +63,10 @@ impl<'a> Reader<'a> {
             }
             26 => {
                 let b = self.take(4)?;
-                (u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])), 0x1_0000)
+                (
+                    u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+                    0x1_0000,
+                )
             }
             27 => {
                 let mut a = [0u8; 8];
@@ -217,7 +220,10 @@ mod tests {
         assert_eq!(Reader::new(&[0x18, 5]).uint(), Err(NotCanonical));
         assert_eq!(Reader::new(&[0x18, 24]).uint(), Ok(24));
         // Indefinite-length text.
-        assert_eq!(Reader::new(&[0x7f, 0x61, b'a', 0xff]).text(), Err(NotCanonical));
+        assert_eq!(
+            Reader::new(&[0x7f, 0x61, b'a', 0xff]).text(),
+            Err(NotCanonical)
+        );
         // Truncated.
         assert_eq!(Reader::new(&[0x63, b'a']).text(), Err(NotCanonical));
         // A link whose bytes do not start with the identity multibase prefix.

@@ -553,9 +553,12 @@ mod tests {
     fn the_unsigned_bytes_cut_from_the_block_are_the_canonical_encoding() {
         let key = Keypair::generate(Algorithm::K256);
         let mut blocks = Vec::new();
-        for (i, did) in ["did:plc:ewvi7nxzyoun6zhxrhs64oiz", "did:web:a.example%3A8443"]
-            .iter()
-            .enumerate()
+        for (i, did) in [
+            "did:plc:ewvi7nxzyoun6zhxrhs64oiz",
+            "did:web:a.example%3A8443",
+        ]
+        .iter()
+        .enumerate()
         {
             let data = cid_for_cbor(&[i as u8]);
             let commit = Commit::sign(did, data, "3lbx4dwkuq22s", &key).expect("sign");
@@ -563,12 +566,14 @@ mod tests {
             let (fast, unsigned) = canonical_commit(&bytes).expect("canonical");
             assert_eq!(Some((fast.clone(), unsigned.clone())), generic(&bytes));
             fast.verify(&key.public_key()).expect("verifies");
-            key.public_key().verify(&unsigned, &fast.sig).expect("same message");
+            key.public_key()
+                .verify(&unsigned, &fast.sig)
+                .expect("same message");
             blocks.push(bytes);
         }
         // A commit with a prev link written in the block takes the same path.
-        let mut with_prev = Commit::sign("did:plc:x", cid_for_cbor(b"d"), "3lbx4dwkuq22s", &key)
-            .expect("sign");
+        let mut with_prev =
+            Commit::sign("did:plc:x", cid_for_cbor(b"d"), "3lbx4dwkuq22s", &key).expect("sign");
         with_prev.prev = Some(cid_for_cbor(b"p"));
         let bytes = to_cbor(&with_prev).expect("encode");
         assert_eq!(canonical_commit(&bytes).ok(), generic(&bytes));

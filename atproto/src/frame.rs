@@ -557,7 +557,10 @@ mod tests {
                 canonical_commit_event(&f[header_len..], |r| shared.slice(r)).is_ok(),
                 "every event written is canonical"
             );
-            assert_eq!(decode_frame_shared(&shared).expect("decodes"), decode_frame(f).expect("decodes"));
+            assert_eq!(
+                decode_frame_shared(&shared).expect("decodes"),
+                decode_frame(f).expect("decodes")
+            );
         }
         proptest!(ProptestConfig { cases: 3000, ..ProptestConfig::default() },
             |(which in 0..frames.len(), at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<bool>())| {

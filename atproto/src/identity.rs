@@ -338,11 +338,16 @@ const MAX_FAILURES: usize = 100_000;
 
 type Failures = lru::LruCache<String, (Instant, IdentityError)>;
 
+/// Lock stripes of the identity cache.
+const CACHE_STRIPES: usize = 16;
+
 /// A bounded, time-limited cache of parsed identities in front of a resolver, remembering
 /// failures too (for [`DEFAULT_NEGATIVE_TTL`] unless set otherwise).
 pub struct CachingResolver<R> {
     inner: R,
-    cache: Mutex<lru::LruCache<String, (Instant, Arc<Identity>)>>,
+    /// Identities, striped by DID so that threads looking up different accounts (the
+    /// relay's verifier shards, on every event) do not take the same lock.
+    cache: Vec<Mutex<lru::LruCache<String, (Instant, Arc<Identity>)>>>,
     failures: Mutex<Failures>,
     ttl: Duration,
     negative_ttl: Duration,
@@ -352,9 +357,13 @@ impl<R: DidResolver> CachingResolver<R> {
     /// Caches up to `capacity` identities for `ttl` each.
     pub fn new(inner: R, capacity: NonZeroUsize, ttl: Duration) -> Self {
         let failures = NonZeroUsize::new(capacity.get().min(MAX_FAILURES)).unwrap_or(capacity);
+        let stripes = CACHE_STRIPES.min(capacity.get());
+        let per_stripe = NonZeroUsize::new(capacity.get().div_ceil(stripes)).unwrap_or(capacity);
         CachingResolver {
             inner,
-            cache: Mutex::new(lru::LruCache::new(capacity)),
+            cache: (0..stripes)
+                .map(|_| Mutex::new(lru::LruCache::new(per_stripe)))
+                .collect(),
             failures: Mutex::new(lru::LruCache::new(failures)),
             ttl,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
@@ -408,7 +417,7 @@ impl<R: DidResolver> CachingResolver<R> {
         match resolved {
             Ok(identity) => {
                 let identity = Arc::new(identity);
-                self.lock()
+                self.lock(did)
                     .put(did.to_string(), (Instant::now(), identity.clone()));
                 Ok(identity)
             }
@@ -426,7 +435,7 @@ impl<R: DidResolver> CachingResolver<R> {
 
     /// Drops `did` from the cache (its document changed), remembered failures included.
     pub fn forget(&self, did: &str) {
-        self.lock().pop(did);
+        self.lock(did).pop(did);
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -435,7 +444,7 @@ impl<R: DidResolver> CachingResolver<R> {
 
     /// The cached identity, if present and fresh.
     pub fn cached(&self, did: &str) -> Option<Arc<Identity>> {
-        let mut cache = self.lock();
+        let mut cache = self.lock(did);
         match cache.get(did) {
             Some((at, id)) if at.elapsed() < self.ttl => Some(id.clone()),
             Some(_) => {
@@ -448,7 +457,10 @@ impl<R: DidResolver> CachingResolver<R> {
 
     /// Number of cached identities.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.cache
+            .iter()
+            .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
     }
 
     /// Whether the cache is empty.
@@ -456,10 +468,18 @@ impl<R: DidResolver> CachingResolver<R> {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<String, (Instant, Arc<Identity>)>> {
+    fn lock(
+        &self,
+        did: &str,
+    ) -> std::sync::MutexGuard<'_, lru::LruCache<String, (Instant, Arc<Identity>)>> {
+        // FNV-1a over the DID picks the stripe.
+        let h = did.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let stripe = &self.cache[(h % self.cache.len() as u64) as usize];
         // A panic while holding this lock cannot leave the LRU half-updated in a way that
         // matters (entries are whole values), so a poisoned lock is taken over.
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+        stripe.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -989,16 +989,27 @@ mod tests {
         type Parts = (Option<Cid>, Vec<(u64, Vec<u8>, Option<Cid>, Cid)>);
         fn generic(bytes: &[u8]) -> Option<Parts> {
             let d: NodeData = from_cbor(bytes).ok()?;
-            Some((d.l, d.e.into_iter().map(|e| (e.p, e.k.into_vec(), e.t, e.v)).collect()))
+            Some((
+                d.l,
+                d.e.into_iter()
+                    .map(|e| (e.p, e.k.into_vec(), e.t, e.v))
+                    .collect(),
+            ))
         }
         fn fast(bytes: &[u8]) -> Option<Parts> {
             let (l, raw) = canonical_node(bytes).ok()?;
-            Some((l, raw.into_iter().map(|(p, k, t, v)| (p, k.to_vec(), t, v)).collect()))
+            Some((
+                l,
+                raw.into_iter()
+                    .map(|(p, k, t, v)| (p, k.to_vec(), t, v))
+                    .collect(),
+            ))
         }
         let mut tree = Mst::new();
         for i in 0..600u32 {
             let key = format!("agent.comms.message/3l{i:011}");
-            tree.insert(key.as_bytes(), val(i), &NoBlocks).expect("insert");
+            tree.insert(key.as_bytes(), val(i), &NoBlocks)
+                .expect("insert");
         }
         let (_, blocks) = tree.new_blocks().expect("blocks");
         assert!(blocks.len() > 10);

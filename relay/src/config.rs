@@ -58,6 +58,11 @@ pub struct Config {
     /// Most firehose subscribers at once.
     #[arg(long, env = "AGENTNET_MAX_SUBSCRIBERS", default_value_t = 5000)]
     pub max_subscribers: usize,
+    /// Milliseconds the sequencer waits for more events while a batch is small, so that one
+    /// segment write, one fsync and one state transaction cover more events (0: write
+    /// whatever has arrived at once).
+    #[arg(long, env = "AGENTNET_GROUP_COMMIT_MS", default_value_t = 2)]
+    pub group_commit_ms: u64,
     /// Live events buffered per subscriber before it must catch up from the log or, if it
     /// keeps falling behind, is closed as too slow.
     #[arg(long, env = "AGENTNET_LIVE_BUFFER", default_value_t = 8192)]

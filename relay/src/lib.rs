@@ -33,13 +33,17 @@ use metrics::Metrics;
 use store::{Append, Store};
 use verify::{Inbound, Shard, ShardContext, Verified};
 
-/// Events queued per verifier shard. Full: the host readers wait (backpressure), so a
-/// burst is absorbed without loss and without unbounded memory.
-const SHARD_QUEUE: usize = 1024;
-/// Verified events queued for the sequencer. Full: shards wait.
-const SEQUENCER_QUEUE: usize = 4096;
+/// Batches (of at most 64 events, one host's reads) queued per verifier shard. Full: the
+/// host readers wait (backpressure), so a burst is absorbed without loss and without
+/// unbounded memory.
+const SHARD_QUEUE: usize = 32;
+/// Batches of verified events queued for the sequencer (one per shard batch). Full:
+/// shards wait.
+const SEQUENCER_QUEUE: usize = 128;
 /// Most events appended in one transaction (one fsync).
 const MAX_BATCH: usize = 2048;
+/// A batch this large is written without waiting for more (group commit).
+const GROUP_TARGET: usize = 256;
 /// Hosts waiting to be added.
 const NEW_HOST_QUEUE: usize = 64;
 
@@ -171,7 +175,7 @@ pub async fn run_serving(
     for (did, state) in stored_accounts {
         shard_accounts[verify::shard_of(&did, shards_n)].insert(did, state);
     }
-    let (seq_tx, seq_rx) = mpsc::channel::<Verified>(SEQUENCER_QUEUE);
+    let (seq_tx, seq_rx) = mpsc::channel::<Vec<Verified>>(SEQUENCER_QUEUE);
     let ctx = ShardContext {
         resolver: resolver.clone(),
         runtime: tokio::runtime::Handle::current(),
@@ -184,7 +188,7 @@ pub async fn run_serving(
     let mut shard_txs = Vec::with_capacity(shards_n);
     let mut threads = Vec::with_capacity(shards_n);
     for (i, accounts) in shard_accounts.into_iter().enumerate() {
-        let (tx, rx) = mpsc::channel::<Inbound>(SHARD_QUEUE);
+        let (tx, rx) = mpsc::channel::<Vec<Inbound>>(SHARD_QUEUE);
         shard_txs.push(tx);
         let shard = Shard::new(ctx.clone(), accounts, hosts.clone());
         let out = seq_tx.clone();
@@ -202,7 +206,11 @@ pub async fn run_serving(
     {
         let (store, live, metrics) = (store.clone(), live.clone(), metrics.clone());
         let cancel = cancel.clone();
-        tasks.spawn_blocking(move || sequencer(store, seq_rx, live, metrics, cancel));
+        let linger = Duration::from_millis(config.group_commit_ms);
+        let runtime = tokio::runtime::Handle::current();
+        tasks.spawn_blocking(move || {
+            sequencer(store, seq_rx, live, metrics, cancel, runtime, linger)
+        });
     }
     tasks.spawn(retention(
         store.clone(),
@@ -407,7 +415,7 @@ struct Crawl {
     hosts: hosts::Hosts,
     defaults: hosts::Limits,
     store: Store,
-    shards: Vec<mpsc::Sender<Inbound>>,
+    shards: Vec<mpsc::Sender<Vec<Inbound>>>,
     metrics: Metrics,
     config: upstream::UpstreamConfig,
     cancel: CancellationToken,
@@ -514,19 +522,30 @@ async fn crawler(
 /// thousands of subscriber tasks that each event wakes.
 fn sequencer(
     store: Store,
-    mut input: mpsc::Receiver<Verified>,
+    mut input: mpsc::Receiver<Vec<Verified>>,
     live: broadcast::Sender<(u64, Bytes)>,
     metrics: Metrics,
     cancel: CancellationToken,
+    runtime: tokio::runtime::Handle,
+    linger: Duration,
 ) -> Result<(), Error> {
-    while let Some(first) = input.blocking_recv() {
-        let mut batch = vec![first];
+    while let Some(mut batch) = input.blocking_recv() {
+        // Group commit: take what is queued; while the batch is small, wait up to `linger`
+        // for more, so one write and fsync cover many events.
+        let deadline = tokio::time::Instant::now() + linger;
         while batch.len() < MAX_BATCH {
             match input.try_recv() {
-                Ok(v) => batch.push(v),
+                Ok(more) => batch.extend(more),
+                Err(mpsc::error::TryRecvError::Empty) if batch.len() < GROUP_TARGET => {
+                    match runtime.block_on(tokio::time::timeout_at(deadline, input.recv())) {
+                        Ok(Some(more)) => batch.extend(more),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
                 Err(_) => break,
             }
         }
+        metrics.batch_events.record(batch.len() as f64);
         metrics.sequencer_queue.set(input.len() as f64);
         let mut appends: Vec<Append> = Vec::with_capacity(batch.len());
         let mut states: Vec<(String, store::AccountState)> = Vec::new();

@@ -161,6 +161,8 @@ pub struct Metrics {
     pub verify_queue: Gauge,
     /// Events waiting for the sequencer.
     pub sequencer_queue: Gauge,
+    /// Events per log batch (one segment write, fsync and state transaction each).
+    pub batch_events: Histogram,
     /// Connected firehose subscribers.
     pub subscribers: Gauge,
     /// Subscribers closed as too slow.
@@ -181,6 +183,11 @@ impl Metrics {
                 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
                 0.1, 0.25, 1.0,
             ])
+            .expect("bucket list is non-empty")
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("relay_log_batch_events".into()),
+                &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 2048.0],
+            )
             .expect("bucket list is non-empty")
             .build_recorder();
         let meta = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
@@ -211,6 +218,7 @@ impl Metrics {
             publish_seconds: histogram("relay_publish_seconds"),
             verify_queue: gauge("relay_verify_queue_depth"),
             sequencer_queue: gauge("relay_sequencer_queue_depth"),
+            batch_events: histogram("relay_log_batch_events"),
             subscribers: gauge("relay_subscribers"),
             slow_consumers: counter("relay_slow_consumers_total"),
             dead_subscribers: counter("relay_dead_subscribers_total"),

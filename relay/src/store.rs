@@ -448,8 +448,7 @@ impl Store {
             }
             let mut accounts = txn.open_table(ACCOUNTS)?;
             for (did, state) in latest {
-                let v = serde_json::to_vec(state).map_err(|_| StoreError::Corrupt("account"))?;
-                accounts.insert(did, v.as_slice())?;
+                accounts.insert(did, encode_account(state).as_slice())?;
             }
             let mut hosts = txn.open_table(HOSTS)?;
             for c in host_cursors {
@@ -557,7 +556,7 @@ impl Store {
         let mut out = Vec::new();
         for item in table.range::<&str>(..)? {
             let (k, v) = item?;
-            out.push((k.value().to_string(), decode_json(v.value(), "account")?));
+            out.push((k.value().to_string(), decode_account(v.value())?));
         }
         Ok(out)
     }
@@ -580,7 +579,7 @@ impl Store {
             if Some(k.value()) == after {
                 continue;
             }
-            out.push((k.value().to_string(), decode_json(v.value(), "account")?));
+            out.push((k.value().to_string(), decode_account(v.value())?));
             if out.len() >= limit {
                 break;
             }
@@ -622,7 +621,7 @@ impl Store {
         let table = txn.open_table(ACCOUNTS)?;
         table
             .get(did)?
-            .map(|v| decode_json(v.value(), "account"))
+            .map(|v| decode_account(v.value()))
             .transpose()
     }
 
@@ -773,6 +772,120 @@ fn apply_collections(
     Ok(())
 }
 
+/// Format byte of the binary account encoding (JSON, from older stores, starts with `{`).
+const ACCOUNT_V1: u8 = 1;
+
+/// An account's state in a compact binary form: every event writes one, and the smaller
+/// they are, the fewer pages each batch's transaction rewrites. CIDs are kept as their
+/// binary form; strings and optional values are length-prefixed.
+fn encode_account(a: &AccountState) -> Vec<u8> {
+    fn text(out: &mut Vec<u8>, s: Option<&str>) {
+        match s {
+            None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+            Some(s) => {
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+    fn cid(out: &mut Vec<u8>, s: Option<&str>) {
+        // A CID is stored binary (36 bytes, not 59); anything unparsable as text.
+        match s.map(|s| (s, s.parse::<atproto::Cid>())) {
+            Some((_, Ok(c))) => {
+                out.push(1);
+                let b = c.to_bytes();
+                out.push(b.len() as u8);
+                out.extend_from_slice(&b);
+            }
+            Some((s, Err(_))) => {
+                out.push(2);
+                text(out, Some(s));
+            }
+            None => out.push(0),
+        }
+    }
+    let mut out = Vec::with_capacity(160);
+    out.push(ACCOUNT_V1);
+    let flags = u8::from(a.active)
+        | (u8::from(a.desynchronized) << 1)
+        | (u8::from(a.upstream.is_some()) << 2);
+    out.push(flags);
+    text(&mut out, Some(&a.host));
+    text(&mut out, a.rev.as_deref());
+    cid(&mut out, a.data.as_deref());
+    cid(&mut out, a.head.as_deref());
+    text(&mut out, a.status.as_deref());
+    let up = a.upstream.unwrap_or_default();
+    out.extend_from_slice(&up.epoch.to_le_bytes());
+    out.extend_from_slice(&up.seq.to_le_bytes());
+    out
+}
+
+/// Reads [`encode_account`]'s form, or the JSON older stores wrote.
+fn decode_account(bytes: &[u8]) -> Result<AccountState, StoreError> {
+    if bytes.first() != Some(&ACCOUNT_V1) {
+        return decode_json(bytes, "account");
+    }
+    let bad = || StoreError::Corrupt("account");
+    let mut r = &bytes[1..];
+    fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if r.len() < n {
+            return None;
+        }
+        let (head, rest) = r.split_at(n);
+        *r = rest;
+        Some(head)
+    }
+    fn u32_at(r: &mut &[u8]) -> Option<u32> {
+        take(r, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn text(r: &mut &[u8]) -> Option<Option<String>> {
+        let n = u32_at(r)?;
+        if n == u32::MAX {
+            return Some(None);
+        }
+        let b = take(r, n as usize)?;
+        Some(Some(std::str::from_utf8(b).ok()?.to_string()))
+    }
+    fn cid(r: &mut &[u8]) -> Option<Option<String>> {
+        match take(r, 1)?[0] {
+            0 => Some(None),
+            1 => {
+                let n = take(r, 1)?[0] as usize;
+                let c = atproto::Cid::try_from(take(r, n)?).ok()?;
+                Some(Some(c.to_string()))
+            }
+            2 => text(r),
+            _ => None,
+        }
+    }
+    let flags = take(&mut r, 1).ok_or_else(bad)?[0];
+    let host = text(&mut r).flatten().ok_or_else(bad)?;
+    let rev = text(&mut r).ok_or_else(bad)?;
+    let data = cid(&mut r).ok_or_else(bad)?;
+    let head = cid(&mut r).ok_or_else(bad)?;
+    let status = text(&mut r).ok_or_else(bad)?;
+    let epoch = take(&mut r, 8).ok_or_else(bad)?;
+    let seq = take(&mut r, 8).ok_or_else(bad)?;
+    let mut e = [0u8; 8];
+    e.copy_from_slice(epoch);
+    let mut q = [0u8; 8];
+    q.copy_from_slice(seq);
+    Ok(AccountState {
+        host,
+        rev,
+        data,
+        head,
+        active: flags & 1 != 0,
+        status,
+        upstream: (flags & 4 != 0).then_some(Upstream {
+            epoch: u64::from_le_bytes(e),
+            seq: i64::from_le_bytes(q),
+        }),
+        desynchronized: flags & 2 != 0,
+    })
+}
+
 /// Adds summed count changes, one read and write per (repo, collection).
 fn apply_deltas<'a>(
     by_collection: &mut redb::Table<&str, u64>,
@@ -902,6 +1015,39 @@ mod tests {
         assert_eq!(store.last_seq().expect("last"), 9);
         assert!(store.read_after(0, 10).expect("read").is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn account_states_round_trip_and_old_json_still_reads() {
+        let cid = atproto::data::cid_for_cbor(b"x").to_string();
+        let states = [
+            AccountState::default(),
+            AccountState {
+                host: "https://pds.example:8443".into(),
+                rev: Some("3lbx4dwkuq22s".into()),
+                data: Some(cid.clone()),
+                head: Some(cid.clone()),
+                active: false,
+                status: Some("deactivated".into()),
+                upstream: Some(Upstream { epoch: 3, seq: -1 }),
+                desynchronized: true,
+            },
+            AccountState {
+                host: "h".into(),
+                data: Some("not a cid".into()),
+                upstream: Some(Upstream { epoch: 0, seq: 0 }),
+                active: true,
+                ..AccountState::default()
+            },
+        ];
+        for s in &states {
+            let bytes = encode_account(s);
+            assert_eq!(&decode_account(&bytes).expect("decodes"), s);
+            assert!(decode_account(&bytes[..bytes.len() - 1]).is_err());
+            let json = serde_json::to_vec(s).expect("json");
+            assert_eq!(&decode_account(&json).expect("old form"), s);
+            assert!(bytes.len() < json.len());
+        }
     }
 
     #[test]

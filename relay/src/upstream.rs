@@ -37,7 +37,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn run_host(
     host: Arc<crate::hosts::Host>,
     store: Store,
-    shards: Vec<mpsc::Sender<Inbound>>,
+    shards: Vec<mpsc::Sender<Vec<Inbound>>>,
     metrics: Metrics,
     config: UpstreamConfig,
     cancel: CancellationToken,
@@ -141,7 +141,7 @@ async fn session(
     host: &Arc<crate::hosts::Host>,
     cursor: i64,
     explicit: bool,
-    shards: &[mpsc::Sender<Inbound>],
+    shards: &[mpsc::Sender<Vec<Inbound>>],
     metrics: &Metrics,
     config: &UpstreamConfig,
     store: &Store,
@@ -184,13 +184,29 @@ async fn session(
     let stable = (config.idle_timeout / 2).min(STABLE_AFTER);
     let opened = Instant::now();
     let mut proven = false;
-    loop {
+    let mut handoff = Handoff::new(shards);
+    let ended = loop {
         let wait = if proven {
             config.idle_timeout
         } else {
             stable.saturating_sub(opened.elapsed())
         };
-        let next = tokio::time::timeout(wait, stream.next()).await;
+        // Frames already here are gathered and handed to the shards together (one wake-up
+        // per shard per batch); only with nothing gathered does the reader wait.
+        let next = if handoff.queued == 0 {
+            tokio::time::timeout(wait, stream.next()).await
+        } else if handoff.queued >= HANDOFF_BATCH {
+            handoff.flush().await?;
+            continue;
+        } else {
+            match futures::FutureExt::now_or_never(stream.next()) {
+                Some(n) => Ok(n),
+                None => {
+                    handoff.flush().await?;
+                    continue;
+                }
+            }
+        };
         if !proven && !matches!(next, Ok(None) | Ok(Some(Err(_)))) {
             proven = true;
             if let Some(changed) = host.connected() {
@@ -199,14 +215,14 @@ async fn session(
         }
         let msg = match next {
             Err(_) if wait != config.idle_timeout => continue,
-            Err(_) => return Err(SessionError::Other(IDLE.into())),
-            Ok(None) => return Ok(()),
-            Ok(Some(Err(e))) => return Err(SessionError::Other(e.to_string())),
+            Err(_) => break Err(SessionError::Other(IDLE.into())),
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(e))) => break Err(SessionError::Other(e.to_string())),
             Ok(Some(Ok(m))) => m,
         };
         let bytes = match msg {
             Message::Binary(b) => b,
-            Message::Close(_) => return Ok(()),
+            Message::Close(_) => break Ok(()),
             _ => continue,
         };
         metrics.events_in.increment(1);
@@ -229,31 +245,73 @@ async fn session(
         };
         if let atproto::frame::Frame::Error(e) = &frame {
             if e.error == "FutureCursor" && cursor > 0 {
-                return Err(SessionError::FutureCursor);
+                break Err(SessionError::FutureCursor);
             }
-            return Err(SessionError::Other(format!(
+            break Err(SessionError::Other(format!(
                 "upstream error {}: {}",
                 e.error,
                 e.message.clone().unwrap_or_default()
             )));
         }
-        let (Some(did), Some(seq)) = (frame.did().map(str::to_string), frame.seq()) else {
+        let Some(seq) = frame.seq() else {
             continue;
         };
-        let shard = &shards[shard_of(&did, shards.len())];
+        if frame.did().is_none() {
+            continue;
+        }
         metrics.verify_queue.increment(1.0);
         host.begin(seq);
-        let inbound = Inbound {
+        handoff.push(Inbound {
             host: host.clone(),
             upstream_seq: seq,
             frame,
             raw: bytes,
             received: Instant::now(),
-        };
-        // A full shard queue slows this host's reader: backpressure, nothing dropped.
-        if shard.send(inbound).await.is_err() {
-            return Err(SessionError::Other("verifier stopped".into()));
+        });
+    };
+    // What was read before the session ended is still verified (its seqs are in flight).
+    handoff.flush().await?;
+    ended
+}
+
+/// Most events gathered from one host before they are handed to the shards.
+const HANDOFF_BATCH: usize = 64;
+
+/// Events read and not yet handed over, one list per shard.
+struct Handoff<'a> {
+    shards: &'a [mpsc::Sender<Vec<Inbound>>],
+    pending: Vec<Vec<Inbound>>,
+    queued: usize,
+}
+
+impl<'a> Handoff<'a> {
+    fn new(shards: &'a [mpsc::Sender<Vec<Inbound>>]) -> Self {
+        Handoff {
+            shards,
+            pending: shards.iter().map(|_| Vec::new()).collect(),
+            queued: 0,
         }
+    }
+
+    fn push(&mut self, inbound: Inbound) {
+        let did = inbound.frame.did().unwrap_or_default();
+        self.pending[shard_of(did, self.shards.len())].push(inbound);
+        self.queued += 1;
+    }
+
+    /// Hands every list to its shard. A full shard queue slows this host's reader:
+    /// backpressure, nothing dropped.
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        for (tx, list) in self.shards.iter().zip(self.pending.iter_mut()) {
+            if list.is_empty() {
+                continue;
+            }
+            if tx.send(std::mem::take(list)).await.is_err() {
+                return Err(SessionError::Other("verifier stopped".into()));
+            }
+        }
+        self.queued = 0;
+        Ok(())
     }
 }
 

@@ -208,7 +208,7 @@ pub struct Shard {
 }
 
 enum Msg {
-    Event(Inbound),
+    Events(Vec<Inbound>),
     Wake(Wake),
 }
 
@@ -246,15 +246,20 @@ impl Shard {
         shard
     }
 
-    /// Checks events until the input closes (shutdown) or the sequencer is gone.
-    pub fn run(mut self, mut input: mpsc::Receiver<Inbound>, output: mpsc::Sender<Verified>) {
+    /// Checks events until the input closes (shutdown) or the sequencer is gone. Events
+    /// arrive in batches and their outcomes leave in one batch each (one hand-off, not one
+    /// per event).
+    pub fn run(
+        mut self,
+        mut input: mpsc::Receiver<Vec<Inbound>>,
+        output: mpsc::Sender<Vec<Verified>>,
+    ) {
         let runtime = self.ctx.runtime.clone();
-        let mut out = Vec::new();
         loop {
             let msg = match self.wake_rx.try_recv() {
                 Ok(w) => Msg::Wake(w),
                 Err(_) => match input.try_recv() {
-                    Ok(e) => Msg::Event(e),
+                    Ok(e) => Msg::Events(e),
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                     Err(mpsc::error::TryRecvError::Empty) => {
                         let wake = &mut self.wake_rx;
@@ -262,7 +267,7 @@ impl Shard {
                             tokio::select! {
                                 biased;
                                 Some(w) = wake.recv() => Some(Msg::Wake(w)),
-                                e = input.recv() => e.map(Msg::Event),
+                                e = input.recv() => e.map(Msg::Events),
                             }
                         });
                         match next {
@@ -272,18 +277,20 @@ impl Shard {
                     }
                 },
             };
+            let mut out = Vec::new();
             match msg {
-                Msg::Event(e) => {
-                    self.ctx.metrics.verify_queue.decrement(1.0);
-                    self.on_event(e, &mut out);
+                Msg::Events(events) => {
+                    self.ctx.metrics.verify_queue.decrement(events.len() as f64);
+                    out.reserve(events.len());
+                    for e in events {
+                        self.on_event(e, &mut out);
+                    }
                 }
                 Msg::Wake(w) => self.on_wake(w, &mut out),
             }
-            for v in out.drain(..) {
-                if output.blocking_send(v).is_err() {
-                    self.tasks.abort_all();
-                    return;
-                }
+            if !out.is_empty() && output.blocking_send(out).is_err() {
+                self.tasks.abort_all();
+                return;
             }
             // Reap finished tasks (their results came back as wakes).
             while let Some(done) = self.tasks.try_join_next() {
