@@ -96,6 +96,11 @@ pub struct Config {
     /// Seconds a cached identity is trusted before it is resolved again.
     #[arg(long, env = "AGENTNET_IDENTITY_TTL_SECS", default_value_t = 3600)]
     pub identity_ttl_secs: u64,
+    /// DID resolutions in flight at once, all accounts together: a burst of new accounts
+    /// waits its turn instead of opening a connection per account to the PLC directory or
+    /// to did:web hosts.
+    #[arg(long, env = "AGENTNET_IDENTITY_LOOKUPS", default_value_t = 64)]
+    pub identity_lookups: usize,
     /// Seconds of silence after which an upstream connection is remade.
     #[arg(long, env = "AGENTNET_IDLE_TIMEOUT_SECS", default_value_t = 300)]
     pub idle_timeout_secs: u64,
@@ -180,7 +185,11 @@ impl Config {
 
     /// Checks what clap cannot, and fills in derived defaults.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.live_buffer == 0 || self.max_subscribers == 0 || self.identity_cache == 0 {
+        if self.live_buffer == 0
+            || self.max_subscribers == 0
+            || self.identity_cache == 0
+            || self.identity_lookups == 0
+        {
             return Err(Error::Config(
                 "buffer, subscriber and cache sizes must be positive".into(),
             ));

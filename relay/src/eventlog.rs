@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -67,12 +67,31 @@ fn crc(seq: u64, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// Appends one record to `out`.
-fn encode_record(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc(seq, payload).to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(payload);
+/// A record's header: payload length, CRC-32 of seq and payload, seq.
+fn record_header(seq: u64, payload: &[u8]) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[4..8].copy_from_slice(&crc(seq, payload).to_le_bytes());
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h
+}
+
+/// Writes every slice at `at`, in order, however many calls it takes.
+fn write_all_vectored_at(
+    file: &mut File,
+    at: u64,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(at))?;
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads records from `bytes` (which starts at a record boundary): calls `each` with every
@@ -242,22 +261,27 @@ impl EventLog {
         let Some(a) = active.as_mut() else {
             return Err(StoreError::Corrupt("no active segment"));
         };
-        let total: usize = records.iter().map(|(_, b)| HEADER + b.len()).sum();
-        let mut buf = Vec::with_capacity(total);
-        for (seq, payload) in records {
-            encode_record(&mut buf, *seq, payload);
+        // Headers and frames go to the kernel as they are (one vectored write, no copy
+        // into a batch buffer).
+        let headers: Vec<[u8; HEADER]> = records
+            .iter()
+            .map(|(seq, payload)| record_header(*seq, payload))
+            .collect();
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * records.len());
+        for (h, (_, payload)) in headers.iter().zip(records) {
+            slices.push(IoSlice::new(h));
+            slices.push(IoSlice::new(payload));
         }
+        let total: u64 = records.iter().map(|(_, b)| (HEADER + b.len()) as u64).sum();
         let at = a.len;
-        let written = a
-            .file
-            .write_all_at(&buf, at)
-            .and_then(|_| a.file.sync_data());
+        let written =
+            write_all_vectored_at(&mut a.file, at, &mut slices).and_then(|_| a.file.sync_data());
         if let Err(e) = written {
             // Leave no partial batch behind (the write is retried whole).
             let _ = a.file.set_len(at);
             return Err(io(&self.path(a.segment), e));
         }
-        a.len = at + buf.len() as u64;
+        a.len = at + total;
         Ok(Position {
             segment: a.segment,
             offset: at,
@@ -380,7 +404,6 @@ impl EventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     fn records(from: u64, n: u64) -> Vec<(u64, Bytes)> {
         (from..from + n)

@@ -184,6 +184,7 @@ pub async fn run_serving(
         metrics: metrics.clone(),
         http,
         repair: config.repair_config(),
+        lookups: Arc::new(tokio::sync::Semaphore::new(config.identity_lookups)),
     };
     let mut shard_txs = Vec::with_capacity(shards_n);
     let mut threads = Vec::with_capacity(shards_n);

@@ -737,19 +737,11 @@ fn apply_collections(
 ) -> Result<(), StoreError> {
     match change {
         Collections::Unchanged => {}
-        Collections::Delta(deltas) => {
-            for (collection, d) in deltas {
-                let rk = format!("{did}\0{collection}");
-                let current = by_repo.get(rk.as_str())?.map(|v| v.value()).unwrap_or(0);
-                set_count(
-                    by_collection,
-                    by_repo,
-                    did,
-                    collection,
-                    current.saturating_add_signed(*d),
-                )?;
-            }
-        }
+        Collections::Delta(deltas) => apply_deltas(
+            by_collection,
+            by_repo,
+            deltas.iter().map(|(c, d)| ((did, c.as_str()), *d)),
+        )?,
         Collections::Reset(counts) => {
             let prefix = format!("{did}\0");
             let mut old = Vec::new();

@@ -119,6 +119,8 @@ pub struct ShardContext {
     pub http: atproto::net::GuardedClient,
     /// Repair bounds.
     pub repair: RepairConfig,
+    /// Permits for DID resolutions in flight (`--identity-lookups`).
+    pub lookups: Arc<tokio::sync::Semaphore>,
 }
 
 /// The shard an account's events go to.
@@ -518,8 +520,11 @@ impl Shard {
         let resolver = self.ctx.resolver.clone();
         let wake = self.wake_tx.clone();
         let did = did.to_string();
+        let lookups = self.ctx.lookups.clone();
         self.tasks.spawn_on(
             async move {
+                // Closed only if the relay is going down; resolve anyway then.
+                let _permit = lookups.acquire_owned().await.ok();
                 let started = Instant::now();
                 let result = AssertUnwindSafe(resolver.refresh(&did))
                     .catch_unwind()
