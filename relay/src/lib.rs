@@ -44,6 +44,8 @@ const SEQUENCER_QUEUE: usize = 128;
 const MAX_BATCH: usize = 2048;
 /// A batch this large is written without waiting for more (group commit).
 const GROUP_TARGET: usize = 256;
+/// How often a lingering sequencer looks for more events.
+const LINGER_STEP: Duration = Duration::from_micros(250);
 /// Hosts waiting to be added.
 const NEW_HOST_QUEUE: usize = 64;
 
@@ -208,10 +210,7 @@ pub async fn run_serving(
         let (store, live, metrics) = (store.clone(), live.clone(), metrics.clone());
         let cancel = cancel.clone();
         let linger = Duration::from_millis(config.group_commit_ms);
-        let runtime = tokio::runtime::Handle::current();
-        tasks.spawn_blocking(move || {
-            sequencer(store, seq_rx, live, metrics, cancel, runtime, linger)
-        });
+        tasks.spawn_blocking(move || sequencer(store, seq_rx, live, metrics, cancel, linger));
     }
     tasks.spawn(retention(
         store.clone(),
@@ -527,21 +526,21 @@ fn sequencer(
     live: broadcast::Sender<(u64, Bytes)>,
     metrics: Metrics,
     cancel: CancellationToken,
-    runtime: tokio::runtime::Handle,
     linger: Duration,
 ) -> Result<(), Error> {
     while let Some(mut batch) = input.blocking_recv() {
         // Group commit: take what is queued; while the batch is small, wait up to `linger`
-        // for more, so one write and fsync cover many events.
-        let deadline = tokio::time::Instant::now() + linger;
+        // for more, so one write and fsync cover many events. The wait is this thread's
+        // own (short sleeps), not a runtime timer: when the runtime is busy with thousands
+        // of subscribers its timers fire late, and the log would wait with them.
+        let deadline = Instant::now() + linger;
         while batch.len() < MAX_BATCH {
             match input.try_recv() {
                 Ok(more) => batch.extend(more),
-                Err(mpsc::error::TryRecvError::Empty) if batch.len() < GROUP_TARGET => {
-                    match runtime.block_on(tokio::time::timeout_at(deadline, input.recv())) {
-                        Ok(Some(more)) => batch.extend(more),
-                        Ok(None) | Err(_) => break,
-                    }
+                Err(mpsc::error::TryRecvError::Empty)
+                    if batch.len() < GROUP_TARGET && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(LINGER_STEP.min(deadline - Instant::now()));
                 }
                 Err(_) => break,
             }
