@@ -337,6 +337,7 @@ pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 const MAX_FAILURES: usize = 100_000;
 
 type Failures = lru::LruCache<String, (Instant, IdentityError)>;
+type Identities = lru::LruCache<String, (Instant, Arc<Identity>)>;
 
 /// Lock stripes of the identity cache.
 const CACHE_STRIPES: usize = 16;
@@ -347,7 +348,7 @@ pub struct CachingResolver<R> {
     inner: R,
     /// Identities, striped by DID so that threads looking up different accounts (the
     /// relay's verifier shards, on every event) do not take the same lock.
-    cache: Vec<Mutex<lru::LruCache<String, (Instant, Arc<Identity>)>>>,
+    cache: Vec<Mutex<Identities>>,
     failures: Mutex<Failures>,
     ttl: Duration,
     negative_ttl: Duration,
@@ -468,10 +469,7 @@ impl<R: DidResolver> CachingResolver<R> {
         self.len() == 0
     }
 
-    fn lock(
-        &self,
-        did: &str,
-    ) -> std::sync::MutexGuard<'_, lru::LruCache<String, (Instant, Arc<Identity>)>> {
+    fn lock(&self, did: &str) -> std::sync::MutexGuard<'_, Identities> {
         // FNV-1a over the DID picks the stripe.
         let h = did.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)

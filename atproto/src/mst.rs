@@ -254,12 +254,12 @@ impl Node {
     }
 }
 
+/// An entry as encoded: prefix length, key suffix, right subtree, value.
+type RawEntry<'a> = (u64, &'a [u8], Option<Cid>, Cid);
+
 /// A node's parts straight from its canonical encoding (`{"e": [{"k","p","t","v"}…], "l"}`,
 /// the order [`encode_node`] writes), borrowing the key suffixes.
-#[allow(clippy::type_complexity)]
-fn canonical_node(
-    bytes: &[u8],
-) -> Result<(Option<Cid>, Vec<(u64, &[u8], Option<Cid>, Cid)>), NotCanonical> {
+fn canonical_node(bytes: &[u8]) -> Result<(Option<Cid>, Vec<RawEntry<'_>>), NotCanonical> {
     let mut r = Reader::new(bytes);
     if r.map()? != 2 {
         return Err(NotCanonical);
