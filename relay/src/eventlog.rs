@@ -9,7 +9,7 @@
 //! consecutive seqs. A record is a 16-byte header (payload length `u32`, CRC-32 of the
 //! seq and payload `u32`, `seq` `u64`, all little-endian) and the frame's bytes.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -49,7 +49,7 @@ struct Active {
 pub struct EventLog {
     dir: PathBuf,
     /// Every segment's first seq (kept sorted), and the one being written.
-    state: Mutex<(BTreeMap<u64, ()>, Option<Active>)>,
+    state: Mutex<(BTreeSet<u64>, Option<Active>)>,
 }
 
 fn io(path: &Path, e: std::io::Error) -> StoreError {
@@ -134,7 +134,7 @@ impl EventLog {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let log = EventLog {
             dir: dir.to_path_buf(),
-            state: Mutex::new((BTreeMap::new(), None)),
+            state: Mutex::new((BTreeSet::new(), None)),
         };
         log.recover(last_seq, oldest, tail)?;
         Ok(log)
@@ -222,7 +222,7 @@ impl EventLog {
                 len: good,
             });
         }
-        state.0 = segments.into_iter().map(|s| (s, ())).collect();
+        state.0 = segments.into_iter().collect();
         Ok(())
     }
 
@@ -251,7 +251,7 @@ impl EventLog {
             File::open(&self.dir)
                 .and_then(|d| d.sync_all())
                 .map_err(|e| io(&self.dir, e))?;
-            segments.insert(first, ());
+            segments.insert(first);
             *active = Some(Active {
                 segment: first,
                 file,
@@ -311,7 +311,7 @@ impl EventLog {
     ) -> Result<Vec<(u64, Bytes)>, StoreError> {
         let segments: Vec<u64> = {
             let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.0.range(from.segment..).map(|(s, _)| *s).collect()
+            state.0.range(from.segment..).copied().collect()
         };
         let mut out = Vec::new();
         for segment in segments {
@@ -381,7 +381,7 @@ impl EventLog {
     pub fn remove_before(&self, oldest: u64) -> Result<usize, StoreError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let active = state.1.as_ref().map(|a| a.segment);
-        let firsts: Vec<u64> = state.0.keys().copied().collect();
+        let firsts: Vec<u64> = state.0.iter().copied().collect();
         let mut removed = 0;
         for pair in firsts.windows(2) {
             let (first, next) = (pair[0], pair[1]);

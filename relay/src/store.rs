@@ -210,10 +210,9 @@ impl Store {
     /// The committed `last_seq`, the oldest retained seq and the last batch's position.
     fn bounds(db: &Database) -> Result<(u64, u64, Option<Position>), StoreError> {
         let txn = db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let last = meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0);
-        let oldest = match meta.get(OLDEST_SEQ)? {
-            Some(v) => v.value(),
+        let (last, oldest) = seq_bounds(&txn.open_table(META)?)?;
+        let oldest = match oldest {
+            Some(v) => v,
             None => {
                 let legacy = txn.open_table(LEGACY_EVENTS)?;
                 let first = legacy.first()?.map(|(k, _)| k.value());
@@ -320,8 +319,8 @@ impl Store {
             // A new store, or one whose legacy log is empty, starts its bounds here (a
             // legacy log being moved sets them when it is).
             let mut meta = txn.open_table(META)?;
-            if meta.get(OLDEST_SEQ)?.is_none() && txn.open_table(LEGACY_EVENTS)?.is_empty()? {
-                let last = meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0);
+            let (last, oldest) = seq_bounds(&meta)?;
+            if oldest.is_none() && txn.open_table(LEGACY_EVENTS)?.is_empty()? {
                 meta.insert(OLDEST_SEQ, last + 1)?;
             }
         }
@@ -332,8 +331,7 @@ impl Store {
     /// The highest `seq` assigned so far (0 before the first event).
     pub fn last_seq(&self) -> Result<u64, StoreError> {
         let txn = self.db()?.begin_read()?;
-        let meta = txn.open_table(META)?;
-        Ok(meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0))
+        Ok(seq_bounds(&txn.open_table(META)?)?.0)
     }
 
     /// The oldest retained `seq`, if any event is retained.
@@ -360,11 +358,7 @@ impl Store {
     ) -> Result<Vec<(u64, Bytes)>, StoreError> {
         let mut txn = self.db()?.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        let last = {
-            let meta = txn.open_table(META)?;
-            let last = meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0);
-            last
-        };
+        let (last, _) = seq_bounds(&txn.open_table(META)?)?;
         let mut out = Vec::with_capacity(batch.len());
         for (item, seq) in batch.iter().zip(last + 1..) {
             let bytes = match &item.raw {
@@ -382,9 +376,10 @@ impl Store {
         }
         // The frames are durable before the transaction that counts them commits; if it
         // does not, they are taken back out of the segment.
-        let position = match out.first() {
-            Some(_) => Some(self.log.append(&out)?),
-            None => None,
+        let position = if out.is_empty() {
+            None
+        } else {
+            Some(self.log.append(&out)?)
         };
         let written = Self::record_batch(txn, batch, states, host_cursors, &out, position, now_ms);
         if let (Err(_), Some(p)) = (&written, position) {
@@ -480,9 +475,8 @@ impl Store {
     pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
         let (last, start, from) = {
             let txn = self.db()?.begin_read()?;
-            let meta = txn.open_table(META)?;
-            let last = meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0);
-            let oldest = meta.get(OLDEST_SEQ)?.map(|v| v.value()).unwrap_or(1);
+            let (last, oldest) = seq_bounds(&txn.open_table(META)?)?;
+            let oldest = oldest.unwrap_or(1);
             let start = after.saturating_add(1).max(oldest);
             if start > last || max == 0 {
                 return Ok(Vec::new());
@@ -506,8 +500,8 @@ impl Store {
         let txn = self.db()?.begin_write()?;
         let (oldest, cut) = {
             let mut meta = txn.open_table(META)?;
-            let last = meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0);
-            let oldest = meta.get(OLDEST_SEQ)?.map(|v| v.value()).unwrap_or(1);
+            let (last, oldest) = seq_bounds(&meta)?;
+            let oldest = oldest.unwrap_or(1);
             let count = (last + 1).saturating_sub(oldest);
             // The last seq to drop: by count, then whole batches by age.
             let mut cut = oldest - 1 + count.saturating_sub(max_events);
@@ -876,6 +870,15 @@ fn decode_account(bytes: &[u8]) -> Result<AccountState, StoreError> {
         }),
         desynchronized: flags & 2 != 0,
     })
+}
+
+/// `last_seq` (0 before the first event) and the oldest retained seq, if recorded.
+fn seq_bounds(
+    meta: &impl ReadableTable<&'static str, u64>,
+) -> Result<(u64, Option<u64>), StoreError> {
+    let last = meta.get(LAST_SEQ)?.map(|v| v.value()).unwrap_or(0);
+    let oldest = meta.get(OLDEST_SEQ)?.map(|v| v.value());
+    Ok((last, oldest))
 }
 
 /// Adds summed count changes, one read and write per (repo, collection).

@@ -765,13 +765,9 @@ impl Shard {
             if p.desynchronized {
                 return CommitStep::Done(Err(DropReason::Desync));
             }
-            let continuous = match (&p.data, verified.prev_data) {
-                (None, _) => true,
-                (Some(data), Some(prev)) => {
-                    prev.to_string() == *data && ev.since.as_deref() == p.rev.as_deref()
-                }
-                (Some(_), None) => false,
-            };
+            let continuous = p.data.is_none()
+                || (verified.prev_data.map(|c| c.to_string()) == p.data
+                    && ev.since.as_deref() == p.rev.as_deref());
             if !continuous {
                 return CommitStep::Repair(ev);
             }
