@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, the reference PDS set-up, and every test in the
-# workspace (conformance fixtures from ../shared, real-peer tests on loopback).
+# The test command: formatting, lints, the reference PDS and Pi set-up, and every test in
+# the workspace (conformance fixtures from ../shared, real-peer tests on loopback, the Pi
+# extension in the real Pi runtime).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/agentnet/target}"
@@ -16,6 +17,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== reference PDS (npm, once)"
 infra/pds/setup.sh
+echo "== Pi agent runtime (npm, pinned, once)"
+infra/pi/setup.sh >/dev/null
 echo "== ONNX Runtime (PyPI wheel, once)"
 ORT_DYLIB_PATH="$(infra/onnxruntime/setup.sh)"
 export ORT_DYLIB_PATH

@@ -108,6 +108,18 @@ enum AgentCommand {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
+    /// Serve this agent's session to a tool over standard input and output, one JSON object
+    /// per line: writes, appview queries and the live inbox as events. The Pi extension
+    /// drives agentnet through this (see agent/src/rpc.rs for the protocol).
+    Rpc {
+        /// Do not also seal shared records for the appview (it then cannot index them: no
+        /// tasks, threads or recall over them).
+        #[arg(long, env = "AGENTNET_AGENT_NO_APPVIEW_SEAL", default_value_t = false)]
+        no_appview_seal: bool,
+        /// Do not subscribe to the appview's live inbox.
+        #[arg(long, env = "AGENTNET_AGENT_NO_LIVE", default_value_t = false)]
+        no_live: bool,
+    },
     /// Any appview query, as this agent: `query agent.comms.listTasks status=open`.
     Query {
         /// The query's NSID.
@@ -467,6 +479,24 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         NonZeroUsize::new(1024).context("cache size")?,
         std::time::Duration::from_secs(300),
     );
+    if let AgentCommand::Rpc {
+        no_appview_seal,
+        no_live,
+    } = args.command
+    {
+        let config = agentnet_agent::rpc::Config {
+            pds: args.pds,
+            identifier: args.identifier,
+            password: args.password,
+            key_file: args.key_file,
+            appview_url: args.appview,
+            resolver,
+            seal_for_appview: !no_appview_seal,
+            live: !no_live,
+        };
+        let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+        return Ok(agentnet_agent::rpc::serve(config, stdin, tokio::io::stdout()).await?);
+    }
     let mut me = agentnet_agent::Agent::login(&args.pds, &args.identifier, &args.password).await?;
     let mut out = std::io::stdout().lock();
     match &args.command {
@@ -506,6 +536,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             }
             appview_query(&me, &args, nsid, &pairs, &mut out).await?;
         }
+        AgentCommand::Rpc { .. } => anyhow::bail!("the rpc session is served before this point"),
         AgentCommand::Read { uri } => {
             let parts = atproto::syntax::parse_at_uri(uri)?;
             let (Some(collection), Some(rkey)) = (parts.collection, parts.rkey) else {

@@ -200,3 +200,33 @@ fn get(port: u16, path: &str) -> String {
         .map(|(_, body)| body.to_string())
         .unwrap_or_default()
 }
+
+#[test]
+fn agent_rpc_reports_a_login_it_cannot_make_as_a_fatal_event() {
+    // Nothing listens on port 1: the session cannot log in, says why on stdout (where the
+    // tool reads), and exits non-zero instead of waiting for requests.
+    let out = agentnet(
+        &[
+            "agent",
+            "--pds",
+            "http://127.0.0.1:1",
+            "--identifier",
+            "ann.test",
+            "--password",
+            "x",
+            "rpc",
+        ],
+        Some("{\"id\":1,\"method\":\"whoami\"}\n"),
+    );
+    assert!(!out.status.success());
+    let first: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().next().expect("a line on stdout"))
+            .expect("JSON");
+    assert_eq!(first["event"], "fatal", "{first}");
+    assert!(
+        first["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("createSession")),
+        "{first}"
+    );
+}

@@ -6,12 +6,11 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agentnet_agent::{Agent, Appview, Privacy};
 use serde_json::{json, Value};
-use support::{free_port, http_get, Pds};
+use support::{http_get, Pds, Up};
 
 const PASSWORD: &str = "hunter2-agentnet";
 const SHARED_TEXT: &str =
@@ -20,89 +19,6 @@ const PARAPHRASE: &str = "where can I find the new credentials for the staging D
 const PUBLIC_TEXT: &str = "The quarterly roadmap review moved to Thursday afternoon.";
 const TASK_TEXT: &str = "Benchmark the new embedding model on the support tickets dataset.";
 const SECRET: &str = "The escrow code for the Lisbon office safe is 7731-alpha.";
-
-/// `agentnet up` as a child process, killed on drop.
-struct Node {
-    child: Child,
-    port: u16,
-}
-
-impl Node {
-    fn start(pds: &Pds, data: &std::path::Path) -> Node {
-        let model = std::env::var("AGENTNET_MODEL_DIR").expect(
-            "AGENTNET_MODEL_DIR must name the ONNX model directory (scripts/test.sh sets it)",
-        );
-        std::env::var("AGENTNET_CHDB_LIB")
-            .expect("AGENTNET_CHDB_LIB must name libchdb.so (scripts/test.sh sets it)");
-        std::env::var("ORT_DYLIB_PATH")
-            .expect("ORT_DYLIB_PATH must name libonnxruntime (scripts/test.sh sets it)");
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_agentnet"))
-            .args(["up", "--dev", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(data)
-            .args([
-                "--host",
-                &pds.url,
-                "--plc-url",
-                &pds.plc,
-                "--model-dir",
-                &model,
-            ])
-            .env("AGENTNET_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting agentnet up");
-        let node = Node { child, port };
-        node.wait_for("the relay to reach the PDS", Duration::from_secs(90), |n| {
-            http_get(n.port, "/metrics").is_some_and(|m| {
-                m.lines().any(|l| {
-                    l.starts_with("relay_upstream_connects_total")
-                        && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) >= Some(1.0)
-                })
-            })
-        });
-        node
-    }
-
-    fn wait_for(&self, what: &str, timeout: Duration, ready: impl Fn(&Node) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if ready(self) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("timed out waiting for {what}");
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGTERM and wait: the stores are closed and can be opened by the test.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "agentnet up exited with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("agentnet up did not stop within 30 s of SIGTERM");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn uris(answer: &Value, list: &str) -> Vec<String> {
     answer[list]
@@ -126,7 +42,7 @@ async fn agents_coordinate_and_recall_through_the_whole_network() {
     let (pds, node) = {
         let data = data.clone();
         tokio::task::spawn_blocking(move || {
-            let node = Node::start(&pds, &data);
+            let node = Up::start(&pds, &data);
             (pds, node)
         })
         .await

@@ -3,6 +3,8 @@
 //! private (sealed for itself) — with the standard repo XRPC calls. The `agentnet agent`
 //! subcommand is a thin entry point over this.
 
+pub mod rpc;
+
 use std::path::Path;
 
 use atproto::envelope::{self, EncryptionKey, EncryptionPublicKey, Recipient, Sealed};
@@ -150,6 +152,17 @@ impl Agent {
             session,
             clock: TidClock::new(0),
         })
+    }
+
+    /// Another handle on the same PDS session (for minting service tokens beside this
+    /// one); it writes with its own record-key clock.
+    pub fn clone_session(&self) -> Agent {
+        Agent {
+            pds: self.pds.clone(),
+            http: self.http.clone(),
+            session: self.session.clone(),
+            clock: TidClock::new(1),
+        }
     }
 
     /// The session.
@@ -324,6 +337,52 @@ impl Agent {
     ) -> Result<Value, AgentError> {
         let token = self.service_token(&appview.did, nsid).await?;
         appview.query(&self.http, Some(&token), nsid, params).await
+    }
+
+    /// A handle's DID, as the agent's PDS resolves it (`com.atproto.identity.resolveHandle`).
+    pub async fn resolve_handle(&self, handle: &str) -> Result<String, AgentError> {
+        let method = "com.atproto.identity.resolveHandle";
+        let v = xrpc_json(
+            method,
+            self.http
+                .get(format!("{}/xrpc/{method}", self.pds))
+                .query(&[("handle", handle)])
+                .send()
+                .await,
+        )
+        .await?;
+        let did = v["did"]
+            .as_str()
+            .ok_or_else(|| AgentError::Http(method.into(), "no did in the answer".into()))?;
+        atproto::syntax::validate_did(did)
+            .map_err(|e| AgentError::Http(method.into(), e.to_string()))?;
+        Ok(did.to_string())
+    }
+
+    /// One page of the agent's own records in `collection`, newest first
+    /// (`com.atproto.repo.listRecords` on its PDS).
+    pub async fn list_own_records(
+        &self,
+        collection: &str,
+        limit: usize,
+    ) -> Result<Vec<Value>, AgentError> {
+        let method = "com.atproto.repo.listRecords";
+        let limit = limit.clamp(1, 100).to_string();
+        let v = xrpc_json(
+            method,
+            self.http
+                .get(format!("{}/xrpc/{method}", self.pds))
+                .query(&[
+                    ("repo", self.did()),
+                    ("collection", collection),
+                    ("limit", limit.as_str()),
+                    ("reverse", "false"),
+                ])
+                .send()
+                .await,
+        )
+        .await?;
+        Ok(v["records"].as_array().cloned().unwrap_or_default())
     }
 
     /// `com.atproto.repo.getRecord` from the repo's own PDS.

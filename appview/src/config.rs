@@ -88,6 +88,31 @@ pub struct Limits {
         default_value_t = 10
     )]
     pub issuer_lookups: u32,
+    /// Live-inbox subscriptions (`agent.comms.subscribeInbox`) open at once; more are
+    /// answered 503.
+    #[arg(
+        long = "appview-max-subscribers",
+        env = "AGENTNET_APPVIEW_MAX_SUBSCRIBERS",
+        default_value_t = 1024
+    )]
+    pub max_subscribers: usize,
+    /// Milliseconds between a live subscription's looks for rows written by another process
+    /// (an indexer running apart); writes by the indexer in the same process are pushed at
+    /// once.
+    #[arg(
+        long = "appview-inbox-poll-ms",
+        env = "AGENTNET_APPVIEW_INBOX_POLL_MS",
+        default_value_t = 1000
+    )]
+    pub inbox_poll_ms: u64,
+    /// How far back (ms) a live subscription's `cursor` may reach; older items are read
+    /// with `getInbox`.
+    #[arg(
+        long = "appview-inbox-replay-ms",
+        env = "AGENTNET_APPVIEW_INBOX_REPLAY_MS",
+        default_value_t = 86_400_000
+    )]
+    pub inbox_replay_ms: u64,
 }
 
 impl Default for Limits {
@@ -98,6 +123,9 @@ impl Default for Limits {
             per_ip: 50,
             per_did: 20,
             issuer_lookups: 10,
+            max_subscribers: 1024,
+            inbox_poll_ms: 1000,
+            inbox_replay_ms: 86_400_000,
         }
     }
 }

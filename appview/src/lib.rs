@@ -5,6 +5,8 @@
 //!   `listBroadcasts`, `listAgents`, `agent.memory.recall`): the caller is who an
 //!   inter-service JWT says it is (verified against the issuer's DID document), or
 //!   anonymous; the access rule is part of every store query.
+//! - `agent.comms.subscribeInbox` (WebSocket): the caller's new inbox items as they are
+//!   indexed, under the same rule as `getInbox`.
 //! - `/.well-known/did.json`: the appview's `did:web` document with its X25519 key as
 //!   `keyAgreement`, so agents can seal shared records for it.
 //! - `/`: the operator's dashboard.
@@ -13,6 +15,7 @@
 //! listener); [`run`] serves it alone.
 
 mod config;
+mod live;
 mod xrpc;
 
 use std::num::NonZeroUsize;
@@ -53,6 +56,19 @@ struct Inner {
     recall: Option<(Batcher, store::Vectors)>,
     resolver: CachingResolver<HttpResolver>,
     guard: Guard,
+    live: Live,
+}
+
+/// The live inbox's bounds.
+struct Live {
+    /// One permit per open subscription.
+    sockets: Arc<tokio::sync::Semaphore>,
+    /// How often a subscription looks for rows written by other processes.
+    poll_ms: u64,
+    /// How far back a subscription's cursor may reach.
+    replay_ms: u64,
+    /// Open subscriptions per caller DID.
+    per_caller: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
 }
 
 type KeyedLimiter<K> = governor::DefaultKeyedRateLimiter<K>;
@@ -131,6 +147,12 @@ impl Appview {
                 recall: parts.recall,
                 resolver,
                 guard: Guard::new(&parts.limits),
+                live: Live {
+                    sockets: Arc::new(tokio::sync::Semaphore::new(parts.limits.max_subscribers)),
+                    poll_ms: parts.limits.inbox_poll_ms,
+                    replay_ms: parts.limits.inbox_replay_ms,
+                    per_caller: Arc::default(),
+                },
             }),
         })
     }

@@ -14,7 +14,7 @@ use store::records::{Page, RecordRow, Visibility};
 use crate::Appview;
 
 /// An XRPC error: `{error, message}` with a status.
-pub struct XrpcError(StatusCode, &'static str, String);
+pub struct XrpcError(pub StatusCode, pub &'static str, pub String);
 
 impl IntoResponse for XrpcError {
     fn into_response(self) -> Response {
@@ -74,6 +74,10 @@ pub fn routes(app: Appview) -> Router {
         .route("/xrpc/agent.comms.listBroadcasts", get(list_broadcasts))
         .route("/xrpc/agent.comms.listAgents", get(list_agents))
         .route("/xrpc/agent.memory.recall", get(recall))
+        .route(
+            &format!("/xrpc/{}", crate::live::NSID),
+            get(crate::live::subscribe_inbox),
+        )
         .route("/.well-known/did.json", get(did_document))
         .route("/", get(dashboard))
         .layer(axum::middleware::from_fn_with_state(app.clone(), per_ip))
@@ -83,7 +87,11 @@ pub fn routes(app: Appview) -> Router {
 impl Appview {
     /// The verified caller for method `lxm`, or `None` without an `Authorization` header.
     /// A header that does not verify is refused, never treated as anonymous.
-    async fn caller(&self, headers: &HeaderMap, lxm: &str) -> Result<Option<String>, XrpcError> {
+    pub(crate) async fn caller(
+        &self,
+        headers: &HeaderMap,
+        lxm: &str,
+    ) -> Result<Option<String>, XrpcError> {
         let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
             return Ok(None);
         };
@@ -158,7 +166,7 @@ impl Appview {
     }
 
     /// Runs a store query on a blocking thread (chDB calls block), in turn.
-    async fn query<T: Send + 'static>(
+    pub(crate) async fn query<T: Send + 'static>(
         &self,
         f: impl FnOnce(&store::Records) -> Result<T, store::records::RecordError> + Send + 'static,
     ) -> Result<T, XrpcError> {

@@ -157,6 +157,7 @@ fn roomy() -> Limits {
         per_ip: 10_000,
         per_did: 10_000,
         issuer_lookups: 10_000,
+        ..Limits::default()
     }
 }
 

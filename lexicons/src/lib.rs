@@ -79,6 +79,10 @@ pub const DOCUMENTS: &[(&str, &str)] = &[
         "agent.memory.recall",
         include_str!("../schemas/agent/memory/recall.json"),
     ),
+    (
+        "agent.comms.subscribeInbox",
+        include_str!("../schemas/agent/comms/subscribeInbox.json"),
+    ),
 ];
 
 /// NSIDs of the record types agents write.

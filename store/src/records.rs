@@ -81,6 +81,14 @@ const INBOX_COLLECTIONS: &[&str] = &[
     "agent.comms.request",
     "agent.comms.handoff",
 ];
+/// What the live inbox carries: the inbox, and answers to the caller's requests.
+const LIVE_INBOX_COLLECTIONS: &[&str] = &[
+    "agent.comms.message",
+    "agent.comms.request",
+    "agent.comms.handoff",
+    RESPONSE_NSID,
+];
+const RESPONSE_NSID: &str = "agent.comms.response";
 /// Most rows one query returns.
 pub const MAX_LIMIT: usize = 100;
 /// Most agents one `agents` call returns.
@@ -157,10 +165,13 @@ pub fn visible_to(caller: Option<&str>) -> String {
 /// The condition that hides accounts that are not active.
 const HIDDEN: &str = "author NOT IN (SELECT did FROM account_status FINAL WHERE active = 0)";
 
-/// The record index. Cloning shares the transport.
+/// The record index. Cloning shares the transport and the change signal.
 #[derive(Clone)]
 pub struct RecordStore<T> {
     sql: T,
+    /// Bumped after every write through this store (and its clones), so readers in the same
+    /// process (the appview's live inbox beside the indexer) learn of new rows at once.
+    changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -356,7 +367,10 @@ impl<T: SqlTransport> RecordStore<T> {
     /// [`MIGRATIONS`] not yet recorded in `schema_versions` is applied, in order, then
     /// recorded.
     pub fn open(sql: T) -> Result<Self, RecordError> {
-        let store = RecordStore { sql };
+        let store = RecordStore {
+            sql,
+            changed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        };
         store.sql.execute(VERSIONS_TABLE)?;
         for (version, statement) in MIGRATIONS {
             if store.applied()?.contains(version) {
@@ -449,7 +463,41 @@ impl<T: SqlTransport> RecordStore<T> {
         }
         self.sql
             .execute(&format!("INSERT INTO records FORMAT JSONEachRow {body}"))?;
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
+    }
+
+    /// A receiver that sees a change after every write through this store or a clone of it
+    /// (writes by other processes are not signalled: readers also look on a timer).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The live inbox: what `caller` may see that is addressed to it (messages, requests
+    /// and handoffs naming it, responses to its requests), by others, indexed after `after`
+    /// (indexed time in ms, then URI), oldest first.
+    pub fn inbox_indexed(
+        &self,
+        caller: &str,
+        after: (i64, &str),
+        limit: usize,
+    ) -> Result<Vec<RecordRow>, RecordError> {
+        let me = sql_str(caller);
+        let mine = sql_str(&format!("at://{caller}/"));
+        let (ms, uri) = (after.0, sql_str(after.1));
+        let rows: Vec<Row> = self.json_rows(&format!(
+            "SELECT {COLUMNS} FROM records FINAL WHERE deleted = 0 AND {} AND author != {me} \
+             AND ((has(subjects, {me}) AND {}) OR (collection = {} AND \
+             arrayExists(r -> substring(r, 1, {}) = {mine}, refs))) \
+             AND (indexed_ms > {ms} OR (indexed_ms = {ms} AND uri > {uri})) \
+             ORDER BY indexed_ms, uri LIMIT {}",
+            visible_to(Some(caller)),
+            collection_in(LIVE_INBOX_COLLECTIONS),
+            sql_str(RESPONSE_NSID),
+            caller.len() + "at:///".len(),
+            limit.clamp(1, MAX_LIMIT)
+        ))?;
+        Ok(rows.into_iter().map(Row::into_record).collect())
     }
 
     fn select(&self, conditions: &[String], limit: usize) -> Result<Vec<RecordRow>, RecordError> {

@@ -29,7 +29,7 @@ fn node() -> Command {
 pub struct Lines(mpsc::Receiver<String>);
 
 impl Lines {
-    fn spawn(out: impl std::io::Read + Send + 'static) -> Self {
+    pub fn spawn(out: impl std::io::Read + Send + 'static) -> Self {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
@@ -254,6 +254,88 @@ impl Client {
 }
 
 impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+/// `agentnet up` as a child process, killed on drop.
+pub struct Up {
+    child: Child,
+    pub port: u16,
+}
+
+impl Up {
+    pub fn start(pds: &Pds, data: &std::path::Path) -> Up {
+        let model = std::env::var("AGENTNET_MODEL_DIR").expect(
+            "AGENTNET_MODEL_DIR must name the ONNX model directory (scripts/test.sh sets it)",
+        );
+        std::env::var("AGENTNET_CHDB_LIB")
+            .expect("AGENTNET_CHDB_LIB must name libchdb.so (scripts/test.sh sets it)");
+        std::env::var("ORT_DYLIB_PATH")
+            .expect("ORT_DYLIB_PATH must name libonnxruntime (scripts/test.sh sets it)");
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_agentnet"))
+            .args(["up", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data)
+            .args([
+                "--host",
+                &pds.url,
+                "--plc-url",
+                &pds.plc,
+                "--model-dir",
+                &model,
+            ])
+            .env("AGENTNET_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting agentnet up");
+        let node = Up { child, port };
+        node.wait_for("the relay to reach the PDS", Duration::from_secs(90), |n| {
+            http_get(n.port, "/metrics").is_some_and(|m| {
+                m.lines().any(|l| {
+                    l.starts_with("relay_upstream_connects_total")
+                        && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) >= Some(1.0)
+                })
+            })
+        });
+        node
+    }
+
+    pub fn wait_for(&self, what: &str, timeout: Duration, ready: impl Fn(&Up) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if ready(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGTERM and wait: the stores are closed and can be opened by the test.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "agentnet up exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("agentnet up did not stop within 30 s of SIGTERM");
+    }
+}
+
+impl Drop for Up {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

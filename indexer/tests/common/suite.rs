@@ -163,6 +163,37 @@ pub fn run<T: SqlTransport>(store: &RecordStore<T>) {
         "C's request, sealed for C"
     );
 
+    // The live inbox: the same rule, in index order, resumable after any (time, uri).
+    let live = |who: &str, after: (i64, &str)| {
+        uris(store.inbox_indexed(who, after, 50).expect("live inbox"))
+    };
+    let mut b_live = live(B, (0, ""));
+    b_live.sort();
+    assert_eq!(
+        b_live,
+        vec!["3l3aaaaaaaaa2", "3l3aaaaaaaaa3"],
+        "B's live inbox"
+    );
+    assert_eq!(
+        live(C, (0, "")),
+        vec!["3l3aaaaaaaaa4"],
+        "C's: its request only"
+    );
+    assert!(
+        live(&a, (0, "")).is_empty(),
+        "A's own records are not A's inbox"
+    );
+    assert!(
+        live(B, (2, "at://~")).is_empty(),
+        "nothing indexed after the replay's time"
+    );
+    let changes_seen = store.changes();
+    store.apply(&[], 4).expect("empty batch");
+    assert!(
+        !changes_seen.has_changed().expect("signal"),
+        "no write, no signal"
+    );
+
     let shared_uri = format!("at://{a}/agent.envelope.sealed/3l3aaaaaaaaa3");
     assert!(store.get(Some(C), &shared_uri).expect("get").is_none());
     let for_b = store
@@ -200,6 +231,10 @@ pub fn run<T: SqlTransport>(store: &RecordStore<T>) {
     let (changes, _) = extractor.extract(&del);
     assert!(matches!(changes.as_slice(), [Change::Delete { .. }]));
     store.apply(&changes, 3).expect("apply delete");
+    assert!(
+        changes_seen.has_changed().expect("signal"),
+        "a write signals"
+    );
     assert_eq!(
         uris(
             store
