@@ -195,7 +195,14 @@ struct PiAgent {
 }
 
 impl PiAgent {
-    fn start(name: &str, model: &Model, pds: &Pds, appview: &str, dir: &Path) -> PiAgent {
+    fn start(
+        name: &str,
+        model: &Model,
+        pds: &Pds,
+        appview: &str,
+        dir: &Path,
+        password: Option<&str>,
+    ) -> PiAgent {
         let home = dir.join(name);
         let agent_dir = home.join("pi-agent");
         std::fs::create_dir_all(&agent_dir).expect("pi dirs");
@@ -221,7 +228,8 @@ impl PiAgent {
             node.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut child = Command::new(pi_command())
+        let mut command = Command::new(pi_command());
+        command
             .args([
                 "--mode",
                 "rpc",
@@ -243,14 +251,16 @@ impl PiAgent {
             .env("PI_OFFLINE", "1")
             .env("PATH", path)
             .env("AGENTNET_BIN", env!("CARGO_BIN_EXE_agentnet"))
-            .env("AGENTNET_AGENT_PASSWORD", PASSWORD)
             .env("AGENTNET_PLC_URL", &pds.plc)
             .env("AGENTNET_DEV", "true")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting pi");
+            .stderr(Stdio::inherit());
+        match password {
+            Some(p) => command.env("AGENTNET_AGENT_PASSWORD", p),
+            None => command.env_remove("AGENTNET_AGENT_PASSWORD"),
+        };
+        let mut child = command.spawn().expect("starting pi");
         let stdin = child.stdin.take().expect("stdin");
         let out = Lines::spawn(child.stdout.take().expect("stdout"));
         PiAgent {
@@ -475,8 +485,8 @@ async fn pi_agents_ask_answer_and_remember_through_agentnet() {
 
     let model = Model::start();
     let url = node.url();
-    let mut alice = PiAgent::start("alice", &model, &pds, &url, &data);
-    let mut bob = PiAgent::start("bob", &model, &pds, &url, &data);
+    let mut alice = PiAgent::start("alice", &model, &pds, &url, &data, Some(PASSWORD));
+    let mut bob = PiAgent::start("bob", &model, &pds, &url, &data, Some(PASSWORD));
 
     tokio::task::block_in_place(|| {
         // Both sessions are logged in with their live inbox open before anything is sent.
@@ -489,6 +499,36 @@ async fn pi_agents_ask_answer_and_remember_through_agentnet() {
         }
     });
     let bob_did = bob_rust.did().to_string();
+
+    // Settings that are missing or wrong are tool errors that say what to fix, and the Pi
+    // session carries on.
+    tokio::task::block_in_place(|| {
+        let mut wrong = PiAgent::start("carol", &model, &pds, &url, &data, Some("not-it"));
+        let mut unset = PiAgent::start("dave", &model, &pds, &url, &data, None);
+        for _ in 0..2 {
+            wrong.prompt("CALL agentnet_inbox {}");
+            let (text, error) = wrong.tool_result("agentnet_inbox", Duration::from_secs(60));
+            assert!(error, "{text}");
+            assert!(
+                text.contains("createSession") && text.contains("401"),
+                "{text}"
+            );
+            unset.prompt("CALL agentnet_inbox {}");
+            let (text, error) = unset.tool_result("agentnet_inbox", Duration::from_secs(60));
+            assert!(error, "{text}");
+            assert!(
+                text.contains("not configured") && text.contains("app password"),
+                "{text}"
+            );
+        }
+        for pi in [&mut wrong, &mut unset] {
+            assert!(
+                pi.child.try_wait().expect("status").is_none(),
+                "{} is still running",
+                pi.name
+            );
+        }
+    });
 
     // A bad setting is a tool error in the session, not a crash: a recipient that does not
     // exist.

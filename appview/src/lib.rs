@@ -63,12 +63,14 @@ struct Inner {
 struct Live {
     /// One permit per open subscription.
     sockets: Arc<tokio::sync::Semaphore>,
-    /// How often a subscription looks for rows written by other processes.
+    /// How often the hub looks for rows written by other processes.
     poll_ms: u64,
     /// How far back a subscription's cursor may reach.
     replay_ms: u64,
     /// Open subscriptions per caller DID.
     per_caller: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// The reader of new rows, started with the first subscription.
+    hub: tokio::sync::OnceCell<live::Hub>,
 }
 
 type KeyedLimiter<K> = governor::DefaultKeyedRateLimiter<K>;
@@ -152,6 +154,7 @@ impl Appview {
                     poll_ms: parts.limits.inbox_poll_ms,
                     replay_ms: parts.limits.inbox_replay_ms,
                     per_caller: Arc::default(),
+                    hub: tokio::sync::OnceCell::new(),
                 },
             }),
         })

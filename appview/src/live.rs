@@ -3,11 +3,14 @@
 //! header `{op: 1, t: "#item"}` then the body; `{op: -1}` and `{error, message}` for
 //! errors).
 //!
-//! The caller authenticates the upgrade request with a service token for this method; each
-//! socket then asks the store for rows after the last one it sent, with the caller inside
-//! the query (the same access rule as `getInbox`). It asks when the store signals a write
-//! made in this process (the indexer beside the appview in `agentnet up`) and, for writes
-//! made by other processes, on a timer.
+//! The caller authenticates the upgrade request with a service token for this method. One
+//! [`Hub`] per appview watches the index: when the store signals a write made in this
+//! process (the indexer beside the appview in `agentnet up`), and on a timer for writes made
+//! by other processes, it reads the routing columns of the new rows (no record data) and
+//! wakes the sockets of the DIDs they are for. A woken socket asks the store for rows after
+//! the last one it sent, with its caller inside the query (the same access rule as
+//! `getInbox`). Idle subscribers cost nothing; a write costs one small query, plus one per
+//! socket it concerns.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,8 @@ const PAGE: usize = 100;
 /// Quietest time between two store queries of one socket: a burst of writes costs one
 /// query per socket, not one per write.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Wait before a failed live-inbox query is tried again.
+const RETRY: Duration = Duration::from_secs(1);
 /// How often a quiet socket is pinged, and how long a client may stay silent (no pong, no
 /// frame) before the socket is closed.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -40,6 +45,70 @@ const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 #[derive(Deserialize)]
 pub struct Params {
     cursor: Option<i64>,
+}
+
+/// Rows the hub reads per look.
+const HUB_PAGE: usize = 10_000;
+/// How far before "now" a subscription without a cursor starts, so that a row whose batch
+/// was being written while the socket opened is not missed.
+const START_SLACK_MS: i64 = 5_000;
+
+/// Whom the latest rows are for; one message per look that found any.
+type Woken = std::sync::Arc<std::collections::HashSet<String>>;
+/// Looks queued for a socket that has not read them yet; one that falls further behind
+/// wakes (and asks the store) once instead.
+const HUB_QUEUE: usize = 256;
+
+/// The appview's one reader of new rows for the live inbox (see the module docs). Its
+/// task ends when the hub is dropped with the appview.
+pub struct Hub {
+    woken: tokio::sync::broadcast::Sender<Woken>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Hub {
+    fn start(records: store::Records, poll_ms: u64) -> Hub {
+        let (woken, _) = tokio::sync::broadcast::channel(HUB_QUEUE);
+        let tx = woken.clone();
+        let task = tokio::spawn(async move {
+            let mut changes = records.changes();
+            let mut poll = tokio::time::interval(Duration::from_millis(poll_ms.max(50)));
+            let mut latest = now_ms() - START_SLACK_MS;
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = poll.tick() => {}
+                }
+                // With no socket open, nothing is read.
+                if tx.receiver_count() == 0 {
+                    latest = now_ms() - START_SLACK_MS;
+                    continue;
+                }
+                tokio::time::sleep(DEBOUNCE).await;
+                let r = records.clone();
+                let looked =
+                    tokio::task::spawn_blocking(move || r.touched_since(latest, HUB_PAGE)).await;
+                match looked {
+                    Ok(Ok((seen, dids))) => {
+                        latest = seen;
+                        if !dids.is_empty() {
+                            // No receiver left since the count above: nobody to wake.
+                            let _ = tx.send(std::sync::Arc::new(dids));
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "live inbox: reading new rows failed"),
+                    Err(e) => tracing::error!(error = %e, "live inbox: the store reader failed"),
+                }
+            }
+        });
+        Hub { woken, task }
+    }
 }
 
 pub async fn subscribe_inbox(
@@ -74,7 +143,7 @@ pub async fn subscribe_inbox(
             .into_response()
         }
         Some(c) => c.max(now - replay),
-        None => now,
+        None => now - START_SLACK_MS,
     };
     let Some(mine) = CallerSlot::take(&app.inner.live.per_caller, &caller) else {
         return XrpcError(
@@ -160,8 +229,13 @@ async fn serve(
 ) -> Result<(), String> {
     // Rows indexed at or after the start: (time, "") sorts before every URI of that time.
     let mut after = (start_ms, String::new());
-    let mut changes = app.inner.records.changes();
-    let mut poll = tokio::time::interval(Duration::from_millis(app.inner.live.poll_ms.max(50)));
+    let live = &app.inner.live;
+    let mut woken = live
+        .hub
+        .get_or_init(|| async { Hub::start(app.inner.records.clone(), live.poll_ms) })
+        .await
+        .woken
+        .subscribe();
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut heard = Instant::now();
     // The first look is at once: a resumed socket replays, a new one sends what was indexed
@@ -175,6 +249,7 @@ async fn serve(
                     Ok(rows) => rows,
                     Err(e) => {
                         tracing::warn!(error = %e, "live inbox query failed; retrying");
+                        due = true;
                         break;
                     }
                 };
@@ -192,6 +267,11 @@ async fn serve(
                 }
             }
             tokio::time::sleep(DEBOUNCE).await;
+            if due {
+                // The query failed: try again shortly rather than wait for the next write.
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
         }
         tokio::select! {
             msg = socket.recv() => match msg {
@@ -199,14 +279,15 @@ async fn serve(
                 Some(Ok(_)) => heard = Instant::now(),
                 Some(Err(e)) => return Err(e.to_string()),
             },
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    // The store is gone: the appview is stopping.
+            looked = woken.recv() => match looked {
+                Ok(dids) => due = dids.contains(caller),
+                // Behind the hub: whatever was missed may concern this caller.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => due = true,
+                // The hub is gone: the appview is stopping.
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                     return close(socket, "the appview is stopping").await;
                 }
-                due = true;
-            }
-            _ = poll.tick() => due = true,
+            },
             _ = ping.tick() => {
                 if heard.elapsed() > SILENT_LIMIT {
                     return Err("the client went silent".into());

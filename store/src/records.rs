@@ -473,6 +473,51 @@ impl<T: SqlTransport> RecordStore<T> {
         self.changed.subscribe()
     }
 
+    /// Who has new live-inbox rows indexed after `after_ms`: the DIDs the rows are
+    /// addressed to (and, for responses, the authors of the requests they answer), with the
+    /// latest indexed time read (to pass as the next `after_ms`). It reads only recent rows'
+    /// routing columns (no `FINAL`, no
+    /// record data): it decides whom to wake, and each woken reader then asks
+    /// [`Self::inbox_indexed`] with its own access rule.
+    pub fn touched_since(
+        &self,
+        after_ms: i64,
+        limit: usize,
+    ) -> Result<(i64, std::collections::HashSet<String>), RecordError> {
+        #[derive(Deserialize)]
+        struct Touch {
+            indexed_ms: Value,
+            collection: String,
+            subjects: Vec<String>,
+            refs: Vec<String>,
+        }
+        let rows: Vec<Touch> = self.json_rows(&format!(
+            "SELECT indexed_ms, collection, subjects, refs FROM records \
+             WHERE indexed_ms > {after_ms} AND {} ORDER BY indexed_ms LIMIT {}",
+            collection_in(LIVE_INBOX_COLLECTIONS),
+            limit.max(1)
+        ))?;
+        let full = rows.len() >= limit.max(1);
+        let mut latest = after_ms;
+        let mut dids = std::collections::HashSet::new();
+        for r in rows {
+            latest = latest.max(number(&r.indexed_ms));
+            dids.extend(r.subjects);
+            if r.collection == RESPONSE_NSID {
+                dids.extend(r.refs.iter().filter_map(|u| {
+                    atproto::syntax::parse_at_uri(u)
+                        .ok()
+                        .map(|p| p.authority.to_string())
+                }));
+            }
+        }
+        // A full page may have left rows of its last millisecond unread: read it again.
+        if full && latest > after_ms {
+            latest -= 1;
+        }
+        Ok((latest, dids))
+    }
+
     /// The live inbox: what `caller` may see that is addressed to it (messages, requests
     /// and handoffs naming it, responses to its requests), by others, indexed after `after`
     /// (indexed time in ms, then URI), oldest first.
@@ -490,6 +535,7 @@ impl<T: SqlTransport> RecordStore<T> {
              AND ((has(subjects, {me}) AND {}) OR (collection = {} AND \
              arrayExists(r -> substring(r, 1, {}) = {mine}, refs))) \
              AND (indexed_ms > {ms} OR (indexed_ms = {ms} AND uri > {uri})) \
+             AND uri IN (SELECT uri FROM records WHERE indexed_ms >= {ms}) \
              ORDER BY indexed_ms, uri LIMIT {}",
             visible_to(Some(caller)),
             collection_in(LIVE_INBOX_COLLECTIONS),

@@ -187,6 +187,16 @@ pub fn run<T: SqlTransport>(store: &RecordStore<T>) {
         live(B, (2, "at://~")).is_empty(),
         "nothing indexed after the replay's time"
     );
+    let (latest, woken) = store.touched_since(0, 1000).expect("touched");
+    assert_eq!(latest, 2, "the replay's time");
+    let mut woken: Vec<String> = woken.into_iter().collect();
+    woken.sort();
+    assert_eq!(
+        woken,
+        vec![B.to_string(), C.to_string()],
+        "whom the live inbox wakes"
+    );
+    assert!(store.touched_since(2, 1000).expect("touched").1.is_empty());
     let changes_seen = store.changes();
     store.apply(&[], 4).expect("empty batch");
     assert!(
