@@ -115,15 +115,9 @@ async fn agents_seal_for_recipients_on_a_real_pds() {
         .get_record(ann.did(), "agent.envelope.sealed", &rkey(&uri), &resolver)
         .await
         .expect("get");
-    let recipients: Vec<&str> = stored["value"]["recipients"]
-        .as_array()
-        .expect("recipients")
-        .iter()
-        .filter_map(|r| r["did"].as_str())
-        .collect();
     assert_eq!(
-        recipients,
-        vec![ann.did()],
+        support::sealed_recipients(&stored["value"]),
+        vec![ann.did().to_string()],
         "private means the author alone, whoever else was named"
     );
     assert_eq!(

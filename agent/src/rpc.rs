@@ -183,12 +183,11 @@ async fn run(
             let _ = tx
                 .send(json!({"id": null, "error": {"message": format!("request line over {MAX_REQUEST_LINE} bytes")}}))
                 .await;
-            // Skip the rest of the long line.
-            let mut rest = Vec::new();
-            (&mut input)
-                .read_until(b'\n', &mut rest)
-                .await
-                .map_err(|e| AgentError::Http("stdin".into(), e.to_string()))?;
+            if line.last() != Some(&b'\n') {
+                skip_line(&mut input)
+                    .await
+                    .map_err(|e| AgentError::Http("stdin".into(), e.to_string()))?;
+            }
             continue;
         }
         let text = String::from_utf8_lossy(&line);
@@ -224,6 +223,22 @@ async fn run(
         }
     }
     Ok(())
+}
+
+/// Discards input up to and including the next LF, without buffering it.
+async fn skip_line(input: &mut (impl AsyncBufRead + Unpin)) -> std::io::Result<()> {
+    loop {
+        let buf = input.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            input.consume(i + 1);
+            return Ok(());
+        }
+        let n = buf.len();
+        input.consume(n);
+    }
 }
 
 impl Session {
@@ -718,9 +733,13 @@ fn listing(answer: Value, list: &str, title: &str) -> Value {
         }
         text.push_str(&item_line(item));
     }
-    let mut out = answer;
-    out["text"] = json!(text);
-    out
+    with_text(answer, text)
+}
+
+/// The appview's answer with the summary for the model beside it.
+fn with_text(mut answer: Value, text: String) -> Value {
+    answer["text"] = json!(text);
+    answer
 }
 
 fn tasks(answer: Value) -> Value {
@@ -740,9 +759,7 @@ fn tasks(answer: Value) -> Value {
             text.push_str(&format!("\n  answered: {}", item_line(resp)));
         }
     }
-    let mut out = answer;
-    out["text"] = json!(text);
-    out
+    with_text(answer, text)
 }
 
 fn agents(answer: Value) -> Value {
@@ -751,9 +768,7 @@ fn agents(answer: Value) -> Value {
     for a in &list {
         text.push_str(&format!("\n- {}", compact(a)));
     }
-    let mut out = answer;
-    out["text"] = json!(text);
-    out
+    with_text(answer, text)
 }
 
 fn compact(v: &Value) -> String {

@@ -144,6 +144,16 @@ impl Drop for Pds {
     }
 }
 
+/// The DIDs a sealed record (its JSON, as `getRecord` returns the value) is sealed for.
+pub fn sealed_recipients(value: &serde_json::Value) -> Vec<String> {
+    value["recipients"]
+        .as_array()
+        .expect("a sealed record names its recipients")
+        .iter()
+        .filter_map(|r| r["did"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// A free loopback port (bound and released; a small race other tests here do not hit).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

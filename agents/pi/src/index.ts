@@ -191,6 +191,7 @@ class Session {
 					}
 					if (msg.event === "ready") {
 						clearTimeout(timer);
+						this.lastError = undefined;
 						resolve(msg);
 					} else if (msg.event === "fatal") {
 						this.lastError = `agentnet: ${msg.message}`;
