@@ -96,9 +96,9 @@ pub struct Limits {
         default_value_t = 1024
     )]
     pub max_subscribers: usize,
-    /// Milliseconds between a live subscription's looks for rows written by another process
-    /// (an indexer running apart); writes by the indexer in the same process are pushed at
-    /// once.
+    /// Milliseconds between the live inbox's looks for rows written by another process (an
+    /// indexer running apart), while any subscription is open; writes by the indexer in the
+    /// same process are pushed at once.
     #[arg(
         long = "appview-inbox-poll-ms",
         env = "AGENTNET_APPVIEW_INBOX_POLL_MS",
