@@ -230,3 +230,34 @@ fn agent_rpc_reports_a_login_it_cannot_make_as_a_fatal_event() {
         "{first}"
     );
 }
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    let dir = std::env::temp_dir().join(format!("agentnet-cli-log-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentnet"))
+        .args(["relay", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env("AGENTNET_LOG", "info")
+        .env_remove("AGENTNET_HOSTS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run agentnet");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let found = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+            .map_while(Result::ok)
+            .find(|l| l.contains("relay running"));
+        let _ = tx.send(found);
+    });
+    let running = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .ok()
+        .flatten();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let line = running.expect("the relay logs that it is running");
+    assert!(!line.contains('\u{1b}'), "ANSI escapes in {line:?}");
+}

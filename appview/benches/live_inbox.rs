@@ -248,6 +248,9 @@ async fn main() {
                 }
             }));
         }
+        // Each socket's first look (and each caller's first DID lookup) happens on connect:
+        // let those settle, so that the passes measure delivery.
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let dids: Vec<String> = keys.iter().take(n).map(|(d, _)| d.clone()).collect();
         for name in ["cold", "warm"] {
             let p = pass(&records, &dids, &offline, &arrivals, batches, batch, first).await;
