@@ -30,7 +30,7 @@ pub const NSID: &str = "agent.comms.subscribeInbox";
 const PAGE: usize = 100;
 /// Quietest time between two store queries of one socket: a burst of writes costs one
 /// query per socket, not one per write.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+const DEBOUNCE: Duration = Duration::from_millis(25);
 /// Wait before a failed live-inbox query is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 /// How often a quiet socket is pinged, and how long a client may stay silent (no pong, no
