@@ -183,6 +183,14 @@ fn pi_command() -> PathBuf {
     pi
 }
 
+/// How a Pi agent is given its agentnet settings.
+enum Settings<'a> {
+    /// Pi flags, and the password (if any) in the environment.
+    Flags(Option<&'a str>),
+    /// A `.pi/agentnet.json` in its working directory, the password in a file it names.
+    File,
+}
+
 /// One Pi agent: `pi --mode rpc` with the agentnet extension alone, isolated from the
 /// machine's Pi settings, its model the scripted one.
 struct PiAgent {
@@ -201,7 +209,7 @@ impl PiAgent {
         pds: &Pds,
         appview: &str,
         dir: &Path,
-        password: Option<&str>,
+        settings: Settings<'_>,
     ) -> PiAgent {
         let home = dir.join(name);
         let agent_dir = home.join("pi-agent");
@@ -243,8 +251,6 @@ impl PiAgent {
             ])
             .arg(root().join("agents/pi"))
             .args(["--provider", "script", "--model", name])
-            .args(["--agentnet-pds", &pds.url, "--agentnet-appview", appview])
-            .args(["--agentnet-identifier", &format!("{name}.test")])
             .current_dir(&home)
             .env("HOME", &home)
             .env("PI_CODING_AGENT_DIR", &agent_dir)
@@ -256,10 +262,30 @@ impl PiAgent {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        match password {
-            Some(p) => command.env("AGENTNET_AGENT_PASSWORD", p),
-            None => command.env_remove("AGENTNET_AGENT_PASSWORD"),
-        };
+        command.env_remove("AGENTNET_AGENT_PASSWORD");
+        match settings {
+            Settings::Flags(password) => {
+                command
+                    .args(["--agentnet-pds", &pds.url, "--agentnet-appview", appview])
+                    .args(["--agentnet-identifier", &format!("{name}.test")]);
+                if let Some(p) = password {
+                    command.env("AGENTNET_AGENT_PASSWORD", p);
+                }
+            }
+            Settings::File => {
+                // `.pi/agentnet.json` in the working directory, the password in a file.
+                std::fs::create_dir_all(home.join(".pi")).expect(".pi");
+                let secret = home.join("app-password");
+                std::fs::write(&secret, format!("{PASSWORD}\n")).expect("password file");
+                std::fs::write(
+                    home.join(".pi/agentnet.json"),
+                    json!({"pds": pds.url, "identifier": format!("{name}.test"),
+                        "appview": appview, "passwordFile": secret})
+                    .to_string(),
+                )
+                .expect("agentnet.json");
+            }
+        }
         let mut child = command.spawn().expect("starting pi");
         let stdin = child.stdin.take().expect("stdin");
         let out = Lines::spawn(child.stdout.take().expect("stdout"));
@@ -492,8 +518,15 @@ async fn pi_agents_ask_answer_and_remember_through_agentnet() {
 
     let model = Model::start();
     let url = node.url();
-    let mut alice = PiAgent::start("alice", &model, &pds, &url, &data, Some(PASSWORD));
-    let mut bob = PiAgent::start("bob", &model, &pds, &url, &data, Some(PASSWORD));
+    let mut alice = PiAgent::start(
+        "alice",
+        &model,
+        &pds,
+        &url,
+        &data,
+        Settings::Flags(Some(PASSWORD)),
+    );
+    let mut bob = PiAgent::start("bob", &model, &pds, &url, &data, Settings::File);
 
     tokio::task::block_in_place(|| {
         // Both sessions are logged in with their live inbox open before anything is sent.
@@ -510,8 +543,15 @@ async fn pi_agents_ask_answer_and_remember_through_agentnet() {
     // Settings that are missing or wrong are tool errors that say what to fix, and the Pi
     // session carries on.
     tokio::task::block_in_place(|| {
-        let mut wrong = PiAgent::start("carol", &model, &pds, &url, &data, Some("not-it"));
-        let mut unset = PiAgent::start("dave", &model, &pds, &url, &data, None);
+        let mut wrong = PiAgent::start(
+            "carol",
+            &model,
+            &pds,
+            &url,
+            &data,
+            Settings::Flags(Some("not-it")),
+        );
+        let mut unset = PiAgent::start("dave", &model, &pds, &url, &data, Settings::Flags(None));
         for _ in 0..2 {
             wrong.prompt("CALL agentnet_inbox {}");
             let (text, error) = wrong.tool_result("agentnet_inbox", Duration::from_secs(60));
@@ -585,6 +625,12 @@ async fn pi_agents_ask_answer_and_remember_through_agentnet() {
     });
     assert!(tasks.contains(RESULT), "{tasks}");
     assert!(tasks.contains(&response_uri), "{tasks}");
+    let thread =
+        tokio::task::block_in_place(|| alice.call("agentnet_thread", json!({"uri": request_uri})));
+    assert!(
+        thread.contains(&request_uri) && thread.contains(&response_uri) && thread.contains(RESULT),
+        "the thread holds the request and its answer: {thread}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while !model.requests_of("alice").iter().any(|r| {
         r["messages"]
