@@ -383,20 +383,24 @@ fn uri_in(text: &str, collection: &str) -> String {
 struct Subscription {
     items: Arc<Mutex<Vec<Value>>>,
     arrived: Arc<Mutex<Vec<Instant>>>,
+    cursors: Arc<Mutex<Vec<i64>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Subscription {
-    async fn open(agent: &Agent, appview: &Appview) -> Subscription {
+    async fn open(agent: &Agent, appview: &Appview, cursor: Option<i64>) -> Subscription {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let token = agent
             .service_token(&appview.did, "agent.comms.subscribeInbox")
             .await
             .expect("token");
-        let url = format!(
+        let mut url = format!(
             "{}/xrpc/agent.comms.subscribeInbox",
             appview.url.replacen("http://", "ws://", 1)
         );
+        if let Some(c) = cursor {
+            url.push_str(&format!("?cursor={c}"));
+        }
         let mut request = url.into_client_request().expect("request");
         request.headers_mut().insert(
             "authorization",
@@ -407,7 +411,8 @@ impl Subscription {
             .expect("subscribe");
         let items = Arc::new(Mutex::new(Vec::new()));
         let arrived = Arc::new(Mutex::new(Vec::new()));
-        let (sink, times) = (items.clone(), arrived.clone());
+        let cursors = Arc::new(Mutex::new(Vec::new()));
+        let (sink, times, marks) = (items.clone(), arrived.clone(), cursors.clone());
         let task = tokio::spawn(async move {
             while let Some(Ok(msg)) = socket.next().await {
                 let tokio_tungstenite::tungstenite::Message::Binary(bytes) = msg else {
@@ -420,7 +425,8 @@ impl Subscription {
                 assert_eq!(t, "#item");
                 let body: atproto::Ipld = atproto::data::from_cbor(&body).expect("body");
                 let body = atproto::data::ipld_to_json(&body);
-                assert!(body["cursor"].as_i64().is_some(), "{body}");
+                let cursor = body["cursor"].as_i64().expect("every item has a cursor");
+                marks.lock().expect("cursors").push(cursor);
                 sink.lock().expect("items").push(body["item"].clone());
                 times.lock().expect("times").push(Instant::now());
             }
@@ -428,6 +434,7 @@ impl Subscription {
         Subscription {
             items,
             arrived,
+            cursors,
             task,
         }
     }
@@ -509,8 +516,8 @@ async fn pi_agents_ask_answer_and_remember_through_agentnet() {
         "a token for getInbox is not one for subscribeInbox"
     );
     // Two callers subscribed side by side: bob, and carol (who is sent nothing).
-    let bob_live = Subscription::open(&bob_rust, &appview).await;
-    let carol_live = Subscription::open(&carol, &appview).await;
+    let bob_live = Subscription::open(&bob_rust, &appview, None).await;
+    let carol_live = Subscription::open(&carol, &appview, None).await;
 
     // The session process itself, driven directly: bad input gets a clear error and loses
     // nothing after it.
@@ -791,6 +798,23 @@ async fn pi_agents_ask_answer_and_remember_through_agentnet() {
     assert_eq!(item["privacy"], "shared");
     assert_eq!(item["collection"], "agent.comms.request");
     assert_eq!(item["record"]["task"], TASK);
+    // Resuming: bob's subscription from the request's cursor replays it; carol's from as
+    // far back as the appview replays carries nothing of it.
+    let cursor = bob_live.cursors.lock().expect("cursors")[position];
+    let bob_again = Subscription::open(&bob_rust, &appview, Some(cursor)).await;
+    let carol_again = Subscription::open(&carol, &appview, Some(0)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !bob_again.uris().contains(&request_uri) {
+        assert!(
+            Instant::now() < deadline,
+            "the resumed subscription never replayed the request"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(carol_again.uris().is_empty(), "{:?}", carol_again.uris());
+    bob_again.task.abort();
+    carol_again.task.abort();
     bob_live.task.abort();
     carol_live.task.abort();
 
