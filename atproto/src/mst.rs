@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use cid::Cid;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 use thiserror::Error;
 
 use crate::car::BlockMap;
@@ -24,6 +25,10 @@ use crate::data::{cid_for_cbor, from_cbor, DataError};
 
 /// Longest key accepted in a node (`collection/rkey` is far shorter).
 pub const MAX_KEY_LEN: usize = 1024;
+/// A key held in a node. Keys are `collection/rkey`, almost always under 48 bytes, so they
+/// live inline: decoding a node allocates its entry list, not one buffer per key.
+type Key = SmallVec<[u8; 48]>;
+
 /// Deepest tree accepted when walking (a fair tree over 2^64 keys is about 32 deep).
 const MAX_LAYER: u32 = 128;
 
@@ -124,7 +129,7 @@ enum Link {
 
 #[derive(Debug, Clone)]
 struct Entry {
-    key: Vec<u8>,
+    key: Key,
     value: Cid,
     right: Option<Link>,
 }
@@ -208,7 +213,7 @@ impl Node {
             if p > prev.len() {
                 return Err(bad("prefix longer than the previous key"));
             }
-            let mut key = Vec::with_capacity(p + k.len());
+            let mut key = Key::with_capacity(p + k.len());
             key.extend_from_slice(&prev[..p]);
             key.extend_from_slice(k);
             if key.is_empty() || key.len() > MAX_KEY_LEN {
@@ -479,7 +484,11 @@ impl Mst {
         let mut layer = self.layer;
         loop {
             let pos = node.entries.partition_point(|e| e.key.as_slice() < key);
-            if node.entries.get(pos).is_some_and(|e| e.key == key) {
+            if node
+                .entries
+                .get(pos)
+                .is_some_and(|e| e.key.as_slice() == key)
+            {
                 return Ok(Some(node.entries[pos].value));
             }
             if layer == 0 {
@@ -563,7 +572,7 @@ impl Mst {
                     }
                 }
                 if let Some(e) = node.entries.get(pos) {
-                    out.push((e.key.clone(), e.value));
+                    out.push((e.key.to_vec(), e.value));
                 }
             }
             Ok(())
@@ -622,7 +631,11 @@ impl Mst {
         loop {
             out.push(node.cid()?);
             let pos = node.entries.partition_point(|e| e.key.as_slice() < key);
-            if node.entries.get(pos).is_some_and(|e| e.key == key) {
+            if node
+                .entries
+                .get(pos)
+                .is_some_and(|e| e.key.as_slice() == key)
+            {
                 if layer > 0 {
                     // Down the right spine of the subtree on the key's left (its
                     // predecessor) and the left spine of the one on its right (successor).
@@ -689,7 +702,11 @@ fn insert_at(
     node.changed();
     let pos = node.entries.partition_point(|e| e.key.as_slice() < key);
     if h == layer {
-        if node.entries.get(pos).is_some_and(|e| e.key == key) {
+        if node
+            .entries
+            .get(pos)
+            .is_some_and(|e| e.key.as_slice() == key)
+        {
             let previous = std::mem::replace(&mut node.entries[pos].value, value);
             return Ok((node, Some(previous)));
         }
@@ -705,7 +722,7 @@ fn insert_at(
         node.entries.insert(
             pos,
             Entry {
-                key: key.to_vec(),
+                key: Key::from_slice(key),
                 value,
                 right,
             },
@@ -756,7 +773,11 @@ fn remove_at(
     let pos = node.entries.partition_point(|e| e.key.as_slice() < key);
     let removed;
     if h == layer {
-        if node.entries.get(pos).is_none_or(|e| e.key != key) {
+        if node
+            .entries
+            .get(pos)
+            .is_none_or(|e| e.key.as_slice() != key)
+        {
             return Ok((Some(node), None));
         }
         let entry = node.entries.remove(pos);
@@ -968,7 +989,7 @@ impl Walker {
         };
         push_link(node.left.take(), &mut items)?;
         for e in std::mem::take(&mut node.entries) {
-            items.push((Item::Leaf(e.key, e.value), None));
+            items.push((Item::Leaf(e.key.into_vec(), e.value), None));
             push_link(e.right, &mut items)?;
         }
         self.stack.extend(items.into_iter().rev());

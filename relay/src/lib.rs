@@ -150,7 +150,7 @@ pub async fn run_serving(
     {
         let mut counts: HashMap<&str, (u64, u64)> = HashMap::new();
         for (_, a) in &stored_accounts {
-            let c = counts.entry(a.host.as_str()).or_default();
+            let c = counts.entry(&*a.host).or_default();
             c.0 += 1;
             c.1 += u64::from(a.desynchronized);
         }
@@ -172,8 +172,7 @@ pub async fn run_serving(
             .unwrap_or(2),
         n => n,
     };
-    let mut shard_accounts: Vec<HashMap<String, store::AccountState>> =
-        vec![HashMap::new(); shards_n];
+    let mut shard_accounts: Vec<verify::Accounts> = vec![verify::Accounts::default(); shards_n];
     for (did, state) in stored_accounts {
         shard_accounts[verify::shard_of(&did, shards_n)].insert(did, state);
     }
@@ -564,7 +563,7 @@ fn sequencer(
                     (origin, 1)
                 }
                 Verified::State { did, state, origin } => {
-                    states.push((did, state));
+                    states.push((did, *state));
                     (origin, 0)
                 }
                 Verified::Skip(origin) => (origin, 0),

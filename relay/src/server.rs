@@ -629,7 +629,8 @@ async fn list_repos(
     let repos: Vec<_> = page
         .into_iter()
         .map(|(did, a)| {
-            json!({"did": did, "head": a.head, "rev": a.rev, "active": a.active, "status": a.status})
+            let head = a.head.map(|c| c.to_string());
+            json!({"did": did, "head": head, "rev": a.rev, "active": a.active, "status": a.status})
         })
         .collect();
     Ok(Json(json!({"repos": repos, "cursor": cursor})))
@@ -685,7 +686,7 @@ async fn get_latest_commit(
 ) -> Result<Json<serde_json::Value>, XrpcError> {
     let a = account(&state, &p.did).await?;
     match (a.head, a.rev) {
-        (Some(cid), Some(rev)) => Ok(Json(json!({"cid": cid, "rev": rev}))),
+        (Some(cid), Some(rev)) => Ok(Json(json!({"cid": cid.to_string(), "rev": rev}))),
         _ => Err(XrpcError(
             StatusCode::NOT_FOUND,
             "RepoNotFound",

@@ -28,9 +28,12 @@ const LEGACY_EVENT_TIMES: TableDefinition<u64, u64> = TableDefinition::new("even
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// `collection \0 did` → records of that collection in that repo (listReposByCollection).
+/// `collection \0 did` for every repo with records in the collection (listReposByCollection).
+/// Written only when a repo enters or leaves the collection, not on every record; the value
+/// is not read (stores written before this kept the count there too).
 const COLLECTIONS: TableDefinition<&str, u64> = TableDefinition::new("collections");
-/// `did \0 collection` → the same counts, to find a repo's collections when it is reset.
+/// `did \0 collection` → records of that collection in that repo: the counts that say when
+/// a repo enters or leaves a collection, and its collections when it is reset.
 const REPO_COLLECTIONS: TableDefinition<&str, u64> = TableDefinition::new("repo_collections");
 /// Highest `seq` ever assigned (kept when retention empties the log).
 const LAST_SEQ: &str = "last_seq";
@@ -72,14 +75,16 @@ db_err!(
 /// What the relay knows about one account.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountState {
-    /// The host (PDS URL) its events arrive from.
-    pub host: String,
+    /// The host (PDS URL) its events arrive from, shared with the host's own record.
+    pub host: Arc<str>,
     /// The latest accepted revision.
     pub rev: Option<String>,
     /// The MST root after that revision.
-    pub data: Option<String>,
+    #[serde(with = "cid_text")]
+    pub data: Option<atproto::Cid>,
     /// The latest commit CID.
-    pub head: Option<String>,
+    #[serde(with = "cid_text")]
+    pub head: Option<atproto::Cid>,
     /// Whether the account is active (from `#account`).
     pub active: bool,
     /// Hosting status when inactive (`takendown`, `deactivated`, …).
@@ -92,6 +97,24 @@ pub struct AccountState {
     /// with backoff).
     #[serde(default)]
     pub desynchronized: bool,
+}
+
+/// Optional CIDs as their text form, the way older stores wrote account states in JSON.
+mod cid_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(cid: &Option<atproto::Cid>, s: S) -> Result<S::Ok, S::Error> {
+        match cid {
+            Some(c) => s.serialize_some(&c.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<atproto::Cid>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| t.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// Where an account's last applied event sits in its host's stream.
@@ -704,21 +727,32 @@ impl Store {
 }
 
 /// Sets one (collection, repo) count in both indexes; zero removes it.
+/// Sets a repo's count for a collection from `was` to `n`; the collection's list of repos
+/// changes only when the repo enters it or leaves it.
 fn set_count(
     by_collection: &mut redb::Table<&str, u64>,
     by_repo: &mut redb::Table<&str, u64>,
     did: &str,
     collection: &str,
+    was: u64,
     n: u64,
 ) -> Result<(), StoreError> {
-    let ck = format!("{collection}\0{did}");
+    if n == was {
+        return Ok(());
+    }
     let rk = format!("{did}\0{collection}");
     if n == 0 {
-        by_collection.remove(ck.as_str())?;
         by_repo.remove(rk.as_str())?;
     } else {
-        by_collection.insert(ck.as_str(), n)?;
         by_repo.insert(rk.as_str(), n)?;
+    }
+    if (was == 0) != (n == 0) {
+        let ck = format!("{collection}\0{did}");
+        if n == 0 {
+            by_collection.remove(ck.as_str())?;
+        } else {
+            by_collection.insert(ck.as_str(), 1)?;
+        }
     }
     Ok(())
 }
@@ -740,18 +774,18 @@ fn apply_collections(
             let prefix = format!("{did}\0");
             let mut old = Vec::new();
             for item in by_repo.range(prefix.as_str()..)? {
-                let (k, _) = item?;
+                let (k, v) = item?;
                 let Some(collection) = k.value().strip_prefix(prefix.as_str()).map(str::to_string)
                 else {
                     break;
                 };
-                old.push(collection);
+                old.push((collection, v.value()));
             }
-            for collection in old {
-                set_count(by_collection, by_repo, did, &collection, 0)?;
+            for (collection, was) in old {
+                set_count(by_collection, by_repo, did, &collection, was, 0)?;
             }
             for (collection, n) in counts {
-                set_count(by_collection, by_repo, did, collection, *n)?;
+                set_count(by_collection, by_repo, did, collection, 0, *n)?;
             }
         }
     }
@@ -774,18 +808,14 @@ fn encode_account(a: &AccountState) -> Vec<u8> {
             }
         }
     }
-    fn cid(out: &mut Vec<u8>, s: Option<&str>) {
-        // A CID is stored binary (36 bytes, not 59); anything unparsable as text.
-        match s.map(|s| (s, s.parse::<atproto::Cid>())) {
-            Some((_, Ok(c))) => {
+    fn cid(out: &mut Vec<u8>, c: Option<&atproto::Cid>) {
+        // A CID is stored binary (36 bytes, not 59).
+        match c {
+            Some(c) => {
                 out.push(1);
-                let b = c.to_bytes();
-                out.push(b.len() as u8);
-                out.extend_from_slice(&b);
-            }
-            Some((s, Err(_))) => {
-                out.push(2);
-                text(out, Some(s));
+                out.push(c.encoded_len() as u8);
+                c.write_bytes(&mut *out)
+                    .expect("writing to a Vec cannot fail");
             }
             None => out.push(0),
         }
@@ -798,8 +828,8 @@ fn encode_account(a: &AccountState) -> Vec<u8> {
     out.push(flags);
     text(&mut out, Some(&a.host));
     text(&mut out, a.rev.as_deref());
-    cid(&mut out, a.data.as_deref());
-    cid(&mut out, a.head.as_deref());
+    cid(&mut out, a.data.as_ref());
+    cid(&mut out, a.head.as_ref());
     text(&mut out, a.status.as_deref());
     let up = a.upstream.unwrap_or_default();
     out.extend_from_slice(&up.epoch.to_le_bytes());
@@ -833,20 +863,20 @@ fn decode_account(bytes: &[u8]) -> Result<AccountState, StoreError> {
         let b = take(r, n as usize)?;
         Some(Some(std::str::from_utf8(b).ok()?.to_string()))
     }
-    fn cid(r: &mut &[u8]) -> Option<Option<String>> {
+    fn cid(r: &mut &[u8]) -> Option<Option<atproto::Cid>> {
         match take(r, 1)?[0] {
             0 => Some(None),
             1 => {
                 let n = take(r, 1)?[0] as usize;
-                let c = atproto::Cid::try_from(take(r, n)?).ok()?;
-                Some(Some(c.to_string()))
+                Some(Some(atproto::Cid::try_from(take(r, n)?).ok()?))
             }
-            2 => text(r),
+            // Text, as stores written before CIDs were kept binary may hold.
+            2 => Some(Some(text(r)??.parse().ok()?)),
             _ => None,
         }
     }
     let flags = take(&mut r, 1).ok_or_else(bad)?[0];
-    let host = text(&mut r).flatten().ok_or_else(bad)?;
+    let host: Arc<str> = text(&mut r).flatten().ok_or_else(bad)?.into();
     let rev = text(&mut r).ok_or_else(bad)?;
     let data = cid(&mut r).ok_or_else(bad)?;
     let head = cid(&mut r).ok_or_else(bad)?;
@@ -898,6 +928,7 @@ fn apply_deltas<'a>(
             by_repo,
             did,
             collection,
+            current,
             current.saturating_add_signed(d),
         )?;
     }
@@ -957,6 +988,74 @@ mod tests {
     }
 
     #[test]
+    fn repos_enter_and_leave_collections_as_their_counts_cross_zero() {
+        let dir = tempdir("collections");
+        let store = Store::open(&dir).expect("open");
+        let change = |did: &str, c: Collections| Append {
+            collections: c,
+            ..identity(did)
+        };
+        let delta = |d: &[(&str, i64)]| {
+            Collections::Delta(d.iter().map(|(c, n)| (c.to_string(), *n)).collect())
+        };
+        let listed = |collection: &str| {
+            store
+                .repos_by_collection(collection, None, 10)
+                .expect("repos")
+        };
+        let (msg, note) = ("agent.comms.message", "agent.memory.note");
+        store
+            .append(
+                &[
+                    change("did:plc:a", delta(&[(msg, 2)])),
+                    change("did:plc:b", delta(&[(msg, 1), (note, 1)])),
+                ],
+                &[],
+                &[],
+                0,
+            )
+            .expect("append");
+        assert_eq!(listed(msg), ["did:plc:a", "did:plc:b"]);
+        // One of a's two records goes: a stays; b's only record goes: b leaves.
+        store
+            .append(
+                &[
+                    change("did:plc:a", delta(&[(msg, -1)])),
+                    change("did:plc:b", delta(&[(msg, -1)])),
+                ],
+                &[],
+                &[],
+                0,
+            )
+            .expect("append");
+        assert_eq!(listed(msg), ["did:plc:a"]);
+        assert_eq!(listed(note), ["did:plc:b"]);
+        // A reset replaces b's collections with the repo's own counts.
+        store
+            .append(
+                &[change(
+                    "did:plc:b",
+                    Collections::Reset(vec![(msg.into(), 3)]),
+                )],
+                &[],
+                &[],
+                0,
+            )
+            .expect("append");
+        assert_eq!(listed(msg), ["did:plc:a", "did:plc:b"]);
+        assert!(listed(note).is_empty());
+        // b's count after the reset is 3: two deletes keep it listed, the third removes it.
+        for _ in 0..3 {
+            assert!(listed(msg).contains(&"did:plc:b".to_string()));
+            store
+                .append(&[change("did:plc:b", delta(&[(msg, -1)]))], &[], &[], 0)
+                .expect("append");
+        }
+        assert_eq!(listed(msg), ["did:plc:a"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn batches_are_read_back_pruned_and_survive_reopening() {
         let dir = tempdir("batches");
         let store = Store::open(&dir).expect("open");
@@ -1013,15 +1112,15 @@ mod tests {
     }
 
     #[test]
-    fn account_states_round_trip_and_old_json_still_reads() {
-        let cid = atproto::data::cid_for_cbor(b"x").to_string();
+    fn account_states_round_trip_and_old_forms_still_read() {
+        let cid = atproto::data::cid_for_cbor(b"x");
         let states = [
             AccountState::default(),
             AccountState {
                 host: "https://pds.example:8443".into(),
                 rev: Some("3lbx4dwkuq22s".into()),
-                data: Some(cid.clone()),
-                head: Some(cid.clone()),
+                data: Some(cid),
+                head: Some(atproto::data::cid_for_cbor(b"y")),
                 active: false,
                 status: Some("deactivated".into()),
                 upstream: Some(Upstream { epoch: 3, seq: -1 }),
@@ -1029,7 +1128,7 @@ mod tests {
             },
             AccountState {
                 host: "h".into(),
-                data: Some("not a cid".into()),
+                data: Some(cid),
                 upstream: Some(Upstream { epoch: 0, seq: 0 }),
                 active: true,
                 ..AccountState::default()
@@ -1043,6 +1142,28 @@ mod tests {
             assert_eq!(&decode_account(&json).expect("old form"), s);
             assert!(bytes.len() < json.len());
         }
+        // The binary form with a CID kept as text (tag 2), as earlier stores could write:
+        // read as the CID, and text that is no CID is corruption, not a missing root.
+        let with_text = |t: &str| {
+            let mut b = vec![ACCOUNT_V1, 1];
+            for part in [&b"h"[..], b"3lbx4dwkuq22s"] {
+                b.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                b.extend_from_slice(part);
+            }
+            b.push(2);
+            b.extend_from_slice(&(t.len() as u32).to_le_bytes());
+            b.extend_from_slice(t.as_bytes());
+            b.push(0);
+            b.extend_from_slice(&u32::MAX.to_le_bytes());
+            b.extend_from_slice(&[0; 16]);
+            b
+        };
+        let read = decode_account(&with_text(&cid.to_string())).expect("text CID");
+        assert_eq!(
+            (read.data, read.rev.as_deref()),
+            (Some(cid), Some("3lbx4dwkuq22s"))
+        );
+        assert!(decode_account(&with_text("not a cid")).is_err());
     }
 
     #[test]

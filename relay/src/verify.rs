@@ -13,7 +13,7 @@
 //! ever frozen and no account's trouble stalls another's events.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -81,7 +81,7 @@ pub enum Verified {
         /// The account and its new state.
         did: String,
         /// Its state.
-        state: AccountState,
+        state: Box<AccountState>,
         /// Where it came from.
         origin: Origin,
     },
@@ -123,11 +123,14 @@ pub struct ShardContext {
     pub lookups: Arc<tokio::sync::Semaphore>,
 }
 
-/// The shard an account's events go to.
+/// A shard's accounts by DID. Every event looks its account up (often twice), so the map
+/// hashes with foldhash (seeded per process) rather than SipHash.
+pub type Accounts = HashMap<String, AccountState, foldhash::fast::RandomState>;
+
+/// The shard an account's events go to (the same for a DID throughout the process).
 pub fn shard_of(did: &str, shards: usize) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    did.hash(&mut h);
-    (h.finish() % shards as u64) as usize
+    let h = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(did);
+    (h % shards as u64) as usize
 }
 
 /// A result of network work, sent back to the shard that asked for it.
@@ -200,8 +203,8 @@ struct Work {
 /// One shard: its accounts and the loop that checks their events.
 pub struct Shard {
     ctx: ShardContext,
-    accounts: HashMap<String, AccountState>,
-    work: HashMap<String, Work>,
+    accounts: Accounts,
+    work: HashMap<String, Work, foldhash::fast::RandomState>,
     parked_bytes: usize,
     wake_tx: mpsc::UnboundedSender<Wake>,
     wake_rx: mpsc::UnboundedReceiver<Wake>,
@@ -216,23 +219,19 @@ enum Msg {
 
 impl Shard {
     /// A shard owning `accounts`; accounts stored as desynchronized are repaired again.
-    pub fn new(
-        ctx: ShardContext,
-        accounts: HashMap<String, AccountState>,
-        hosts: crate::hosts::Hosts,
-    ) -> Self {
+    pub fn new(ctx: ShardContext, accounts: Accounts, hosts: crate::hosts::Hosts) -> Self {
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
         let mut shard = Shard {
             ctx,
             accounts,
-            work: HashMap::new(),
+            work: HashMap::default(),
             parked_bytes: 0,
             wake_tx,
             wake_rx,
             tasks: tokio::task::JoinSet::new(),
             hosts,
         };
-        let desynced: Vec<(String, String)> = shard
+        let desynced: Vec<(String, Arc<str>)> = shard
             .accounts
             .iter()
             .filter(|(_, a)| a.desynchronized)
@@ -448,7 +447,7 @@ impl Shard {
                         match self.mark_desynchronized(&did, &host) {
                             Some(state) => out.push(Verified::State {
                                 did: did.clone(),
-                                state,
+                                state: Box::new(state),
                                 origin: o,
                             }),
                             None => out.push(Verified::Skip(o)),
@@ -585,11 +584,11 @@ impl Shard {
         let host = o.host.clone();
         // Already sequenced before a restart (the host re-sent it from the low-water
         // cursor): recognised and skipped, not republished.
-        if let Some(Upstream { epoch, seq }) = self.accounts.get(did).and_then(|a| {
-            (a.host.as_str() == &*host.url)
-                .then_some(a.upstream)
-                .flatten()
-        }) {
+        if let Some(Upstream { epoch, seq }) = self
+            .accounts
+            .get(did)
+            .and_then(|a| (a.host == host.url).then_some(a.upstream).flatten())
+        {
             if epoch == host.epoch() && pending.inbound.upstream_seq <= seq {
                 self.ctx.metrics.redelivered.increment(1);
                 return Step::Done(Verified::Skip(o));
@@ -621,7 +620,7 @@ impl Shard {
             upstream_seq,
             ..
         } = inbound;
-        let input_kind = frame.kind().to_string();
+        let input_kind = std::mem::discriminant(&frame);
         let marker = Upstream {
             epoch: host.epoch(),
             seq: upstream_seq,
@@ -668,7 +667,7 @@ impl Shard {
         match result {
             Ok(mut append) => {
                 // Republished as received unless the relay made its own event.
-                if append.frame.kind() == input_kind {
+                if std::mem::discriminant(&append.frame) == input_kind {
                     append.raw = Some(raw);
                 }
                 Step::Done(Verified::Event {
@@ -706,14 +705,14 @@ impl Shard {
                 self.accounts
                     .entry(did.to_string())
                     .or_insert(AccountState {
-                        host: host.url.to_string(),
+                        host: host.url.clone(),
                         active: true,
                         ..AccountState::default()
                     })
             }
         };
         // The DID document names this host (checked by the caller), so the binding follows.
-        state.host = host.url.to_string();
+        state.host = host.url.clone();
         state.upstream = Some(marker);
         Ok(state.clone())
     }
@@ -766,8 +765,7 @@ impl Shard {
                 return CommitStep::Done(Err(DropReason::Desync));
             }
             let continuous = p.data.is_none()
-                || (verified.prev_data.map(|c| c.to_string()) == p.data
-                    && ev.since.as_deref() == p.rev.as_deref());
+                || (verified.prev_data == p.data && ev.since.as_deref() == p.rev.as_deref());
             if !continuous {
                 return CommitStep::Repair(ev);
             }
@@ -802,10 +800,10 @@ impl Shard {
     ) -> AccountState {
         let prior = self.accounts.get(did);
         let state = AccountState {
-            host: host.url.to_string(),
+            host: host.url.clone(),
             rev: Some(rev.to_string()),
-            data: Some(data.to_string()),
-            head: Some(head.to_string()),
+            data: Some(data),
+            head: Some(head),
             active: prior.map(|p| p.active).unwrap_or(true),
             status: prior.and_then(|p| p.status.clone()),
             upstream: Some(marker),
@@ -1021,20 +1019,25 @@ fn verify_repo(
 
 /// Records added and removed per collection by a commit's ops.
 fn collection_delta(ops: &[atproto::frame::RepoOp]) -> Collections {
-    let mut delta: HashMap<&str, i64> = HashMap::new();
+    // A commit touches a handful of collections: a short list, not a map.
+    let mut delta: Vec<(String, i64)> = Vec::new();
     for op in ops {
+        let d = match op.action.as_str() {
+            "create" => 1,
+            "delete" => -1,
+            _ => continue,
+        };
         let collection = op.path.split('/').next().unwrap_or_default();
-        match op.action.as_str() {
-            "create" => *delta.entry(collection).or_default() += 1,
-            "delete" => *delta.entry(collection).or_default() -= 1,
-            _ => {}
+        match delta.iter_mut().find(|(c, _)| c == collection) {
+            Some((_, n)) => *n += d,
+            None => delta.push((collection.to_string(), d)),
         }
     }
-    delta.retain(|_, d| *d != 0);
+    delta.retain(|(_, d)| *d != 0);
     if delta.is_empty() {
         return Collections::Unchanged;
     }
-    Collections::Delta(delta.into_iter().map(|(c, d)| (c.to_string(), d)).collect())
+    Collections::Delta(delta)
 }
 
 fn classify(e: &CommitError) -> DropReason {
@@ -1054,15 +1057,20 @@ fn classify(e: &CommitError) -> DropReason {
 /// mode `localhost` and `127.0.0.1` are the same host.
 pub fn same_host(pds: Option<&str>, host: &str, dev: bool) -> bool {
     let Some(pds) = pds else { return false };
-    let norm = |u: &str| {
-        let u = u.trim_end_matches('/').to_ascii_lowercase();
-        if dev {
-            u.replace("://localhost", "://127.0.0.1")
-        } else {
-            u
-        }
+    // Every event asks this: the common case (the same URL) is answered without allocating.
+    if pds
+        .trim_end_matches('/')
+        .eq_ignore_ascii_case(host.trim_end_matches('/'))
+    {
+        return true;
+    }
+    // In dev mode `localhost` and `127.0.0.1` are the same host.
+    let loopback = |u: &str| {
+        u.trim_end_matches('/')
+            .to_ascii_lowercase()
+            .replace("://localhost", "://127.0.0.1")
     };
-    norm(pds) == norm(host)
+    dev && loopback(pds) == loopback(host)
 }
 
 fn now_micros() -> u64 {
@@ -1099,10 +1107,30 @@ mod tests {
             false
         ));
         assert!(!same_host(None, "http://127.0.0.1:2583", true));
+        assert!(same_host(
+            Some("HTTPS://PDS.Example.com/"),
+            "https://pds.example.com",
+            false
+        ));
+        assert!(same_host(
+            Some("http://LOCALHOST:2583/"),
+            "http://127.0.0.1:2583",
+            true
+        ));
+        assert!(!same_host(
+            Some("http://localhost:2584"),
+            "http://127.0.0.1:2583",
+            true
+        ));
     }
 
     #[test]
-    fn shards_are_stable() {
+    fn shards_are_stable_and_spread_accounts() {
         assert_eq!(shard_of("did:plc:abc", 4), shard_of("did:plc:abc", 4));
+        let mut per_shard = [0usize; 4];
+        for i in 0..4000 {
+            per_shard[shard_of(&format!("did:plc:agent{i:05}"), 4)] += 1;
+        }
+        assert!(per_shard.iter().all(|&n| n > 800), "{per_shard:?}");
     }
 }
