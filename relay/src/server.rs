@@ -629,7 +629,7 @@ async fn list_repos(
     let repos: Vec<_> = page
         .into_iter()
         .map(|(did, a)| {
-            let head = a.head.map(|c| c.to_string());
+            let head = a.head.as_ref().map(ToString::to_string);
             json!({"did": did, "head": head, "rev": a.rev, "active": a.active, "status": a.status})
         })
         .collect();

@@ -81,10 +81,10 @@ pub struct AccountState {
     pub rev: Option<String>,
     /// The MST root after that revision.
     #[serde(with = "cid_text")]
-    pub data: Option<atproto::Cid>,
+    pub data: Option<StateCid>,
     /// The latest commit CID.
     #[serde(with = "cid_text")]
-    pub head: Option<atproto::Cid>,
+    pub head: Option<StateCid>,
     /// Whether the account is active (from `#account`).
     pub active: bool,
     /// Hosting status when inactive (`takendown`, `deactivated`, …).
@@ -99,20 +99,72 @@ pub struct AccountState {
     pub desynchronized: bool,
 }
 
+/// A CID as an account's state holds it. Repo roots and commits are CIDv1, DAG-CBOR,
+/// SHA2-256, and are kept as their digest alone (40 bytes in all, where a `Cid` takes ~100:
+/// the relay holds two per account); any other CID is kept whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateCid {
+    /// CIDv1, DAG-CBOR, SHA2-256: the digest.
+    DagCbor([u8; 32]),
+    /// Any other CID.
+    Other(Box<atproto::Cid>),
+}
+
+impl StateCid {
+    /// The CID itself.
+    pub fn to_cid(&self) -> atproto::Cid {
+        match self {
+            StateCid::DagCbor(digest) => atproto::Cid::new_v1(
+                atproto::data::DAG_CBOR,
+                cid::multihash::Multihash::wrap(atproto::data::SHA2_256, digest)
+                    .expect("a 32-byte digest fits a 64-byte multihash"),
+            ),
+            StateCid::Other(cid) => **cid,
+        }
+    }
+}
+
+impl From<atproto::Cid> for StateCid {
+    fn from(cid: atproto::Cid) -> Self {
+        let hash = cid.hash();
+        if cid.version() == cid::Version::V1
+            && cid.codec() == atproto::data::DAG_CBOR
+            && hash.code() == atproto::data::SHA2_256
+        {
+            if let Ok(digest) = <[u8; 32]>::try_from(hash.digest()) {
+                return StateCid::DagCbor(digest);
+            }
+        }
+        StateCid::Other(Box::new(cid))
+    }
+}
+
+impl std::fmt::Display for StateCid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_cid().fmt(f)
+    }
+}
+
 /// Optional CIDs as their text form, the way older stores wrote account states in JSON.
 mod cid_text {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(cid: &Option<atproto::Cid>, s: S) -> Result<S::Ok, S::Error> {
+    use super::StateCid;
+
+    pub fn serialize<S: Serializer>(cid: &Option<StateCid>, s: S) -> Result<S::Ok, S::Error> {
         match cid {
             Some(c) => s.serialize_some(&c.to_string()),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<atproto::Cid>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StateCid>, D::Error> {
         Option::<String>::deserialize(d)?
-            .map(|t| t.parse().map_err(serde::de::Error::custom))
+            .map(|t| {
+                t.parse::<atproto::Cid>()
+                    .map(StateCid::from)
+                    .map_err(serde::de::Error::custom)
+            })
             .transpose()
     }
 }
@@ -808,9 +860,9 @@ fn encode_account(a: &AccountState) -> Vec<u8> {
             }
         }
     }
-    fn cid(out: &mut Vec<u8>, c: Option<&atproto::Cid>) {
+    fn cid(out: &mut Vec<u8>, c: Option<&StateCid>) {
         // A CID is stored binary (36 bytes, not 59).
-        match c {
+        match c.map(StateCid::to_cid) {
             Some(c) => {
                 out.push(1);
                 out.push(c.encoded_len() as u8);
@@ -863,17 +915,18 @@ fn decode_account(bytes: &[u8]) -> Result<AccountState, StoreError> {
         let b = take(r, n as usize)?;
         Some(Some(std::str::from_utf8(b).ok()?.to_string()))
     }
-    fn cid(r: &mut &[u8]) -> Option<Option<atproto::Cid>> {
-        match take(r, 1)?[0] {
-            0 => Some(None),
+    fn cid(r: &mut &[u8]) -> Option<Option<StateCid>> {
+        let cid = match take(r, 1)?[0] {
+            0 => return Some(None),
             1 => {
                 let n = take(r, 1)?[0] as usize;
-                Some(Some(atproto::Cid::try_from(take(r, n)?).ok()?))
+                atproto::Cid::try_from(take(r, n)?).ok()?
             }
             // Text, as stores written before CIDs were kept binary may hold.
-            2 => Some(Some(text(r)??.parse().ok()?)),
-            _ => None,
-        }
+            2 => text(r)??.parse().ok()?,
+            _ => return None,
+        };
+        Some(Some(StateCid::from(cid)))
     }
     let flags = take(&mut r, 1).ok_or_else(bad)?[0];
     let host: Arc<str> = text(&mut r).flatten().ok_or_else(bad)?.into();
@@ -1114,13 +1167,18 @@ mod tests {
     #[test]
     fn account_states_round_trip_and_old_forms_still_read() {
         let cid = atproto::data::cid_for_cbor(b"x");
+        // A CID of another codec (raw) is kept whole, and round-trips as well.
+        let raw_cid = atproto::data::cid_for(atproto::data::RAW, b"x");
+        assert!(matches!(StateCid::from(raw_cid), StateCid::Other(_)));
+        assert!(matches!(StateCid::from(cid), StateCid::DagCbor(_)));
+        assert_eq!(StateCid::from(cid).to_cid(), cid);
         let states = [
             AccountState::default(),
             AccountState {
                 host: "https://pds.example:8443".into(),
                 rev: Some("3lbx4dwkuq22s".into()),
-                data: Some(cid),
-                head: Some(atproto::data::cid_for_cbor(b"y")),
+                data: Some(cid.into()),
+                head: Some(atproto::data::cid_for_cbor(b"y").into()),
                 active: false,
                 status: Some("deactivated".into()),
                 upstream: Some(Upstream { epoch: 3, seq: -1 }),
@@ -1128,7 +1186,7 @@ mod tests {
             },
             AccountState {
                 host: "h".into(),
-                data: Some(cid),
+                data: Some(raw_cid.into()),
                 upstream: Some(Upstream { epoch: 0, seq: 0 }),
                 active: true,
                 ..AccountState::default()
@@ -1161,7 +1219,7 @@ mod tests {
         let read = decode_account(&with_text(&cid.to_string())).expect("text CID");
         assert_eq!(
             (read.data, read.rev.as_deref()),
-            (Some(cid), Some("3lbx4dwkuq22s"))
+            (Some(cid.into()), Some("3lbx4dwkuq22s"))
         );
         assert!(decode_account(&with_text("not a cid")).is_err());
     }

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::hosts::Host;
 use crate::metrics::{DropReason, Metrics};
-use crate::store::{AccountState, Append, Collections, Upstream};
+use crate::store::{AccountState, Append, Collections, StateCid, Upstream};
 
 /// How far in the future a rev may be, in microseconds (the spec's "a few minutes").
 const MAX_FUTURE_REV_MICROS: u64 = 5 * 60 * 1_000_000;
@@ -765,7 +765,8 @@ impl Shard {
                 return CommitStep::Done(Err(DropReason::Desync));
             }
             let continuous = p.data.is_none()
-                || (verified.prev_data == p.data && ev.since.as_deref() == p.rev.as_deref());
+                || (verified.prev_data.map(StateCid::from) == p.data
+                    && ev.since.as_deref() == p.rev.as_deref());
             if !continuous {
                 return CommitStep::Repair(ev);
             }
@@ -802,8 +803,8 @@ impl Shard {
         let state = AccountState {
             host: host.url.clone(),
             rev: Some(rev.to_string()),
-            data: Some(data),
-            head: Some(head),
+            data: Some(data.into()),
+            head: Some(head.into()),
             active: prior.map(|p| p.active).unwrap_or(true),
             status: prior.and_then(|p| p.status.clone()),
             upstream: Some(marker),
