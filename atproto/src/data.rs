@@ -50,8 +50,12 @@ pub fn cid_for_cbor(bytes: &[u8]) -> Cid {
 
 /// The CIDv1 with the given codec over SHA2-256 of `bytes`.
 pub fn cid_for(codec: u64, bytes: &[u8]) -> Cid {
-    let digest = Sha256::digest(bytes);
-    let mh = cid::multihash::Multihash::<64>::wrap(SHA2_256, &digest)
+    cid_for_digest(codec, &Sha256::digest(bytes).into())
+}
+
+/// The CIDv1 with the given codec for an already computed SHA2-256 digest.
+pub fn cid_for_digest(codec: u64, digest: &[u8; 32]) -> Cid {
+    let mh = cid::multihash::Multihash::<64>::wrap(SHA2_256, digest)
         .expect("a 32-byte digest fits a 64-byte multihash");
     Cid::new_v1(codec, mh)
 }

@@ -114,11 +114,9 @@ impl StateCid {
     /// The CID itself.
     pub fn to_cid(&self) -> atproto::Cid {
         match self {
-            StateCid::DagCbor(digest) => atproto::Cid::new_v1(
-                atproto::data::DAG_CBOR,
-                cid::multihash::Multihash::wrap(atproto::data::SHA2_256, digest)
-                    .expect("a 32-byte digest fits a 64-byte multihash"),
-            ),
+            StateCid::DagCbor(digest) => {
+                atproto::data::cid_for_digest(atproto::data::DAG_CBOR, digest)
+            }
             StateCid::Other(cid) => **cid,
         }
     }
@@ -778,7 +776,6 @@ impl Store {
     }
 }
 
-/// Sets one (collection, repo) count in both indexes; zero removes it.
 /// Sets a repo's count for a collection from `was` to `n`; the collection's list of repos
 /// changes only when the repo enters it or leaves it.
 fn set_count(

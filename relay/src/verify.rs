@@ -1087,42 +1087,59 @@ mod tests {
 
     #[test]
     fn host_authority() {
-        assert!(same_host(
-            Some("https://pds.example.com"),
-            "https://pds.example.com/",
-            false
-        ));
-        assert!(!same_host(
-            Some("https://pds.example.com"),
-            "https://evil.example.com",
-            false
-        ));
-        assert!(same_host(
-            Some("http://localhost:2583"),
-            "http://127.0.0.1:2583",
-            true
-        ));
-        assert!(!same_host(
-            Some("http://localhost:2583"),
-            "http://127.0.0.1:2583",
-            false
-        ));
-        assert!(!same_host(None, "http://127.0.0.1:2583", true));
-        assert!(same_host(
-            Some("HTTPS://PDS.Example.com/"),
-            "https://pds.example.com",
-            false
-        ));
-        assert!(same_host(
-            Some("http://LOCALHOST:2583/"),
-            "http://127.0.0.1:2583",
-            true
-        ));
-        assert!(!same_host(
-            Some("http://localhost:2584"),
-            "http://127.0.0.1:2583",
-            true
-        ));
+        // (the DID document's PDS, the host the event came from, dev mode, same host?)
+        let cases = [
+            (
+                Some("https://pds.example.com"),
+                "https://pds.example.com/",
+                false,
+                true,
+            ),
+            (
+                Some("https://pds.example.com"),
+                "https://evil.example.com",
+                false,
+                false,
+            ),
+            (
+                Some("http://localhost:2583"),
+                "http://127.0.0.1:2583",
+                true,
+                true,
+            ),
+            (
+                Some("http://localhost:2583"),
+                "http://127.0.0.1:2583",
+                false,
+                false,
+            ),
+            (None, "http://127.0.0.1:2583", true, false),
+            (
+                Some("HTTPS://PDS.Example.com/"),
+                "https://pds.example.com",
+                false,
+                true,
+            ),
+            (
+                Some("http://LOCALHOST:2583/"),
+                "http://127.0.0.1:2583",
+                true,
+                true,
+            ),
+            (
+                Some("http://localhost:2584"),
+                "http://127.0.0.1:2583",
+                true,
+                false,
+            ),
+        ];
+        for (pds, host, dev, same) in cases {
+            assert_eq!(
+                same_host(pds, host, dev),
+                same,
+                "{pds:?} vs {host} (dev {dev})"
+            );
+        }
     }
 
     #[test]
