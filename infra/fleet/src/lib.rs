@@ -248,6 +248,16 @@ impl Fleet {
         out
     }
 
+    /// Every account's DID and the public key its commits are signed with.
+    pub async fn signing_keys(&self) -> Vec<(String, atproto::crypto::PublicKey)> {
+        let mut out = Vec::new();
+        for a in &self.0.accounts {
+            let a = a.lock().await;
+            out.push((a.did.clone(), a.writer.key().public_key()));
+        }
+        out
+    }
+
     /// Account `i`'s latest revision.
     pub async fn last_rev(&self, i: usize) -> Option<String> {
         self.0
