@@ -160,9 +160,10 @@ struct UpArgs {
     /// What callers may ask of the appview.
     #[command(flatten)]
     appview_limits: agentnet_appview::Limits,
-    /// chDB's library for the embedded ClickHouse (`infra/chdb/setup.sh` prints it).
-    #[arg(long, env = "AGENTNET_CHDB_LIB", default_value = "libchdb.so")]
-    chdb_lib: PathBuf,
+    /// Where the record index and the vectors live: embedded (chDB, qdrant-edge) in the data
+    /// directory by default, or ClickHouse and Qdrant servers, as for the separate services.
+    #[command(flatten)]
+    backends: store::Backends,
     /// The appview's DID; default `did:web:` + the listen address.
     #[arg(long, env = "AGENTNET_APPVIEW_DID")]
     appview_did: Option<String>,
@@ -318,10 +319,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     indexer.model = args.model.clone();
     indexer.appview_did = did.clone();
     indexer.dev = args.dev;
-    // `up` is the one-machine shape: embedded stores.
-    indexer.backends.chdb_lib = args.chdb_lib.clone();
-    indexer.backends.clickhouse_url = None;
-    indexer.backends.qdrant_url = None;
+    // One set of stores, opened once below and shared by the indexer and the appview.
+    indexer.backends = args.backends.clone();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -261,3 +261,53 @@ fn logs_written_to_a_pipe_carry_no_colour_codes() {
     let line = running.expect("the relay logs that it is running");
     assert!(!line.contains('\u{1b}'), "ANSI escapes in {line:?}");
 }
+
+#[test]
+fn up_uses_the_store_servers_it_is_given() {
+    let out = agentnet(&["up", "--help"], None);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for (flag, env) in [
+        ("--clickhouse-url", "AGENTNET_CLICKHOUSE_URL"),
+        ("--qdrant-url", "AGENTNET_QDRANT_URL"),
+        ("--qdrant-collection", "AGENTNET_QDRANT_COLLECTION"),
+        ("--chdb-lib", "AGENTNET_CHDB_LIB"),
+    ] {
+        assert!(
+            help.contains(flag) && help.contains(env),
+            "{flag} / {env} missing from:\n{help}"
+        );
+    }
+    // Given a Qdrant server, `up` connects to it (here: nothing listens, so it stops at start
+    // with the store's error) instead of quietly keeping the vectors embedded.
+    let model = std::env::var("AGENTNET_MODEL_DIR")
+        .expect("AGENTNET_MODEL_DIR must name the ONNX model directory (scripts/test.sh sets it)");
+    let data = std::env::temp_dir().join(format!("agentnet-up-qdrant-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let out = agentnet(
+        &[
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--model-dir",
+            &model,
+            "--qdrant-url",
+            "http://127.0.0.1:9",
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+        ],
+        None,
+    );
+    let embedded = data.join("index/vectors").exists();
+    let _ = std::fs::remove_dir_all(&data);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "up ran without its Qdrant:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("vector store") && !stderr.contains("unexpected argument"),
+        "{stderr}"
+    );
+    assert!(!embedded, "no embedded vector store was made");
+}

@@ -5,10 +5,10 @@
 //! [`Bridge`](crate::bridge::Bridge).
 
 use qdrant_client::qdrant::{
-    Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePoints,
-    DeletePointsBuilder, Distance, FieldType, Filter, PointStruct, PointsIdsList, Range,
-    SearchParamsBuilder, SearchPoints, SearchPointsBuilder, UpsertPoints, UpsertPointsBuilder,
-    VectorParamsBuilder,
+    vectors_config, CollectionInfo, Condition, CreateCollectionBuilder,
+    CreateFieldIndexCollectionBuilder, DeletePoints, DeletePointsBuilder, Distance, FieldType,
+    Filter, PayloadSchemaType, PointStruct, PointsIdsList, Range, SearchParamsBuilder,
+    SearchPoints, SearchPointsBuilder, UpsertPoints, UpsertPointsBuilder, VectorParamsBuilder,
 };
 use qdrant_client::{Payload, Qdrant};
 
@@ -30,8 +30,10 @@ pub struct QdrantStore {
 }
 
 impl QdrantStore {
-    /// Connects to `url` and makes sure `collection` exists (cosine, `dimensions`) with the
-    /// payload indexes the filters use.
+    /// Connects to `url` and makes sure `collection` is usable: created if missing (cosine,
+    /// `dimensions`; another process creating it at the same moment is fine), an existing one
+    /// checked against the model's size and distance (a clear error if they differ), and any
+    /// payload index the filters use added where it is missing.
     pub fn connect(
         url: &str,
         api_key: &str,
@@ -54,34 +56,39 @@ impl QdrantStore {
         store
             .bridge
             .run(async move {
-                if client.collection_exists(&name).await? {
-                    return Ok(());
-                }
-                client
-                    .create_collection(CreateCollectionBuilder::new(&name).vectors_config(
-                        VectorParamsBuilder::new(dimensions as u64, Distance::Cosine),
-                    ))
-                    .await?;
-                for field in KEYWORD_FIELDS {
-                    client
-                        .create_field_index(CreateFieldIndexCollectionBuilder::new(
-                            &name,
-                            *field,
-                            FieldType::Keyword,
+                if !client.collection_exists(&name).await.map_err(backend)? {
+                    let created = client
+                        .create_collection(CreateCollectionBuilder::new(&name).vectors_config(
+                            VectorParamsBuilder::new(dimensions as u64, Distance::Cosine),
                         ))
-                        .await?;
+                        .await;
+                    match created {
+                        Err(e) if !already_exists(&e) => return Err(backend(e)),
+                        // Created here, or by another indexer or appview meanwhile: either
+                        // way it is checked like any existing collection.
+                        _ => {}
+                    }
                 }
-                client
-                    .create_field_index(CreateFieldIndexCollectionBuilder::new(
-                        &name,
-                        "created_ms",
-                        FieldType::Integer,
-                    ))
-                    .await?;
-                Ok::<(), qdrant_client::QdrantError>(())
+                let info = client
+                    .collection_info(&name)
+                    .await
+                    .map_err(backend)?
+                    .result
+                    .ok_or_else(|| backend(format!("Qdrant sent no info on collection {name}")))?;
+                for (field, kind) in missing_indexes(&name, &info, dimensions)? {
+                    let made = client
+                        .create_field_index(
+                            CreateFieldIndexCollectionBuilder::new(&name, field, kind).wait(true),
+                        )
+                        .await;
+                    match made {
+                        Err(e) if !already_exists(&e) => return Err(backend(e)),
+                        _ => tracing::info!(collection = %name, field, "added a payload index"),
+                    }
+                }
+                Ok(())
             })
-            .map_err(|_| backend("Qdrant client thread ended"))?
-            .map_err(backend)?;
+            .map_err(|_| backend("Qdrant client thread ended"))??;
         Ok(store)
     }
 
@@ -94,6 +101,102 @@ impl QdrantStore {
         }
         Ok(())
     }
+}
+
+/// Whether Qdrant refused a create because the thing exists (gRPC `ALREADY_EXISTS`, or the
+/// message older servers send with another code).
+fn already_exists(e: &qdrant_client::QdrantError) -> bool {
+    const ALREADY_EXISTS: i32 = 6;
+    match e {
+        qdrant_client::QdrantError::ResponseError { status } => {
+            status.code() as i32 == ALREADY_EXISTS
+                || status
+                    .message()
+                    .to_ascii_lowercase()
+                    .contains("already exists")
+        }
+        _ => false,
+    }
+}
+
+/// The payload indexes recall's filters need: the keyword fields and the creation time.
+pub fn payload_indexes() -> impl Iterator<Item = (&'static str, FieldType)> {
+    KEYWORD_FIELDS
+        .iter()
+        .map(|f| (*f, FieldType::Keyword))
+        .chain([("created_ms", FieldType::Integer)])
+}
+
+/// The schema type Qdrant reports for an index made as `kind`.
+fn schema_type(kind: FieldType) -> PayloadSchemaType {
+    match kind {
+        FieldType::Keyword => PayloadSchemaType::Keyword,
+        FieldType::Integer => PayloadSchemaType::Integer,
+        FieldType::Float => PayloadSchemaType::Float,
+        FieldType::Geo => PayloadSchemaType::Geo,
+        FieldType::Text => PayloadSchemaType::Text,
+        FieldType::Bool => PayloadSchemaType::Bool,
+        FieldType::Datetime => PayloadSchemaType::Datetime,
+        FieldType::Uuid => PayloadSchemaType::Uuid,
+    }
+}
+
+/// Checks an existing collection against what agentnet writes (one unnamed vector of
+/// `dimensions`, cosine distance; the payload indexes of [`payload_indexes`]) and returns
+/// the indexes it lacks. A collection made for another model, or with a field indexed as
+/// another type, is refused with what differs, rather than accepted and every recall failing.
+pub fn missing_indexes(
+    name: &str,
+    info: &CollectionInfo,
+    dimensions: usize,
+) -> Result<Vec<(&'static str, FieldType)>, VectorError> {
+    let refuse = |why: String| {
+        Err(VectorError::Backend(format!(
+            "Qdrant collection {name} {why}; agentnet needs one unnamed vector of {dimensions} \
+             dimensions with cosine distance (choose another collection with \
+             --qdrant-collection, or a model of that size)"
+        )))
+    };
+    let vectors = info
+        .config
+        .as_ref()
+        .and_then(|c| c.params.as_ref())
+        .and_then(|p| p.vectors_config.as_ref())
+        .and_then(|v| v.config.as_ref());
+    match vectors {
+        Some(vectors_config::Config::Params(p)) => {
+            let distance = Distance::try_from(p.distance).unwrap_or(Distance::UnknownDistance);
+            if p.size != dimensions as u64 || distance != Distance::Cosine {
+                return refuse(format!(
+                    "holds vectors of {} dimensions with {} distance",
+                    p.size,
+                    distance.as_str_name()
+                ));
+            }
+        }
+        Some(vectors_config::Config::ParamsMap(_)) => {
+            return refuse("holds named vectors".to_string())
+        }
+        None => return refuse("reports no vector configuration".to_string()),
+    }
+    let mut missing = Vec::new();
+    for (field, kind) in payload_indexes() {
+        match info.payload_schema.get(field) {
+            None => missing.push((field, kind)),
+            Some(have) if have.data_type == schema_type(kind) as i32 => {}
+            Some(have) => {
+                let have = PayloadSchemaType::try_from(have.data_type)
+                    .map(|t| t.as_str_name())
+                    .unwrap_or("an unknown type");
+                return Err(VectorError::Backend(format!(
+                    "Qdrant collection {name} indexes payload field {field} as {have}; \
+                     recall filters it as {}",
+                    schema_type(kind).as_str_name()
+                )));
+            }
+        }
+    }
+    Ok(missing)
 }
 
 /// The upsert for `points` (ids from the URI, payload as the embedded store's).
@@ -215,5 +318,36 @@ impl VectorStore for QdrantStore {
     fn optimize(&self) -> Result<(), VectorError> {
         // The server builds its indexes itself.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: tonic::Status) -> qdrant_client::QdrantError {
+        qdrant_client::QdrantError::ResponseError { status }
+    }
+
+    #[test]
+    fn a_create_that_lost_the_race_is_recognised() {
+        // Two processes starting on a new collection: the second create is refused as existing.
+        assert!(already_exists(&response(tonic::Status::already_exists(
+            "Collection `agentnet` already exists!"
+        ))));
+        // Servers that answer with another code still say so in the message.
+        assert!(already_exists(&response(tonic::Status::invalid_argument(
+            "Wrong input: Collection `agentnet` already exists!"
+        ))));
+        // Anything else is a real failure.
+        assert!(!already_exists(&response(tonic::Status::unavailable(
+            "connection refused"
+        ))));
+        assert!(!already_exists(&response(tonic::Status::invalid_argument(
+            "Wrong input: Vector dimension error"
+        ))));
+        assert!(!already_exists(
+            &qdrant_client::QdrantError::ConversionError("already exists".into())
+        ));
     }
 }

@@ -4,8 +4,9 @@
 //! No Qdrant server can run here, so the Qdrant backend's requests go through the suite
 //! instead: [`QdrantRequests`] builds every upsert, delete and search exactly as the
 //! Qdrant store sends them and evaluates them the way Qdrant documents (keyword match on a
-//! value or any array element, integer range, nested should/must). What that leaves
-//! untested: the gRPC transport, collection creation, and Qdrant's own HNSW.
+//! value or any array element, integer range, nested should/must). An existing collection's
+//! check (size, distance, payload indexes to add) is tested on the descriptions Qdrant
+//! returns. What that leaves untested: the gRPC transport and Qdrant's own HNSW.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -349,4 +350,114 @@ fn an_unreachable_qdrant_is_a_clear_error() {
         .err()
         .expect("nothing listens on port 9");
     assert!(matches!(err, VectorError::Backend(_)), "{err}");
+}
+
+/// A collection as Qdrant describes it: one unnamed vector and these payload indexes.
+fn collection_info(
+    size: u64,
+    distance: qdrant_client::qdrant::Distance,
+    indexes: &[(&str, qdrant_client::qdrant::PayloadSchemaType)],
+) -> qdrant_client::qdrant::CollectionInfo {
+    use qdrant_client::qdrant::{
+        vectors_config, CollectionConfig, CollectionInfo, CollectionParams, PayloadSchemaInfo,
+        VectorParams, VectorsConfig,
+    };
+    CollectionInfo {
+        config: Some(CollectionConfig {
+            params: Some(CollectionParams {
+                vectors_config: Some(VectorsConfig {
+                    config: Some(vectors_config::Config::Params(VectorParams {
+                        size,
+                        distance: distance as i32,
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        payload_schema: indexes
+            .iter()
+            .map(|(field, kind)| {
+                (
+                    field.to_string(),
+                    PayloadSchemaInfo {
+                        data_type: *kind as i32,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_existing_qdrant_collection_is_checked_and_completed() {
+    use qdrant_client::qdrant::{Distance, FieldType, PayloadSchemaType as T};
+    use store::qdrant::{missing_indexes, payload_indexes};
+    let all: Vec<(&str, T)> = payload_indexes()
+        .map(|(f, k)| {
+            let t = if k == FieldType::Integer {
+                T::Integer
+            } else {
+                T::Keyword
+            };
+            (f, t)
+        })
+        .collect();
+    assert!(all.iter().any(|(f, _)| *f == "recipients"));
+    assert!(all.iter().any(|(f, _)| *f == "created_ms"));
+
+    // What agentnet made itself: nothing to add.
+    let complete = collection_info(384, Distance::Cosine, &all);
+    assert!(missing_indexes("agentnet", &complete, 384)
+        .expect("usable")
+        .is_empty());
+
+    // Made by hand without payload indexes: every one is added, with its type.
+    let bare = collection_info(384, Distance::Cosine, &[]);
+    let missing = missing_indexes("agentnet", &bare, 384).expect("usable");
+    assert_eq!(
+        missing,
+        payload_indexes().collect::<Vec<_>>(),
+        "every filter field gets its index"
+    );
+    // Some present: only the others.
+    let some = collection_info(384, Distance::Cosine, &all[..2]);
+    let missing = missing_indexes("agentnet", &some, 384).expect("usable");
+    assert_eq!(missing.len(), all.len() - 2);
+    assert!(missing
+        .iter()
+        .all(|(f, _)| !all[..2].iter().any(|(g, _)| g == f)));
+
+    // Another model's size, or another distance: refused at start with what differs.
+    let err = missing_indexes(
+        "agentnet",
+        &collection_info(768, Distance::Cosine, &all),
+        384,
+    )
+    .expect_err("another size");
+    let text = err.to_string();
+    assert!(text.contains("768") && text.contains("384"), "{text}");
+    assert!(text.contains("--qdrant-collection"), "{text}");
+    let err = missing_indexes("agentnet", &collection_info(384, Distance::Dot, &all), 384)
+        .expect_err("another distance");
+    assert!(err.to_string().contains("Dot"), "{err}");
+
+    // A filter field indexed as another type would make every filtered search fail.
+    let mut wrong = all.clone();
+    wrong[0].1 = T::Text;
+    let err = missing_indexes(
+        "agentnet",
+        &collection_info(384, Distance::Cosine, &wrong),
+        384,
+    )
+    .expect_err("wrong index type");
+    assert!(err.to_string().contains(wrong[0].0), "{err}");
+
+    // No vector configuration at all (named vectors, or nothing): refused too.
+    let mut none = complete.clone();
+    none.config = None;
+    assert!(missing_indexes("agentnet", &none, 384).is_err());
 }
