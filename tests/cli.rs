@@ -231,14 +231,20 @@ fn agent_rpc_reports_a_login_it_cannot_make_as_a_fatal_event() {
     );
 }
 
-#[test]
-fn logs_written_to_a_pipe_carry_no_colour_codes() {
-    let dir = std::env::temp_dir().join(format!("agentnet-cli-log-{}", std::process::id()));
+/// The line a relay started with `args` logs when it is running, read from a pipe.
+fn relay_running_line(args: &[&str]) -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "agentnet-cli-log-{}-{}",
+        std::process::id(),
+        args.len()
+    ));
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentnet"))
         .args(["relay", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&dir)
+        .args(args)
         .env("AGENTNET_LOG", "info")
         .env_remove("AGENTNET_HOSTS")
+        .env_remove("AGENTNET_LOG_FORMAT")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -258,8 +264,43 @@ fn logs_written_to_a_pipe_carry_no_colour_codes() {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    let line = running.expect("the relay logs that it is running");
+    running.expect("the relay logs that it is running")
+}
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    let line = relay_running_line(&[]);
     assert!(!line.contains('\u{1b}'), "ANSI escapes in {line:?}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&line).is_err(),
+        "text by default: {line}"
+    );
+}
+
+#[test]
+fn logs_in_json_are_one_object_per_line_for_shippers() {
+    let line = relay_running_line(&["--log-format", "json"]);
+    let event: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(event["level"], "INFO", "{line}");
+    assert!(
+        event["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("relay running")),
+        "the message is a top-level field: {line}"
+    );
+    assert!(
+        event["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("agentnet")),
+        "{line}"
+    );
+    assert!(event["timestamp"].is_string(), "{line}");
+    assert!(!line.contains('\u{1b}'), "ANSI escapes in {line:?}");
+    // An unknown format is refused, not ignored.
+    let out = agentnet(&["relay", "--log-format", "yaml"], None);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--log-format"));
 }
 
 #[test]
