@@ -46,6 +46,10 @@ pub struct Config {
     /// Longest an event waits for its batch to fill, in milliseconds.
     #[arg(long, env = "AGENTNET_INDEX_BATCH_WAIT_MS", default_value_t = 100)]
     pub batch_wait_ms: u64,
+    /// Seconds between the progress lines logged at info level while the indexer writes
+    /// (batches, rows, vectors, rates, last seq, lag behind the relay); 0 turns them off.
+    #[arg(long, env = "AGENTNET_INDEX_PROGRESS_SECS", default_value_t = 10)]
+    pub progress_secs: u64,
     /// Development mode: loopback and private addresses may be reached (repos fetched for
     /// `#sync` come from wherever the account's DID document points).
     #[arg(long, env = "AGENTNET_DEV", default_value_t = false)]

@@ -204,6 +204,12 @@ pub async fn run_with(
         tracing::warn!(old = ?sources, new = %config.relay_url, "following another relay than the one this index was built from (--force-upstream)");
     }
     tracing::info!(relay = %config.relay_url, "indexer following the relay");
+    let progress = (config.progress_secs > 0).then(|| {
+        tokio::spawn(stats::log_progress(
+            sinks.stats.clone(),
+            std::time::Duration::from_secs(config.progress_secs),
+        ))
+    });
     let result = pipeline::follow(
         &config.relay_url,
         sinks,
@@ -213,6 +219,9 @@ pub async fn run_with(
     )
     .await;
     watcher.abort();
+    if let Some(progress) = progress {
+        progress.abort();
+    }
     let mut sinks = result?;
     // A build still running finishes (and reports) before the indexer says it stopped.
     tokio::task::spawn_blocking(move || sinks.optimize.finish())

@@ -148,6 +148,18 @@ impl Optimizer {
     }
 }
 
+/// When an event was emitted, in ms since the epoch, if it says.
+fn emitted_ms(frame: &Frame) -> Option<i64> {
+    let time = match frame {
+        Frame::Commit(ev) => &ev.time,
+        Frame::Sync(ev) => &ev.time,
+        Frame::Identity(ev) => &ev.time,
+        Frame::Account(ev) => &ev.time,
+        _ => return None,
+    };
+    atproto::syntax::datetime_to_millis(time)
+}
+
 /// What one batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BatchStats {
@@ -206,7 +218,9 @@ impl<T: SqlTransport> Sinks<T> {
         self.records
             .save_cursor(source, last_seq)
             .map_err(|e| Error::Sink(e.to_string()))?;
-        self.stats.batch(stats.rows, stats.vectors, last_seq);
+        let newest_ms = frames.iter().filter_map(emitted_ms).max();
+        self.stats
+            .batch(stats.rows, stats.vectors, last_seq, newest_ms);
         Ok(stats)
     }
 
