@@ -73,6 +73,10 @@ enum Command {
     Lexicon(LexiconCommand),
     /// Act as an agent on its PDS: publish a key, write and read records.
     Agent(AgentArgs),
+    /// Make a new appview key: prints its secret (base64) on standard output for
+    /// `--appview-key` / `AGENTNET_APPVIEW_KEY`, to give every appview and indexer of one
+    /// deployment, and its public multikey on standard error.
+    AppviewKey,
 }
 
 #[derive(Debug, clap::Args)]
@@ -280,6 +284,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             serve(agentnet_fleet::run(config, shutdown_signal())).context("fleet")
         }
         Command::Lexicon(cmd) => lexicon(cmd),
+        Command::AppviewKey => {
+            let key = atproto::envelope::EncryptionKey::generate();
+            eprintln!(
+                "public key (published by the appview): {}",
+                key.public().multikey()
+            );
+            println!("{}", key.to_base64());
+            Ok(())
+        }
         Command::Agent(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -50,6 +50,23 @@ async fn indexer_and_appview_apart_on_a_clickhouse_server() {
     })
     .await;
 
+    // One appview key for the deployment, made by the CLI and given to both processes.
+    let made = Command::new(env!("CARGO_BIN_EXE_agentnet"))
+        .arg("appview-key")
+        .output()
+        .expect("agentnet appview-key");
+    assert!(made.status.success());
+    let secret = String::from_utf8(made.stdout).expect("utf-8");
+    let secret = secret.trim().to_string();
+    let public = atproto::envelope::EncryptionKey::from_base64(&secret)
+        .expect("the printed secret parses")
+        .public()
+        .multikey();
+    assert!(
+        String::from_utf8_lossy(&made.stderr).contains(&public),
+        "the public half is shown to the operator"
+    );
+
     let relay_url = format!("ws://127.0.0.1:{}", relay.port);
     let index_dir = data.join("index");
     let _indexer = agentnet(&[
@@ -60,6 +77,8 @@ async fn indexer_and_appview_apart_on_a_clickhouse_server() {
         index_dir.to_str().expect("utf-8"),
         "--clickhouse-url",
         &clickhouse.url,
+        "--appview-key",
+        &secret,
     ]);
     let port = free_port();
     let _appview = agentnet(&[
@@ -73,6 +92,8 @@ async fn indexer_and_appview_apart_on_a_clickhouse_server() {
         "--plc-url",
         &fleet.fleet.plc_url(),
         "--dev",
+        "--appview-key",
+        &secret,
     ]);
 
     fleet.fleet.genesis().await.expect("genesis");
@@ -105,6 +126,23 @@ async fn indexer_and_appview_apart_on_a_clickhouse_server() {
         agents["agents"].as_array().map(Vec::len),
         Some(3),
         "{agents}"
+    );
+    // The appview publishes the deployment's key (the one the indexer opens shared records
+    // with), not one it made for itself.
+    let document: serde_json::Value = serde_json::from_str(
+        &http_get(port, "/.well-known/did.json")
+            .await
+            .expect("did.json"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        document["verificationMethod"][0]["publicKeyMultibase"], public,
+        "{document}"
+    );
+    assert!(
+        !data.join("appview/appview-key.json").exists()
+            && !index_dir.join("appview-key.json").exists(),
+        "given the key, neither process makes a key file of its own"
     );
     // Recall needs a model and a shared vector store; without them it says so.
     let (status, _) = inproc::http(port, "GET", "/xrpc/agent.memory.recall?q=x", &[], "")

@@ -352,3 +352,48 @@ fn up_uses_the_store_servers_it_is_given() {
     );
     assert!(!embedded, "no embedded vector store was made");
 }
+
+#[test]
+fn an_indexer_without_the_appviews_key_refuses_to_start() {
+    let data = std::env::temp_dir().join(format!("agentnet-no-key-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "indexer",
+            "--relay-url",
+            "ws://127.0.0.1:9",
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+        ];
+        args.extend_from_slice(extra);
+        agentnet(&args, None)
+    };
+    // No key and no key file: a key of its own would leave shared records unreadable.
+    let out = run(&[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no appview key") && stderr.contains("--appview-key"),
+        "{stderr}"
+    );
+    assert!(
+        !data.join("appview-key.json").exists(),
+        "the indexer made no key file"
+    );
+    // A malformed key is refused as such.
+    let out = run(&["--appview-key", "not-a-key"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--appview-key"));
+    let _ = std::fs::remove_dir_all(&data);
+
+    // `agentnet appview-key` makes keys that parse, a different one each time.
+    let one = agentnet(&["appview-key"], None);
+    let two = agentnet(&["appview-key"], None);
+    assert!(one.status.success() && two.status.success());
+    let (one, two) = (text(&one.stdout), text(&two.stdout));
+    assert!(
+        atproto::envelope::EncryptionKey::from_base64(&one).is_ok(),
+        "{one}"
+    );
+    assert_ne!(one, two);
+}

@@ -67,6 +67,11 @@ fn indexer(relay_port: u16, data: &std::path::Path, chdb: &str, metrics: u16) ->
         .arg(data)
         .args(["--chdb-lib", chdb, "--batch", "32", "--batch-wait-ms", "20"])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        // The appview's key, the same on every restart (the indexer makes none of its own).
+        .args([
+            "--appview-key",
+            "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
+        ])
         .env("AGENTNET_LOG", "error")
         .env_remove("AGENTNET_MODEL_DIR")
         .env_remove("AGENTNET_MODEL_NAME")

@@ -16,7 +16,13 @@ pub struct Config {
     /// `/.well-known/did.json`); default `did:web:` + the listen address.
     #[arg(long, env = "AGENTNET_APPVIEW_DID")]
     pub appview_did: Option<String>,
-    /// The appview's X25519 key file (the indexer's, shared); default
+    /// The appview's X25519 secret (base64, as `agentnet appview-key` prints it): give every
+    /// appview of a deployment and its indexers the same one. When unset, the key file is
+    /// used.
+    #[arg(long, env = "AGENTNET_APPVIEW_KEY", hide_env_values = true)]
+    pub appview_key: Option<String>,
+    /// The appview's X25519 key file, used when `--appview-key` is unset (created on first
+    /// start, for a single appview whose indexer reads the same file); default
     /// `<data-dir>/appview-key.json`.
     #[arg(long, env = "AGENTNET_APPVIEW_KEY_FILE")]
     pub appview_key_file: Option<PathBuf>,

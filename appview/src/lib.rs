@@ -204,9 +204,13 @@ pub async fn run(
 ) -> Result<(), Error> {
     config.validate()?;
     let did = config.did();
-    let key = atproto::envelope::EncryptionKey::load_or_create(&config.key_file(), &did)
-        .map_err(|e| Error::Config(format!("appview key: {e}")))?
-        .public();
+    let key = match &config.appview_key {
+        Some(secret) => atproto::envelope::EncryptionKey::from_base64(secret)
+            .map_err(|e| Error::Config(format!("--appview-key: {e}")))?,
+        None => atproto::envelope::EncryptionKey::load_or_create(&config.key_file(), &did)
+            .map_err(|e| Error::Config(format!("appview key: {e}")))?,
+    }
+    .public();
     let embedder = config
         .model
         .load()

@@ -88,32 +88,42 @@ struct KeyFile {
 }
 
 impl EncryptionKey {
-    /// Reads the key kept for `did` at `path`.
-    pub fn load(path: &std::path::Path, did: &str) -> Result<Self, String> {
+    /// The secret as base64, the form the key file holds and `--appview-key` takes.
+    pub fn to_base64(&self) -> String {
         use base64::Engine;
-        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-        let file: KeyFile = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        if file.did != did {
-            return Err(format!("holds the key of {}, not {did}", file.did));
-        }
+        base64::engine::general_purpose::STANDARD.encode(self.to_bytes())
+    }
+
+    /// Parses [`EncryptionKey::to_base64`]'s form.
+    pub fn from_base64(text: &str) -> Result<Self, String> {
+        use base64::Engine;
         let bytes = base64::engine::general_purpose::STANDARD
-            .decode(file.x25519_secret)
-            .map_err(|e| e.to_string())?;
+            .decode(text.trim())
+            .map_err(|e| format!("not base64: {e}"))?;
         let raw: [u8; 32] = bytes
             .try_into()
             .map_err(|_| "secret is not 32 bytes".to_string())?;
         Ok(EncryptionKey::from_bytes(raw))
     }
 
+    /// Reads the key kept for `did` at `path`.
+    pub fn load(path: &std::path::Path, did: &str) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        let file: KeyFile = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        if file.did != did {
+            return Err(format!("holds the key of {}, not {did}", file.did));
+        }
+        EncryptionKey::from_base64(&file.x25519_secret)
+    }
+
     /// Writes the key for `did` at `path`, readable by its owner only.
     pub fn save(&self, path: &std::path::Path, did: &str) -> Result<(), String> {
-        use base64::Engine;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         }
         let file = KeyFile {
             did: did.into(),
-            x25519_secret: base64::engine::general_purpose::STANDARD.encode(self.to_bytes()),
+            x25519_secret: self.to_base64(),
         };
         std::fs::write(
             path,
@@ -394,4 +404,22 @@ pub fn open(
             },
         )
         .map_err(|_| EnvelopeError::Decrypt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_round_trip_through_base64_and_bad_ones_are_refused() {
+        let key = EncryptionKey::generate();
+        let text = key.to_base64();
+        let back = EncryptionKey::from_base64(&format!(" {text}\n")).expect("parses");
+        assert_eq!(back.public(), key.public());
+        assert!(EncryptionKey::from_base64("not base64!").is_err());
+        // 31 bytes: refused, not padded.
+        assert!(
+            EncryptionKey::from_base64("AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHw==").is_err()
+        );
+    }
 }

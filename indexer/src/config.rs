@@ -28,8 +28,15 @@ pub struct Config {
         default_value = "did:web:localhost"
     )]
     pub appview_did: String,
-    /// The appview's X25519 key file (created on first use); default
-    /// `<data-dir>/appview-key.json`. The appview must use the same file.
+    /// The appview's X25519 secret (base64, as `agentnet appview-key` prints it), the same
+    /// one every appview of the deployment is given; shared records sealed for the appview
+    /// are opened with it. When unset, the key file is read instead.
+    #[arg(long, env = "AGENTNET_APPVIEW_KEY", hide_env_values = true)]
+    pub appview_key: Option<String>,
+    /// The appview's X25519 key file, used when `--appview-key` is unset; default
+    /// `<data-dir>/appview-key.json`. The indexer never makes one of its own (a key the
+    /// appview does not publish would leave every shared record unreadable): it must be the
+    /// appview's file.
     #[arg(long, env = "AGENTNET_APPVIEW_KEY_FILE")]
     pub appview_key_file: Option<PathBuf>,
     /// Serve the indexer's counters at `GET /metrics` on this address (off by default;

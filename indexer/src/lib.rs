@@ -52,6 +52,26 @@ pub fn appview_key(
         .map_err(|e| Error::Config(format!("appview key {}: {e}", path.display())))
 }
 
+/// The appview's key as the indexer is configured with it: `--appview-key`, else the
+/// appview's key file, which must exist (the indexer does not make a key of its own).
+pub fn configured_appview_key(config: &Config) -> Result<atproto::envelope::EncryptionKey, Error> {
+    if let Some(secret) = &config.appview_key {
+        return atproto::envelope::EncryptionKey::from_base64(secret)
+            .map_err(|e| Error::Config(format!("--appview-key: {e}")));
+    }
+    let path = config.appview_key_file();
+    if !path.exists() {
+        return Err(Error::Config(format!(
+            "no appview key: {} does not exist. Give the indexer the appview's key, the same \
+             as every appview of this deployment: --appview-key (`agentnet appview-key` makes \
+             one) or --appview-key-file naming the appview's file",
+            path.display()
+        )));
+    }
+    atproto::envelope::EncryptionKey::load(&path, &config.appview_did)
+        .map_err(|e| Error::Config(format!("appview key {}: {e}", path.display())))
+}
+
 /// Opens the configured stores: servers where given, embedded ones in the data directory
 /// otherwise; vectors only with a model (`dimensions`).
 pub fn open_stores(config: &Config, dimensions: Option<usize>) -> Result<Stores, Error> {
@@ -81,6 +101,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     config.validate()?;
+    // Before anything is opened: without the appview's key shared records cannot be read.
+    let key = configured_appview_key(&config)?;
     let embedder = load_model(&config)?;
     let stores = {
         let (config, dims) = (
@@ -91,7 +113,6 @@ pub async fn run(
             .await
             .map_err(|e| Error::Config(e.to_string()))??
     };
-    let key = appview_key(&config.appview_key_file(), &config.appview_did)?;
     let stats = Stats::new();
     let Some(addr) = config.metrics_listen else {
         return run_with(config, stores, embedder, key, stats, shutdown).await;
