@@ -33,6 +33,26 @@ fn agentnet(args: &[&str]) -> Proc {
     )
 }
 
+/// One appview key for a deployment, made by the CLI: (secret, public multikey).
+fn appview_key() -> (String, String) {
+    let made = Command::new(env!("CARGO_BIN_EXE_agentnet"))
+        .arg("appview-key")
+        .output()
+        .expect("agentnet appview-key");
+    assert!(made.status.success());
+    let secret = String::from_utf8(made.stdout).expect("utf-8");
+    let secret = secret.trim().to_string();
+    let public = atproto::envelope::EncryptionKey::from_base64(&secret)
+        .expect("the printed secret parses")
+        .public()
+        .multikey();
+    assert!(
+        String::from_utf8_lossy(&made.stderr).contains(&public),
+        "the public half is shown to the operator"
+    );
+    (secret, public)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn indexer_and_appview_apart_on_a_clickhouse_server() {
     let clickhouse = tokio::task::spawn_blocking(|| {
@@ -50,22 +70,7 @@ async fn indexer_and_appview_apart_on_a_clickhouse_server() {
     })
     .await;
 
-    // One appview key for the deployment, made by the CLI and given to both processes.
-    let made = Command::new(env!("CARGO_BIN_EXE_agentnet"))
-        .arg("appview-key")
-        .output()
-        .expect("agentnet appview-key");
-    assert!(made.status.success());
-    let secret = String::from_utf8(made.stdout).expect("utf-8");
-    let secret = secret.trim().to_string();
-    let public = atproto::envelope::EncryptionKey::from_base64(&secret)
-        .expect("the printed secret parses")
-        .public()
-        .multikey();
-    assert!(
-        String::from_utf8_lossy(&made.stderr).contains(&public),
-        "the public half is shown to the operator"
-    );
+    let (secret, public) = appview_key();
 
     let relay_url = format!("ws://127.0.0.1:{}", relay.port);
     let index_dir = data.join("index");
@@ -149,6 +154,150 @@ async fn indexer_and_appview_apart_on_a_clickhouse_server() {
         .await
         .expect("recall");
     assert_eq!(status, 501);
+    relay.stop().await;
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Agents talking at all three privacy levels, their shared records sealed for the
+/// deployment's appview: the indexer (another process, another data directory) opens them
+/// with the key it was given, and the appview answers them to their recipients only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_records_reach_their_recipients_in_the_apart_deployment() {
+    const APPVIEW: &str = "did:web:apart.test";
+    let clickhouse = tokio::task::spawn_blocking(|| {
+        ClickhouseServer::start(&support::root(), "apart-shared-clickhouse")
+    })
+    .await
+    .expect("clickhouse");
+    let (secret, public) = appview_key();
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr")
+    };
+    let agents = 4;
+    let fleet = agentnet_fleet::Fleet::new(
+        agentnet_fleet::FleetConfig {
+            listen: addr,
+            accounts: agents,
+            rate: 0.0,
+            keys: "mix".into(),
+            cloudflare: false,
+            ops_per_commit: 1,
+            traffic: "conversation".into(),
+            appview: Some(format!("{APPVIEW}={public}")),
+        },
+        addr,
+    )
+    .expect("fleet");
+    let fleet = FleetHandle::serve(fleet, addr).await;
+    let data = tempdir("apart-shared");
+    let args = relay_args(&data.join("relay"), &fleet.fleet);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = RelayHandle::start(&args).await;
+    wait_for("the relay to subscribe", async || {
+        fleet.fleet.subscribers() >= 1
+    })
+    .await;
+    let relay_url = format!("ws://127.0.0.1:{}", relay.port);
+    let _indexer = agentnet(&[
+        "indexer",
+        "--relay-url",
+        &relay_url,
+        "--data-dir",
+        data.join("index").to_str().expect("utf-8"),
+        "--clickhouse-url",
+        &clickhouse.url,
+        "--appview-did",
+        APPVIEW,
+        "--appview-key",
+        &secret,
+        "--dev",
+    ]);
+    let port = free_port();
+    let _appview = agentnet(&[
+        "appview",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        data.join("appview").to_str().expect("utf-8"),
+        "--clickhouse-url",
+        &clickhouse.url,
+        "--plc-url",
+        &fleet.fleet.plc_url(),
+        "--dev",
+        "--appview-did",
+        APPVIEW,
+        "--appview-key",
+        &secret,
+    ]);
+    fleet.fleet.genesis().await.expect("genesis");
+    for i in 0..60 {
+        fleet.fleet.write_one(i % agents).await.expect("write");
+    }
+    let dids = fleet.fleet.dids().await;
+    let inbox = async |i: usize, signed: bool| -> Vec<serde_json::Value> {
+        let path = format!("/xrpc/agent.comms.getInbox?recipient={}&limit=100", dids[i]);
+        let token = match signed {
+            true => fleet
+                .fleet
+                .service_auth(i, APPVIEW, "agent.comms.getInbox")
+                .await
+                .map(|t| format!("Bearer {t}")),
+            false => None,
+        };
+        let headers: Vec<(&str, &str)> = token
+            .as_deref()
+            .map(|t| vec![("authorization", t)])
+            .unwrap_or_default();
+        let Some((200, body)) = inproc::http(port, "GET", &path, &headers, "").await else {
+            return Vec::new();
+        };
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["items"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let shared = |items: &[serde_json::Value]| -> usize {
+        items.iter().filter(|v| v["privacy"] == "shared").count()
+    };
+    // Some agent's own inbox, asked with its own token, holds records shared with it.
+    let mut found = None;
+    wait_for("a shared record in a recipient's inbox", async || {
+        for i in 0..agents {
+            let items = inbox(i, true).await;
+            if shared(&items) > 0 {
+                found = Some((i, items));
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let (i, items) = found.expect("found");
+    for item in items.iter().filter(|v| v["privacy"] == "shared") {
+        let recipients = item["recipients"].as_array().expect("recipients");
+        assert!(
+            recipients.iter().any(|r| r == dids[i].as_str()),
+            "a shared record is answered to its recipients only: {item}"
+        );
+        // Opened by the indexer with the deployment's key: the record itself, not the
+        // envelope it travelled in.
+        let record = &item["record"];
+        assert_eq!(record["$type"], item["collection"], "{item}");
+        assert!(record.get("ciphertext").is_none(), "still sealed: {item}");
+    }
+    // The same inbox asked anonymously shows none of them.
+    let anonymous = inbox(i, false).await;
+    assert_eq!(shared(&anonymous), 0, "{anonymous:?}");
+    // Nothing private is ever indexed.
+    for j in 0..agents {
+        for item in inbox(j, true).await {
+            assert!(
+                item["privacy"] == "public" || item["privacy"] == "shared",
+                "{item}"
+            );
+        }
+    }
     relay.stop().await;
     let _ = std::fs::remove_dir_all(&data);
 }

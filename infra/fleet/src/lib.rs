@@ -258,6 +258,25 @@ impl Fleet {
         out
     }
 
+    /// A service-auth token for account `i` to call `lxm` on `aud`, as the account's PDS
+    /// mints one (`getServiceAuth`): signed with its repo key, valid for a minute.
+    pub async fn service_auth(&self, i: usize, aud: &str, lxm: &str) -> Option<String> {
+        let a = self.0.accounts.get(i)?.lock().await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let claims = atproto::auth::Claims {
+            iss: a.did.clone(),
+            aud: aud.to_string(),
+            exp: now + 60,
+            iat: Some(now),
+            lxm: Some(lxm.to_string()),
+            jti: Some(format!("{:016x}", rand::random::<u64>())),
+        };
+        Some(atproto::auth::mint(a.writer.key(), &claims))
+    }
+
     /// Account `i`'s latest revision.
     pub async fn last_rev(&self, i: usize) -> Option<String> {
         self.0
