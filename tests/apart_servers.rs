@@ -213,29 +213,37 @@ async fn shared_records_reach_their_recipients_in_the_apart_deployment() {
         &secret,
         "--dev",
     ]);
-    let port = free_port();
-    let _appview = agentnet(&[
-        "appview",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--data-dir",
-        data.join("appview").to_str().expect("utf-8"),
-        "--clickhouse-url",
-        &clickhouse.url,
-        "--plc-url",
-        &fleet.fleet.plc_url(),
-        "--dev",
-        "--appview-did",
-        APPVIEW,
-        "--appview-key",
-        &secret,
-    ]);
+    // Two appviews side by side on the same ClickHouse, one DID and one key by configuration.
+    let ports = [free_port(), free_port()];
+    let _appviews: Vec<Proc> = ports
+        .iter()
+        .enumerate()
+        .map(|(n, port)| {
+            agentnet(&[
+                "appview",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                data.join(format!("appview-{n}")).to_str().expect("utf-8"),
+                "--clickhouse-url",
+                &clickhouse.url,
+                "--plc-url",
+                &fleet.fleet.plc_url(),
+                "--dev",
+                "--appview-did",
+                APPVIEW,
+                "--appview-key",
+                &secret,
+            ])
+        })
+        .collect();
+    let port = ports[0];
     fleet.fleet.genesis().await.expect("genesis");
     for i in 0..60 {
         fleet.fleet.write_one(i % agents).await.expect("write");
     }
     let dids = fleet.fleet.dids().await;
-    let inbox = async |i: usize, signed: bool| -> Vec<serde_json::Value> {
+    let inbox_at = async |port: u16, i: usize, signed: bool| -> Vec<serde_json::Value> {
         let path = format!("/xrpc/agent.comms.getInbox?recipient={}&limit=100", dids[i]);
         let token = match signed {
             true => fleet
@@ -257,6 +265,7 @@ async fn shared_records_reach_their_recipients_in_the_apart_deployment() {
             .and_then(|v| v["items"].as_array().cloned())
             .unwrap_or_default()
     };
+    let inbox = async |i: usize, signed: bool| inbox_at(port, i, signed).await;
     let shared = |items: &[serde_json::Value]| -> usize {
         items.iter().filter(|v| v["privacy"] == "shared").count()
     };
@@ -297,6 +306,23 @@ async fn shared_records_reach_their_recipients_in_the_apart_deployment() {
                 "{item}"
             );
         }
+    }
+    // The second appview answers the same, and both publish the deployment's key.
+    let uris = |items: &[serde_json::Value]| -> Vec<String> {
+        items.iter().map(|v| v["uri"].to_string()).collect()
+    };
+    wait_for("the second appview to answer the same inbox", async || {
+        let first = uris(&inbox_at(ports[0], i, true).await);
+        !first.is_empty() && uris(&inbox_at(ports[1], i, true).await) == first
+    })
+    .await;
+    for port in ports {
+        let document = inproc::get_json(port, "/.well-known/did.json").await;
+        assert_eq!(
+            document["verificationMethod"][0]["publicKeyMultibase"], public,
+            "{document}"
+        );
+        assert_eq!(document["id"], APPVIEW);
     }
     relay.stop().await;
     let _ = std::fs::remove_dir_all(&data);
