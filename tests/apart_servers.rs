@@ -191,13 +191,7 @@ async fn shared_records_reach_their_recipients_in_the_apart_deployment() {
     .expect("fleet");
     let fleet = FleetHandle::serve(fleet, addr).await;
     let data = tempdir("apart-shared");
-    let args = relay_args(&data.join("relay"), &fleet.fleet);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let relay = RelayHandle::start(&args).await;
-    wait_for("the relay to subscribe", async || {
-        fleet.fleet.subscribers() >= 1
-    })
-    .await;
+    let relay = inproc::relay_in(&[&fleet], &data.join("relay"), &[]).await;
     let relay_url = format!("ws://127.0.0.1:{}", relay.port);
     let _indexer = agentnet(&[
         "indexer",

@@ -32,20 +32,28 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn relay_help_documents_every_option_with_its_env_override() {
-    let out = agentnet(&["relay", "--help"], None);
+    help_documents(
+        "relay",
+        &[
+            ("--listen", "AGENTNET_LISTEN"),
+            ("--data-dir", "AGENTNET_DATA_DIR"),
+            ("--plc-url", "AGENTNET_PLC_URL"),
+            ("--host", "AGENTNET_HOSTS"),
+            ("--dev", "AGENTNET_DEV"),
+            ("--lenient", "AGENTNET_LENIENT"),
+        ],
+    );
+}
+
+/// `agentnet COMMAND --help` names every flag with its environment variable.
+fn help_documents(command: &str, options: &[(&str, &str)]) {
+    let out = agentnet(&[command, "--help"], None);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for (flag, env) in [
-        ("--listen", "AGENTNET_LISTEN"),
-        ("--data-dir", "AGENTNET_DATA_DIR"),
-        ("--plc-url", "AGENTNET_PLC_URL"),
-        ("--host", "AGENTNET_HOSTS"),
-        ("--dev", "AGENTNET_DEV"),
-        ("--lenient", "AGENTNET_LENIENT"),
-    ] {
+    for (flag, env) in options {
         assert!(
             help.contains(flag) && help.contains(env),
-            "{flag} / {env} missing from:\n{help}"
+            "{flag} / {env} missing from `{command} --help`:\n{help}"
         );
     }
 }
@@ -305,20 +313,15 @@ fn logs_in_json_are_one_object_per_line_for_shippers() {
 
 #[test]
 fn up_uses_the_store_servers_it_is_given() {
-    let out = agentnet(&["up", "--help"], None);
-    assert!(out.status.success());
-    let help = text(&out.stdout);
-    for (flag, env) in [
-        ("--clickhouse-url", "AGENTNET_CLICKHOUSE_URL"),
-        ("--qdrant-url", "AGENTNET_QDRANT_URL"),
-        ("--qdrant-collection", "AGENTNET_QDRANT_COLLECTION"),
-        ("--chdb-lib", "AGENTNET_CHDB_LIB"),
-    ] {
-        assert!(
-            help.contains(flag) && help.contains(env),
-            "{flag} / {env} missing from:\n{help}"
-        );
-    }
+    help_documents(
+        "up",
+        &[
+            ("--clickhouse-url", "AGENTNET_CLICKHOUSE_URL"),
+            ("--qdrant-url", "AGENTNET_QDRANT_URL"),
+            ("--qdrant-collection", "AGENTNET_QDRANT_COLLECTION"),
+            ("--chdb-lib", "AGENTNET_CHDB_LIB"),
+        ],
+    );
     // Given a Qdrant server, `up` connects to it (here: nothing listens, so it stops at start
     // with the store's error) instead of quietly keeping the vectors embedded.
     let model = std::env::var("AGENTNET_MODEL_DIR")
@@ -355,6 +358,16 @@ fn up_uses_the_store_servers_it_is_given() {
 
 #[test]
 fn an_indexer_without_the_appviews_key_refuses_to_start() {
+    help_documents(
+        "indexer",
+        &[
+            ("--appview-key", "AGENTNET_APPVIEW_KEY"),
+            ("--appview-key-file", "AGENTNET_APPVIEW_KEY_FILE"),
+            ("--progress-secs", "AGENTNET_INDEX_PROGRESS_SECS"),
+            ("--log-format", "AGENTNET_LOG_FORMAT"),
+        ],
+    );
+    help_documents("appview", &[("--appview-key", "AGENTNET_APPVIEW_KEY")]);
     let data = std::env::temp_dir().join(format!("agentnet-no-key-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let run = |extra: &[&str]| {
