@@ -130,6 +130,25 @@ async fn the_operator_bans_rewinds_and_removes_hosts_and_sees_them_go_offline() 
     // 2 accounts × 3 events (the foreign account's are refused) + the did:web genesis.
     published(&relay, 7.0).await;
     let b = second.fleet.url().to_string();
+    // What an operator's dashboard reads: the head of the log, the time to make batches
+    // durable, DID resolutions and how long they took.
+    assert_eq!(
+        relay.metric("relay_head_seq").await,
+        relay.metric("relay_events_out_total").await,
+        "a fresh log's head is the count published"
+    );
+    assert!(relay.metric("relay_log_write_seconds_count").await >= 1.0);
+    assert!(
+        relay.metric("relay_identity_resolve_seconds_count").await >= 3.0,
+        "every account's DID was resolved"
+    );
+    assert!(
+        relay
+            .metric("relay_identity_resolve_seconds_bucket{le=\"30\"}")
+            .await
+            >= 3.0,
+        "latency buckets reach past one second"
+    );
 
     // Without the token, every admin endpoint says no.
     for path in ["ban", "unban", "remove", "reset-cursor"] {

@@ -527,6 +527,8 @@ fn sequencer(
     cancel: CancellationToken,
     linger: Duration,
 ) -> Result<(), Error> {
+    // The head before anything new: what a restarted relay already holds.
+    metrics.head_seq.set(store.last_seq()? as f64);
     while let Some(mut batch) = input.blocking_recv() {
         // Group commit: take what is queued; while the batch is small, wait up to `linger`
         // for more, so one write and fsync cover many events. The wait is this thread's
@@ -585,7 +587,14 @@ fn sequencer(
                 events,
             })
             .collect();
+        let durable = Instant::now();
         let written = append_until_written(&store, &appends, &states, &cursors, &metrics, &cancel)?;
+        metrics
+            .log_write_seconds
+            .record(durable.elapsed().as_secs_f64());
+        if let Some((seq, _)) = written.last() {
+            metrics.head_seq.set(*seq as f64);
+        }
         for ((seq, bytes), at) in written.into_iter().zip(received) {
             metrics.events_out.increment(1);
             metrics.publish_seconds.record(at.elapsed().as_secs_f64());

@@ -173,15 +173,25 @@ pub struct Metrics {
     pub log_events: Gauge,
     /// Upstream connections made (first and re-connections).
     pub upstream_connects: Counter,
+    /// The newest sequence number published.
+    pub head_seq: Gauge,
+    /// Time to make one batch durable (segment write, `fdatasync`, state commit), seconds.
+    pub log_write_seconds: Histogram,
+    /// Time to resolve a DID document (the directory or did:web fetch), seconds.
+    pub identity_seconds: Histogram,
+    /// DID resolutions that failed.
+    pub identity_failures: Counter,
 }
 
 impl Metrics {
     /// Registers every metric on a new recorder.
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
+            // Latencies in seconds, past one second where a slow disk, a slow DID directory
+            // or an overloaded machine can take them.
             .set_buckets(&[
                 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-                0.1, 0.25, 1.0,
+                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ])
             .expect("bucket list is non-empty")
             .set_buckets_for_metric(
@@ -224,6 +234,10 @@ impl Metrics {
             dead_subscribers: counter("relay_dead_subscribers_total"),
             log_events: gauge("relay_log_events"),
             upstream_connects: counter("relay_upstream_connects_total"),
+            head_seq: gauge("relay_head_seq"),
+            log_write_seconds: histogram("relay_log_write_seconds"),
+            identity_seconds: histogram("relay_identity_resolve_seconds"),
+            identity_failures: counter("relay_identity_failures_total"),
             handle: recorder.handle(),
         }
     }

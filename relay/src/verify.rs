@@ -520,6 +520,7 @@ impl Shard {
         let wake = self.wake_tx.clone();
         let did = did.to_string();
         let lookups = self.ctx.lookups.clone();
+        let metrics = self.ctx.metrics.clone();
         self.tasks.spawn_on(
             async move {
                 // Closed only if the relay is going down; resolve anyway then.
@@ -534,6 +535,12 @@ impl Shard {
                         ))
                     })
                     .map_err(|e| e.to_string());
+                metrics
+                    .identity_seconds
+                    .record(started.elapsed().as_secs_f64());
+                if result.is_err() {
+                    metrics.identity_failures.increment(1);
+                }
                 tracing::debug!(%did, ok = result.is_ok(), elapsed = ?started.elapsed(), "resolved");
                 let _ = wake.send(Wake::Resolved { did, result });
             },
