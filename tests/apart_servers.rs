@@ -134,12 +134,7 @@ async fn indexer_and_appview_apart_on_a_clickhouse_server() {
     );
     // The appview publishes the deployment's key (the one the indexer opens shared records
     // with), not one it made for itself.
-    let document: serde_json::Value = serde_json::from_str(
-        &http_get(port, "/.well-known/did.json")
-            .await
-            .expect("did.json"),
-    )
-    .expect("JSON");
+    let document = inproc::get_json(port, "/.well-known/did.json").await;
     assert_eq!(
         document["verificationMethod"][0]["publicKeyMultibase"], public,
         "{document}"

@@ -444,11 +444,15 @@ pub fn validate_uri(s: &str) -> Result<(), SyntaxError> {
 /// The current UTC time as an atproto datetime with milliseconds
 /// (`2026-11-24T08:00:00.000Z`).
 pub fn datetime_now() -> String {
-    let ms = std::time::SystemTime::now()
+    datetime_from_millis(now_millis())
+}
+
+/// Milliseconds since the Unix epoch, now (0 if the clock is before it).
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    datetime_from_millis(ms)
+        .unwrap_or(0)
 }
 
 /// Milliseconds since the Unix epoch as an atproto datetime (UTC, millisecond precision).

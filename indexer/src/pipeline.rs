@@ -523,10 +523,7 @@ async fn flush<T: SqlTransport + 'static>(
     let frames = std::sync::Arc::new(frames);
     let mut wait = RETRY_MIN;
     loop {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now = atproto::syntax::now_millis();
         let (source2, batch) = (source.to_string(), frames.clone());
         let (back, result) = tokio::task::spawn_blocking(move || {
             let result = sinks.index(&batch, &source2, last_seq, now);

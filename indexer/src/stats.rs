@@ -214,7 +214,8 @@ pub async fn log_progress(stats: Stats, every: Duration) {
         ticks.tick().await;
         let after = (stats.snapshot(), Instant::now());
         let secs = after.1.duration_since(before.1).as_secs_f64();
-        if let Some(p) = Progress::between(&before.0, &after.0, secs, now_ms()) {
+        if let Some(p) = Progress::between(&before.0, &after.0, secs, atproto::syntax::now_millis())
+        {
             tracing::info!(
                 batches = p.batches,
                 rows = p.rows,
@@ -236,13 +237,6 @@ pub async fn log_progress(stats: Stats, every: Duration) {
 /// `x` to one decimal, for log fields that stay numbers in JSON.
 fn tenths(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -262,10 +262,7 @@ impl Fleet {
     /// mints one (`getServiceAuth`): signed with its repo key, valid for a minute.
     pub async fn service_auth(&self, i: usize, aud: &str, lxm: &str) -> Option<String> {
         let a = self.0.accounts.get(i)?.lock().await;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = atproto::syntax::now_millis() / 1000;
         let claims = atproto::auth::Claims {
             iss: a.did.clone(),
             aud: aud.to_string(),
