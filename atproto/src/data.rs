@@ -188,6 +188,56 @@ pub fn ipld_to_json(value: &Ipld) -> serde_json::Value {
     }
 }
 
+/// Data-model values written as their JSON form (the same as [`ipld_to_json`]) straight to
+/// a serializer, with no intermediate JSON tree: map keys in the data model's order
+/// (bytewise, as DAG-CBOR maps are read back), CIDs as `{"$link"}`, bytes as unpadded
+/// `{"$bytes"}`.
+pub struct JsonView<'a>(pub &'a Ipld);
+
+impl serde::Serialize for JsonView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Ipld::Null => s.serialize_unit(),
+            Ipld::Bool(b) => s.serialize_bool(*b),
+            Ipld::Integer(i) => match i64::try_from(*i) {
+                Ok(v) => s.serialize_i64(v),
+                Err(_) => s.serialize_str(&i.to_string()),
+            },
+            Ipld::Float(f) if f.is_finite() => s.serialize_f64(*f),
+            Ipld::Float(_) => s.serialize_unit(),
+            Ipld::String(v) => s.serialize_str(v),
+            Ipld::Bytes(b) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry(
+                    "$bytes",
+                    &base64::engine::general_purpose::STANDARD_NO_PAD.encode(b),
+                )?;
+                m.end()
+            }
+            Ipld::List(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&JsonView(item))?;
+                }
+                seq.end()
+            }
+            Ipld::Map(map) => {
+                let mut m = s.serialize_map(Some(map.len()))?;
+                for (k, v) in map {
+                    m.serialize_entry(k, &JsonView(v))?;
+                }
+                m.end()
+            }
+            Ipld::Link(cid) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("$link", &cid.to_string())?;
+                m.end()
+            }
+        }
+    }
+}
+
 /// The length of the first complete CBOR item in `bytes`, without decoding it. Used to
 /// split a firehose frame into header and body. Refuses indefinite lengths (not DAG-CBOR)
 /// and nesting deeper than `max_depth`.

@@ -38,6 +38,32 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// What the log stores of an event: its seq and its frame's bytes.
+pub trait Record {
+    /// The event's seq.
+    fn seq(&self) -> u64;
+    /// The frame's bytes.
+    fn payload(&self) -> &[u8];
+}
+
+impl Record for (u64, Bytes) {
+    fn seq(&self) -> u64 {
+        self.0
+    }
+    fn payload(&self) -> &[u8] {
+        &self.1
+    }
+}
+
+impl Record for crate::store::Logged {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn payload(&self) -> &[u8] {
+        &self.frame
+    }
+}
+
 /// The active segment, appended to by the sequencer.
 struct Active {
     segment: u64,
@@ -228,8 +254,8 @@ impl EventLog {
 
     /// Writes `records` (consecutive seqs) durably and returns where they start. On any
     /// failure nothing of the batch stays in the file.
-    pub fn append(&self, records: &[(u64, Bytes)]) -> Result<Position, StoreError> {
-        let Some(&(first, _)) = records.first() else {
+    pub fn append<R: Record>(&self, records: &[R]) -> Result<Position, StoreError> {
+        let Some(first) = records.first().map(Record::seq) else {
             return Err(StoreError::Corrupt("empty batch"));
         };
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -265,14 +291,17 @@ impl EventLog {
         // into a batch buffer).
         let headers: Vec<[u8; HEADER]> = records
             .iter()
-            .map(|(seq, payload)| record_header(*seq, payload))
+            .map(|r| record_header(r.seq(), r.payload()))
             .collect();
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * records.len());
-        for (h, (_, payload)) in headers.iter().zip(records) {
+        for (h, r) in headers.iter().zip(records) {
             slices.push(IoSlice::new(h));
-            slices.push(IoSlice::new(payload));
+            slices.push(IoSlice::new(r.payload()));
         }
-        let total: u64 = records.iter().map(|(_, b)| (HEADER + b.len()) as u64).sum();
+        let total: u64 = records
+            .iter()
+            .map(|r| (HEADER + r.payload().len()) as u64)
+            .sum();
         let at = a.len;
         let written =
             write_all_vectored_at(&mut a.file, at, &mut slices).and_then(|_| a.file.sync_data());

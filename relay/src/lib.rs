@@ -11,8 +11,10 @@
 mod config;
 pub mod eventlog;
 pub mod hosts;
+pub mod jetstream;
 pub mod metrics;
 mod server;
+mod stream;
 pub mod store;
 mod upstream;
 pub mod verify;
@@ -23,7 +25,6 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -203,7 +204,7 @@ pub async fn run_serving(
     }
     drop(seq_tx);
 
-    let (live, _) = broadcast::channel::<(u64, Bytes)>(config.live_buffer.max(16));
+    let (live, _) = broadcast::channel::<store::Logged>(config.live_buffer.max(16));
     let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
     {
         let (store, live, metrics) = (store.clone(), live.clone(), metrics.clone());
@@ -211,6 +212,12 @@ pub async fn run_serving(
         let linger = Duration::from_millis(config.group_commit_ms);
         tasks.spawn_blocking(move || sequencer(store, seq_rx, live, metrics, cancel, linger));
     }
+    let jetstream = jetstream::Hub::new(config.live_buffer);
+    tasks.spawn(jetstream::run_hub(
+        jetstream.clone(),
+        live.subscribe(),
+        cancel.clone(),
+    ));
     tasks.spawn(retention(
         store.clone(),
         config.clone(),
@@ -252,6 +259,7 @@ pub async fn run_serving(
     let app = server::router(server::AppState {
         store: store.clone(),
         live: live.clone(),
+        jetstream,
         metrics: metrics.clone(),
         subscribers: Arc::new(AtomicUsize::new(0)),
         max_subscribers: config.max_subscribers,
@@ -522,7 +530,7 @@ async fn crawler(
 fn sequencer(
     store: Store,
     mut input: mpsc::Receiver<Vec<Verified>>,
-    live: broadcast::Sender<(u64, Bytes)>,
+    live: broadcast::Sender<store::Logged>,
     metrics: Metrics,
     cancel: CancellationToken,
     linger: Duration,
@@ -592,14 +600,14 @@ fn sequencer(
         metrics
             .log_write_seconds
             .record(durable.elapsed().as_secs_f64());
-        if let Some((seq, _)) = written.last() {
-            metrics.head_seq.set(*seq as f64);
+        if let Some(last) = written.last() {
+            metrics.head_seq.set(last.seq as f64);
         }
-        for ((seq, bytes), at) in written.into_iter().zip(received) {
+        for (event, at) in written.into_iter().zip(received) {
             metrics.events_out.increment(1);
             metrics.publish_seconds.record(at.elapsed().as_secs_f64());
             // No subscriber is not an error: the event is in the log for later replay.
-            let _ = live.send((seq, bytes));
+            let _ = live.send(event);
         }
     }
     Ok(())
@@ -624,7 +632,7 @@ fn append_until_written(
     cursors: &[store::HostCursor],
     metrics: &Metrics,
     cancel: &CancellationToken,
-) -> Result<Vec<(u64, Bytes)>, Error> {
+) -> Result<Vec<store::Logged>, Error> {
     let mut wait = STORE_RETRY_MIN;
     let mut failures = 0u64;
     loop {

@@ -4,28 +4,20 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::metrics::Metrics;
-use crate::store::Store;
-
-/// Events read from the log per replay step.
-const REPLAY_PAGE: usize = 1024;
-/// Most live frames sent with one flush.
-const LIVE_BATCH: usize = 256;
-/// Times a replaying subscriber may fall behind the live stream and go back to the log
-/// before it is treated as too slow.
-const MAX_CATCH_UPS: usize = 8;
+use crate::store::{Logged, Store};
+use crate::stream;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -33,7 +25,9 @@ pub struct AppState {
     /// The durable log and state.
     pub store: Store,
     /// Live events, already durable, encoded once.
-    pub live: broadcast::Sender<(u64, Bytes)>,
+    pub live: broadcast::Sender<Logged>,
+    /// The live JSON stream (Jetstream's events, made once for every subscriber).
+    pub jetstream: crate::jetstream::Hub,
     /// Metric handles.
     pub metrics: Metrics,
     /// Subscribers connected now.
@@ -114,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/hosts/unban", post(admin_unban))
         .route("/admin/hosts/remove", post(admin_remove))
         .route("/admin/hosts/reset-cursor", post(admin_reset_cursor))
+        .route("/subscribe", get(crate::jetstream::subscribe))
         .route("/metrics", get(metrics))
         .route("/_health", get(|| async { Json(json!({"status": "ok"})) }))
         .with_state(state)
@@ -133,16 +128,117 @@ const MAX_WANTED_COLLECTIONS: usize = 100;
 /// Most `wantedDids` values accepted.
 const MAX_WANTED_DIDS: usize = 10_000;
 
-/// What a subscriber asked for: a cursor and optional filters.
+/// Which events a subscriber wants: by collection (commit events only) and by account
+/// (every event). Empty means everything.
+#[derive(Debug, Default)]
+pub(crate) struct Filters {
+    /// NSIDs, or prefixes ending in `.*`.
+    pub(crate) collections: Vec<String>,
+    /// Accounts.
+    pub(crate) dids: std::collections::HashSet<String>,
+}
+
+impl Filters {
+    /// Adds a wanted collection: an NSID or a prefix such as `agent.comms.*`.
+    pub(crate) fn add_collection(&mut self, v: String) -> Result<(), String> {
+        let ok = match v.strip_suffix(".*") {
+            Some(prefix) => prefix.split('.').all(|seg| {
+                !seg.is_empty() && seg.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            }),
+            None => atproto::syntax::validate_nsid(&v).is_ok(),
+        };
+        if !ok {
+            return Err(format!(
+                "wantedCollections: {v} is not an NSID or NSID prefix"
+            ));
+        }
+        if self.collections.len() >= MAX_WANTED_COLLECTIONS {
+            return Err(format!(
+                "too many wanted collections (at most {MAX_WANTED_COLLECTIONS})"
+            ));
+        }
+        self.collections.push(v);
+        Ok(())
+    }
+
+    /// Adds a wanted account.
+    pub(crate) fn add_did(&mut self, v: String) -> Result<(), String> {
+        atproto::syntax::validate_did(&v).map_err(|e| format!("wantedDids: {e}"))?;
+        if self.dids.len() >= MAX_WANTED_DIDS && !self.dids.contains(&v) {
+            return Err(format!("too many wanted DIDs (at most {MAX_WANTED_DIDS})"));
+        }
+        self.dids.insert(v);
+        Ok(())
+    }
+
+    fn filtering(&self) -> bool {
+        !self.collections.is_empty() || !self.dids.is_empty()
+    }
+
+    /// Whether `collection` is one of the wanted ones (with no collection filter, every
+    /// collection is).
+    pub(crate) fn wants_collection(&self, collection: &str) -> bool {
+        self.collections.is_empty()
+            || self.collections.iter().any(|w| match w.strip_suffix(".*") {
+                Some(prefix) => collection
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('.')),
+                None => w == collection,
+            })
+    }
+
+    /// Whether `did` is one of the wanted accounts (with no account filter, every one is).
+    pub(crate) fn wants_did(&self, did: &str) -> bool {
+        self.dids.is_empty() || self.dids.contains(did)
+    }
+
+    /// Whether a firehose frame passes the filters. Frames go out unchanged (signatures
+    /// still verify); only which frames are sent changes. Account-level events
+    /// (`#identity`, `#account`, `#sync`) pass the collection filter; all events pass
+    /// only for wanted DIDs.
+    fn wants(&self, frame: &[u8]) -> bool {
+        #[derive(Deserialize)]
+        struct Op {
+            path: String,
+        }
+        #[derive(Deserialize)]
+        struct Peek {
+            repo: Option<String>,
+            did: Option<String>,
+            ops: Option<Vec<Op>>,
+        }
+        let Ok((header, body)) = atproto::frame::split_frame(frame) else {
+            return false;
+        };
+        if header.op != 1 {
+            return true;
+        }
+        let Ok(peek) = atproto::data::from_cbor::<Peek>(body) else {
+            return true;
+        };
+        if let Some(did) = peek.repo.as_ref().or(peek.did.as_ref()) {
+            if !self.wants_did(did) {
+                return false;
+            }
+        }
+        match &peek.ops {
+            Some(ops) => ops
+                .iter()
+                .any(|op| self.wants_collection(op.path.split('/').next().unwrap_or_default())),
+            None => true,
+        }
+    }
+}
+
+/// What a firehose subscriber asked for: a cursor and optional filters.
 #[derive(Debug, Default)]
 struct SubscribeParams {
     cursor: Option<i64>,
-    /// NSIDs, or prefixes ending in `.*`.
-    collections: Vec<String>,
-    dids: std::collections::HashSet<String>,
+    filters: Filters,
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes a query-string value (`%XX` and `+`).
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -186,83 +282,18 @@ impl SubscribeParams {
                             .map_err(|_| bad("InvalidRequest", "cursor must be an integer"))?,
                     )
                 }
-                "wantedCollections" => {
-                    let ok = match v.strip_suffix(".*") {
-                        Some(prefix) => prefix.split('.').all(|seg| {
-                            !seg.is_empty()
-                                && seg.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
-                        }),
-                        None => atproto::syntax::validate_nsid(&v).is_ok(),
-                    };
-                    if !ok {
-                        return Err(bad(
-                            "InvalidRequest",
-                            format!("wantedCollections: {v} is not an NSID or NSID prefix"),
-                        ));
-                    }
-                    p.collections.push(v);
-                }
-                "wantedDids" => {
-                    atproto::syntax::validate_did(&v)
-                        .map_err(|e| bad("InvalidRequest", e.to_string()))?;
-                    p.dids.insert(v);
-                }
+                "wantedCollections" => p
+                    .filters
+                    .add_collection(v)
+                    .map_err(|e| bad("InvalidRequest", e))?,
+                "wantedDids" => p
+                    .filters
+                    .add_did(v)
+                    .map_err(|e| bad("InvalidRequest", e))?,
                 _ => {}
-            }
-            if p.collections.len() > MAX_WANTED_COLLECTIONS || p.dids.len() > MAX_WANTED_DIDS {
-                return Err(bad("InvalidRequest", "too many filter values"));
             }
         }
         Ok(p)
-    }
-
-    fn filtering(&self) -> bool {
-        !self.collections.is_empty() || !self.dids.is_empty()
-    }
-
-    fn wants_collection(&self, collection: &str) -> bool {
-        self.collections.iter().any(|w| match w.strip_suffix(".*") {
-            Some(prefix) => collection
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest.starts_with('.')),
-            None => w == collection,
-        })
-    }
-
-    /// Whether a frame passes the filters. Frames go out unchanged (signatures still
-    /// verify); only which frames are sent changes. Account-level events (`#identity`,
-    /// `#account`, `#sync`) pass the collection filter; all events pass only for wanted DIDs.
-    fn wants(&self, frame: &[u8]) -> bool {
-        #[derive(Deserialize)]
-        struct Op {
-            path: String,
-        }
-        #[derive(Deserialize)]
-        struct Peek {
-            repo: Option<String>,
-            did: Option<String>,
-            ops: Option<Vec<Op>>,
-        }
-        let Ok((header, body)) = atproto::frame::split_frame(frame) else {
-            return false;
-        };
-        if header.op != 1 {
-            return true;
-        }
-        let Ok(peek) = atproto::data::from_cbor::<Peek>(body) else {
-            return true;
-        };
-        if let Some(did) = peek.repo.as_ref().or(peek.did.as_ref()) {
-            if !self.dids.is_empty() && !self.dids.contains(did) {
-                return false;
-            }
-        }
-        match (&peek.ops, self.collections.is_empty()) {
-            (Some(ops), false) => ops
-                .iter()
-                .any(|op| self.wants_collection(op.path.split('/').next().unwrap_or_default())),
-            _ => true,
-        }
     }
 }
 
@@ -276,181 +307,72 @@ async fn subscribe_repos(
         Err(e) => return e.into_response(),
     };
     if state.subscribers.load(Ordering::Relaxed) >= state.max_subscribers {
-        return XrpcError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "TooManySubscribers",
-            "subscriber limit reached".into(),
-        )
-        .into_response();
+        return too_many_subscribers();
     }
     // Subscribers send only control frames: a small read buffer (it is allocated per
     // socket once it is read) and small message bounds.
-    ws.read_buffer_size(SUBSCRIBER_READ_BUFFER)
+    ws.read_buffer_size(stream::SUBSCRIBER_READ_BUFFER)
         .max_message_size(SUBSCRIBER_MAX_MESSAGE)
         .max_frame_size(SUBSCRIBER_MAX_MESSAGE)
         .on_upgrade(move |socket| async move {
-            state.subscribers.fetch_add(1, Ordering::Relaxed);
-            state.metrics.subscribers.increment(1.0);
-            if let Err(error) = serve_socket(socket, &state, &params).await {
-                tracing::debug!(%error, "subscriber ended");
-            }
-            state.subscribers.fetch_sub(1, Ordering::Relaxed);
-            state.metrics.subscribers.decrement(1.0);
+            let mut conn = stream::Conn::new(socket, &state);
+            let result = serve_firehose(&mut conn, &state, params).await;
+            conn.finish(result).await;
         })
 }
 
-/// Read buffer per subscriber socket (what a subscriber sends is pings, pongs and Close).
-const SUBSCRIBER_READ_BUFFER: usize = 4 * 1024;
-/// Largest message a subscriber may send.
+/// The answer when the relay serves as many subscribers as it may.
+pub(crate) fn too_many_subscribers() -> Response {
+    XrpcError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "TooManySubscribers",
+        "subscriber limit reached".into(),
+    )
+    .into_response()
+}
+
+/// Largest message a firehose subscriber may send (it sends only control frames).
 const SUBSCRIBER_MAX_MESSAGE: usize = 64 * 1024;
 
-/// While frames flow without a pause, the client's socket is still read this often.
-const READ_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// The CBOR firehose as a [`stream::Feed`]: logged frames go out unchanged, filtered.
+struct Firehose {
+    params: SubscribeParams,
+}
 
-/// How long a closing socket waits for the client's Close in reply.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+impl stream::Feed for Firehose {
+    type Item = Logged;
 
-/// Serves one subscriber, reading its socket whenever nothing is being sent (and between
-/// replay pages): pings are answered (the WebSocket layer queues each reply as it reads the
-/// ping and sends it with the next read or write), a client's Close is answered and ends
-/// the subscription, and every read counts as hearing from the client, which the keepalive
-/// uses to close peers that went away without a word. One task, one unsplit socket: no
-/// lock between a reader and a writer on the fan-out path.
-async fn serve_socket(
-    mut socket: WebSocket,
+    fn seq(item: &Logged) -> u64 {
+        item.seq
+    }
+
+    fn from_log(&mut self, page: Vec<Logged>) -> Vec<Logged> {
+        page
+    }
+
+    fn messages(&mut self, item: &Logged, out: &mut Vec<Message>) {
+        if !self.params.filters.filtering() || self.params.filters.wants(&item.frame) {
+            out.push(Message::Binary(item.frame.clone()));
+        }
+    }
+
+    fn too_slow(&self, why: &str) -> Option<Message> {
+        Some(Message::Binary(error_frame("ConsumerTooSlow", why)))
+    }
+}
+
+/// Replays from the log after the subscriber's cursor (a `seq`), then follows the live
+/// stream (see [`stream::run`]). A cursor ahead of the stream is refused with
+/// `FutureCursor`; one older than the retained log starts at the oldest event, after an
+/// `OutdatedCursor` info frame.
+async fn serve_firehose(
+    conn: &mut stream::Conn,
     state: &AppState,
-    params: &SubscribeParams,
+    params: SubscribeParams,
 ) -> Result<(), String> {
-    let mut client = Client {
-        heard: std::time::Instant::now(),
-        gone: false,
-    };
-    let result = serve_subscriber(&mut socket, state, params, &mut client).await;
-    if client.gone {
-        // The client closed (its Close answered) or the connection broke.
-        return Ok(());
-    }
-    // We closed: give the client a moment to answer our Close, so the handshake
-    // completes instead of the client waiting out its own timeout.
-    let _ = socket.close().await;
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Some(Ok(_)) = socket.next().await {}
-    })
-    .await;
-    result
-}
-
-/// What the relay knows of a subscriber's side of the socket.
-struct Client {
-    /// When anything last came from it.
-    heard: std::time::Instant,
-    /// It closed or the connection broke.
-    gone: bool,
-}
-
-impl Client {
-    /// Takes one message the client sent. False when the client is gone (after a Close,
-    /// whose reply is flushed here).
-    async fn took(
-        &mut self,
-        socket: &mut WebSocket,
-        msg: Option<Result<Message, axum::Error>>,
-    ) -> bool {
-        self.heard = std::time::Instant::now();
-        match msg {
-            Some(Ok(Message::Close(_))) => {
-                let _ = socket.flush().await;
-                self.gone = true;
-                false
-            }
-            Some(Ok(_)) => true,
-            None | Some(Err(_)) => {
-                self.gone = true;
-                false
-            }
-        }
-    }
-
-    /// Takes whatever the client has sent without waiting. False when it is gone.
-    async fn drain(&mut self, socket: &mut WebSocket) -> bool {
-        while let Some(msg) = futures::FutureExt::now_or_never(socket.next()) {
-            if !self.took(socket, msg).await {
-                return false;
-            }
-        }
-        true
-    }
-}
-
-fn error_frame(error: &str, message: &str) -> Bytes {
-    let frame = atproto::frame::Frame::Error(atproto::frame::ErrorFrame {
-        error: error.into(),
-        message: Some(message.into()),
-    });
-    Bytes::from(atproto::frame::encode_frame(&frame).unwrap_or_default())
-}
-
-async fn send_error_and_close(socket: &mut WebSocket, error: &str, message: &str) {
-    let _ = socket
-        .send(Message::Binary(error_frame(error, message)))
-        .await;
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: 1008,
-            reason: error.into(),
-        })))
-        .await;
-}
-
-/// Sends frames with one flush; a subscriber that does not take them within the send
-/// timeout is closed as too slow (it holds nobody else up: every subscriber has its own
-/// task and buffer).
-async fn send_batch(
-    socket: &mut WebSocket,
-    state: &AppState,
-    frames: Vec<Bytes>,
-) -> Result<(), String> {
-    if frames.is_empty() {
-        return Ok(());
-    }
-    let write = async {
-        for bytes in frames {
-            socket.feed(Message::Binary(bytes)).await?;
-        }
-        socket.flush().await
-    };
-    match tokio::time::timeout(state.send_timeout, write).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => {
-            state.metrics.slow_consumers.increment(1);
-            let close =
-                send_error_and_close(socket, "ConsumerTooSlow", "subscriber stopped reading");
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), close).await;
-            Err("send timed out".into())
-        }
-    }
-}
-
-/// Replays from the log after `cursor`, then follows the live stream with no gap and no
-/// duplicate: the live subscription is taken before the log is read, and live events at or
-/// below the last replayed `seq` are skipped. A subscriber that cannot keep up is sent
-/// `ConsumerTooSlow` and closed; nobody else waits for it.
-async fn serve_subscriber(
-    socket: &mut WebSocket,
-    state: &AppState,
-    params: &SubscribeParams,
-    client: &mut Client,
-) -> Result<(), String> {
-    // One housekeeping tick (at most every READ_EVERY): read what the client sent, ping it
-    // when the ping interval is up, close it when it has been silent too long. Polling the
-    // socket on every frame instead costs more than the frame's own send.
-    let mut housekeeping = tokio::time::interval(state.ping_interval.min(READ_EVERY));
-    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    housekeeping.tick().await;
-    let mut pinged = std::time::Instant::now();
     let cursor = params.cursor;
-    let filtering = params.filtering();
-    let mut rx = state.live.subscribe();
+    // The live subscription is taken before the log is read: nothing falls between.
+    let rx = state.live.subscribe();
     let store = state.store.clone();
     let (head, oldest) = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::store::StoreError>((store.last_seq()?, store.oldest_seq()?))
@@ -458,14 +380,16 @@ async fn serve_subscriber(
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
-    let mut last = match cursor {
+    let last = match cursor {
         None => head,
         Some(c) if c < 0 => {
-            send_error_and_close(socket, "InvalidRequest", "cursor must not be negative").await;
+            conn.send_error_and_close("InvalidRequest", "cursor must not be negative")
+                .await;
             return Ok(());
         }
         Some(c) if c as u64 > head => {
-            send_error_and_close(socket, "FutureCursor", "cursor is ahead of the stream").await;
+            conn.send_error_and_close("FutureCursor", "cursor is ahead of the stream")
+                .await;
             return Ok(());
         }
         Some(c) => {
@@ -480,133 +404,24 @@ async fn serve_subscriber(
                         ),
                     });
                     let bytes = atproto::frame::encode_frame(&info).map_err(|e| e.to_string())?;
-                    socket
-                        .send(Message::Binary(bytes.into()))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    conn.send(Message::Binary(bytes.into())).await?;
                     o - 1
                 }
                 _ => c,
             }
         }
     };
-    let mut catching_up = cursor.is_some();
-    let mut catch_ups = 0;
-    let mut read_at = std::time::Instant::now();
-    loop {
-        if catching_up {
-            loop {
-                let store = state.store.clone();
-                let after = last;
-                let page =
-                    tokio::task::spawn_blocking(move || store.read_after(after, REPLAY_PAGE))
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| e.to_string())?;
-                let Some((end, _)) = page.last() else { break };
-                let end = *end;
-                let frames = page
-                    .into_iter()
-                    .map(|(_, b)| b)
-                    .filter(|b| !filtering || params.wants(b));
-                send_batch(socket, state, frames.collect()).await?;
-                last = end;
-                if !client.drain(socket).await {
-                    return Ok(());
-                }
-            }
-            catching_up = false;
-        }
-        // Take what is ready (up to LIVE_BATCH frames) and send it with one flush; while
-        // nothing is, keep the connection alive and notice a client that went away.
-        let mut batch = Vec::new();
-        // Biased to the live stream: while frames flow the housekeeping tick waits (the
-        // client is still read at least once a second, below).
-        let first = tokio::select! {
-            biased;
-            item = rx.recv() => item,
-            _ = housekeeping.tick() => {
-                read_at = std::time::Instant::now();
-                if !client.drain(socket).await {
-                    return Ok(());
-                }
-                let silent = client.heard.elapsed();
-                if silent > state.dead_after {
-                    state.metrics.dead_subscribers.increment(1);
-                    return Err(format!("no word from the client in {silent:?}"));
-                }
-                if pinged.elapsed() >= state.ping_interval {
-                    pinged = std::time::Instant::now();
-                    let ping = socket.send(Message::Ping(Bytes::new()));
-                    match tokio::time::timeout(state.send_timeout, ping).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(e.to_string()),
-                        Err(_) => return Err("ping not taken in time".into()),
-                    }
-                }
-                continue;
-            }
-        };
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            match item {
-                Ok((seq, bytes)) => {
-                    if seq <= last {
-                        // Already replayed.
-                    } else if seq != last + 1 {
-                        // Published while this subscriber was replaying: it is in the log.
-                        catching_up = true;
-                        break;
-                    } else {
-                        last = seq;
-                        if !filtering || params.wants(&bytes) {
-                            batch.push(bytes);
-                        }
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    catch_ups += 1;
-                    if catch_ups > MAX_CATCH_UPS {
-                        state.metrics.slow_consumers.increment(1);
-                        send_error_and_close(
-                            socket,
-                            "ConsumerTooSlow",
-                            "subscriber fell too far behind",
-                        )
-                        .await;
-                        return Ok(());
-                    }
-                    catching_up = true;
-                    break;
-                }
-                Err(broadcast::error::RecvError::Closed) => {
-                    send_batch(socket, state, batch).await?;
-                    let _ = socket.send(Message::Close(None)).await;
-                    return Ok(());
-                }
-            }
-            if batch.len() >= LIVE_BATCH {
-                break;
-            }
-            next = match rx.try_recv() {
-                Ok(v) => Some(Ok(v)),
-                Err(broadcast::error::TryRecvError::Empty) => None,
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    Some(Err(broadcast::error::RecvError::Lagged(n)))
-                }
-                Err(broadcast::error::TryRecvError::Closed) => {
-                    Some(Err(broadcast::error::RecvError::Closed))
-                }
-            };
-        }
-        send_batch(socket, state, batch).await?;
-        if read_at.elapsed() >= READ_EVERY {
-            read_at = std::time::Instant::now();
-            if !client.drain(socket).await {
-                return Ok(());
-            }
-        }
-    }
+    let mut feed = Firehose { params };
+    stream::run(conn, state, &mut feed, rx, last, cursor.is_some()).await
+}
+
+/// An error frame (`{op: -1}` header) with its message.
+pub(crate) fn error_frame(error: &str, message: &str) -> Bytes {
+    let frame = atproto::frame::Frame::Error(atproto::frame::ErrorFrame {
+        error: error.into(),
+        message: Some(message.into()),
+    });
+    Bytes::from(atproto::frame::encode_frame(&frame).unwrap_or_default())
 }
 
 #[derive(Deserialize)]

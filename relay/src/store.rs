@@ -21,6 +21,11 @@ use crate::eventlog::{EventLog, Position};
 
 /// Where batches of the log start: first seq → (segment, byte offset, append time in ms).
 const BATCHES: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("batches");
+/// When each batch was sequenced: first seq → the first event's time in microseconds.
+/// Times are strictly increasing along the log (an event's time is its batch's time plus
+/// its place in the batch), so they serve as cursors for the JSON stream. Batches written
+/// before this table existed fall back to their millisecond time in [`BATCHES`].
+const BATCH_TIMES: TableDefinition<u64, u64> = TableDefinition::new("batch_times");
 /// Events as stores before the segment log kept them (moved into segments on open).
 const LEGACY_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// Their append times (moved with them).
@@ -39,6 +44,9 @@ const REPO_COLLECTIONS: TableDefinition<&str, u64> = TableDefinition::new("repo_
 const LAST_SEQ: &str = "last_seq";
 /// The oldest retained `seq` (`last_seq + 1` when the log is empty).
 const OLDEST_SEQ: &str = "oldest_seq";
+/// The time the next batch starts at, at the least (keeps times increasing when the
+/// clock steps back or a batch holds more events than microseconds have passed).
+const NEXT_TIME_US: &str = "next_time_us";
 /// Events moved per segment append when a store from before the segment log is opened.
 const MIGRATE_CHUNK: usize = 4096;
 
@@ -223,6 +231,18 @@ pub enum Collections {
     Reset(Vec<(String, u64)>),
 }
 
+/// An event in the log: its `seq`, when the relay sequenced it, and the frame's bytes.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    /// Its place in the log.
+    pub seq: u64,
+    /// When it was sequenced, in microseconds since the epoch; strictly increasing with
+    /// `seq` (the JSON stream's `time_us`).
+    pub time_us: u64,
+    /// The frame exactly as it is republished.
+    pub frame: Bytes,
+}
+
 /// One event to append, with the state it advances.
 #[derive(Debug, Clone)]
 pub struct Append {
@@ -384,6 +404,7 @@ impl Store {
             txn.open_table(LEGACY_EVENTS)?;
             txn.open_table(LEGACY_EVENT_TIMES)?;
             txn.open_table(BATCHES)?;
+            txn.open_table(BATCH_TIMES)?;
             txn.open_table(ACCOUNTS)?;
             txn.open_table(HOSTS)?;
             txn.open_table(META)?;
@@ -419,21 +440,26 @@ impl Store {
         Ok((last + 1).saturating_sub(oldest))
     }
 
-    /// Appends a batch durably (fsync on commit) and returns each event's `(seq, frame)`.
-    /// Account states to store without an event, and the host cursors, are written in
-    /// the same transaction.
+    /// Appends a batch durably (fsync on commit) and returns each event as logged. Account
+    /// states to store without an event, and the host cursors, are written in the same
+    /// transaction. The batch is timed at `now_ms` (or just after the previous batch, if
+    /// that is later): its events take consecutive microseconds from there.
     pub fn append(
         &self,
         batch: &[Append],
         states: &[(String, AccountState)],
         host_cursors: &[HostCursor],
         now_ms: u64,
-    ) -> Result<Vec<(u64, Bytes)>, StoreError> {
+    ) -> Result<Vec<Logged>, StoreError> {
         let mut txn = self.db()?.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        let (last, _) = seq_bounds(&txn.open_table(META)?)?;
+        let (last, base_us) = {
+            let meta = txn.open_table(META)?;
+            let next = meta.get(NEXT_TIME_US)?.map(|v| v.value()).unwrap_or(0);
+            (seq_bounds(&meta)?.0, now_ms.saturating_mul(1000).max(next))
+        };
         let mut out = Vec::with_capacity(batch.len());
-        for (item, seq) in batch.iter().zip(last + 1..) {
+        for (item, (seq, time_us)) in batch.iter().zip((last + 1..).zip(base_us..)) {
             let bytes = match &item.raw {
                 Some(raw) => atproto::frame::with_seq(raw, seq as i64)
                     .map_err(|_| StoreError::Corrupt("frame has no seq to rewrite"))?,
@@ -445,7 +471,11 @@ impl Store {
                         .map_err(|_| StoreError::Corrupt("frame does not encode"))?
                 }
             };
-            out.push((seq, Bytes::from(bytes)));
+            out.push(Logged {
+                seq,
+                time_us,
+                frame: Bytes::from(bytes),
+            });
         }
         // The frames are durable before the transaction that counts them commits; if it
         // does not, they are taken back out of the segment.
@@ -471,18 +501,19 @@ impl Store {
         batch: &[Append],
         states: &[(String, AccountState)],
         host_cursors: &[HostCursor],
-        out: &[(u64, Bytes)],
+        out: &[Logged],
         position: Option<Position>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
         {
             let mut meta = txn.open_table(META)?;
-            if let (Some(&(first, _)), Some(&(last, _)), Some(p)) =
-                (out.first(), out.last(), position)
-            {
+            if let (Some(first), Some(last), Some(p)) = (out.first(), out.last(), position) {
                 txn.open_table(BATCHES)?
-                    .insert(first, (p.segment, p.offset, now_ms))?;
-                meta.insert(LAST_SEQ, last)?;
+                    .insert(first.seq, (p.segment, p.offset, now_ms))?;
+                txn.open_table(BATCH_TIMES)?
+                    .insert(first.seq, first.time_us)?;
+                meta.insert(LAST_SEQ, last.seq)?;
+                meta.insert(NEXT_TIME_US, last.time_us + 1)?;
             }
             let mut by_collection = txn.open_table(COLLECTIONS)?;
             let mut by_repo = txn.open_table(REPO_COLLECTIONS)?;
@@ -545,7 +576,7 @@ impl Store {
     }
 
     /// Up to `max` events with `seq > after`, in order.
-    pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
+    pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<Logged>, StoreError> {
         let (last, start, from) = {
             let txn = self.db()?.begin_read()?;
             let (last, oldest) = seq_bounds(&txn.open_table(META)?)?;
@@ -564,7 +595,73 @@ impl Store {
             };
             (last, start, Position { segment, offset })
         };
-        self.log.read(from, start - 1, last, max)
+        let frames = self.log.read(from, start - 1, last, max)?;
+        let (Some(&(first, _)), Some(&(end, _))) = (frames.first(), frames.last()) else {
+            return Ok(Vec::new());
+        };
+        let times = self.timeline(first, end)?;
+        Ok(frames
+            .into_iter()
+            .map(|(seq, frame)| Logged {
+                seq,
+                time_us: times.time_of(seq),
+                frame,
+            })
+            .collect())
+    }
+
+    /// Where the batches holding `first..=end` start and when they were sequenced.
+    fn timeline(&self, first: u64, end: u64) -> Result<Timeline, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        let mut starts = Vec::new();
+        // Millisecond times first (every batch has one), then the exact times over them.
+        let batches = txn.open_table(BATCHES)?;
+        if let Some(item) = batches.range(..=first)?.next_back() {
+            let (k, v) = item?;
+            starts.push((k.value(), v.value().2.saturating_mul(1000)));
+        }
+        for item in batches.range(first + 1..=end)? {
+            let (k, v) = item?;
+            starts.push((k.value(), v.value().2.saturating_mul(1000)));
+        }
+        let times = txn.open_table(BATCH_TIMES)?;
+        let exact = times.range(..=first)?.next_back().into_iter();
+        for item in exact.chain(times.range(first + 1..=end)?) {
+            let (k, v) = item?;
+            if let Ok(i) = starts.binary_search_by_key(&k.value(), |s| s.0) {
+                starts[i].1 = v.value();
+            }
+        }
+        Ok(Timeline(starts))
+    }
+
+    /// When the event at `seq` was sequenced (microseconds), if it is retained.
+    pub fn time_of(&self, seq: u64) -> Result<Option<u64>, StoreError> {
+        let (last, oldest, _) = Self::bounds(&*self.db()?)?;
+        if seq < oldest || seq > last {
+            return Ok(None);
+        }
+        Ok(Some(self.timeline(seq, seq)?.time_of(seq)))
+    }
+
+    /// The first retained event sequenced at or after `time_us`: its `seq`, or `None` when
+    /// every retained event is older (times increase with `seq`, so this is a binary
+    /// search over the log).
+    pub fn first_at_or_after(&self, time_us: u64) -> Result<Option<u64>, StoreError> {
+        let (last, oldest, _) = Self::bounds(&*self.db()?)?;
+        if oldest > last {
+            return Ok(None);
+        }
+        let (mut lo, mut hi) = (oldest, last + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.timeline(mid, mid)?.time_of(mid) < time_us {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok((lo <= last).then_some(lo))
     }
 
     /// Drops the oldest events while more than `max_events` are retained or they are older
@@ -601,8 +698,10 @@ impl Store {
             }
             if cut >= oldest {
                 // Batches wholly dropped go; the one the new oldest sits in stays.
+                let mut times = txn.open_table(BATCH_TIMES)?;
                 for first in whole {
                     batches.remove(first)?;
+                    times.remove(first)?;
                 }
                 meta.insert(OLDEST_SEQ, cut + 1)?;
             }
@@ -953,6 +1052,20 @@ fn decode_account(bytes: &[u8]) -> Result<AccountState, StoreError> {
 }
 
 /// `last_seq` (0 before the first event) and the oldest retained seq, if recorded.
+/// Batch starts in `seq` order with their times in microseconds.
+struct Timeline(Vec<(u64, u64)>);
+
+impl Timeline {
+    /// An event's time: its batch's time plus its place in the batch.
+    fn time_of(&self, seq: u64) -> u64 {
+        let i = self.0.partition_point(|&(first, _)| first <= seq);
+        match i.checked_sub(1).and_then(|i| self.0.get(i)) {
+            Some(&(first, base)) => base + (seq - first),
+            None => 0,
+        }
+    }
+}
+
 fn seq_bounds(
     meta: &impl ReadableTable<&'static str, u64>,
 ) -> Result<(u64, Option<u64>), StoreError> {
@@ -1024,15 +1137,15 @@ mod tests {
         }
     }
 
-    fn seqs(events: &[(u64, Bytes)]) -> Vec<u64> {
+    fn seqs(events: &[Logged]) -> Vec<u64> {
         events
             .iter()
-            .map(|(seq, bytes)| {
-                let Ok(Frame::Identity(ev)) = decode_frame(bytes) else {
+            .map(|e| {
+                let Ok(Frame::Identity(ev)) = decode_frame(&e.frame) else {
                     panic!("not the identity frame written")
                 };
-                assert_eq!(ev.seq as u64, *seq, "the frame carries its seq");
-                *seq
+                assert_eq!(ev.seq as u64, e.seq, "the frame carries its seq");
+                e.seq
             })
             .collect()
     }
@@ -1159,6 +1272,52 @@ mod tests {
         assert_eq!(store.last_seq().expect("last"), 9);
         assert!(store.read_after(0, 10).expect("read").is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn event_times_increase_along_the_log_and_find_cursors() {
+        let dir = tempdir("times");
+        let store = Store::open(&dir).expect("open");
+        let times = |logged: &[Logged]| logged.iter().map(|e| e.time_us).collect::<Vec<_>>();
+        let batch = |n: usize| (0..n).map(|_| identity("did:plc:a")).collect::<Vec<_>>();
+        // Two batches in one millisecond, then one timed before them (the clock stepped
+        // back): every event still has its own, later time.
+        let a = store.append(&batch(3), &[], &[], 5).expect("append");
+        let b = store.append(&batch(2), &[], &[], 5).expect("append");
+        let c = store.append(&batch(1), &[], &[], 4).expect("append");
+        assert_eq!(times(&a), [5_000, 5_001, 5_002]);
+        assert_eq!(times(&b), [5_003, 5_004]);
+        assert_eq!(times(&c), [5_005]);
+        let d = store.append(&batch(2), &[], &[], 9).expect("append");
+        assert_eq!(times(&d), [9_000, 9_001]);
+        // Read back with the times they were appended with, from any point of a batch.
+        let all = store.read_after(0, 100).expect("read");
+        assert_eq!(
+            times(&all),
+            [5_000, 5_001, 5_002, 5_003, 5_004, 5_005, 9_000, 9_001]
+        );
+        assert_eq!(times(&store.read_after(4, 2).expect("read")), [5_004, 5_005]);
+        assert_eq!(store.time_of(7).expect("time"), Some(9_000));
+        assert_eq!(store.time_of(9).expect("time"), None);
+        // A cursor finds the first event at or after it.
+        let at = |t: u64| store.first_at_or_after(t).expect("search");
+        assert_eq!(at(0), Some(1));
+        assert_eq!(at(5_002), Some(3));
+        assert_eq!(at(5_006), Some(7));
+        assert_eq!(at(9_001), Some(8));
+        assert_eq!(at(9_002), None);
+        // Times survive reopening and pruning; the next batch starts after the last.
+        store.prune(3, u64::MAX, 10).expect("prune");
+        drop(store);
+        let store = Store::open(&dir).expect("reopen");
+        assert_eq!(at_or_after(&store, 0), Some(6));
+        let e = store.append(&batch(1), &[], &[], 1).expect("append");
+        assert_eq!(times(&e), [9_002]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn at_or_after(store: &Store, t: u64) -> Option<u64> {
+        store.first_at_or_after(t).expect("search")
     }
 
     #[test]
