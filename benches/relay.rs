@@ -14,10 +14,12 @@
 //!    check without the transport: the same commits' frames decoded and verified (CAR and
 //!    block hashes, commit, signature, MST inversion) on every core in this process, no
 //!    sockets, no log: the ceiling for any relay that keeps every check.
-//! 3. Replay speed: one subscriber reading the whole log from cursor 0.
+//! 3. Replay speed: one subscriber reading the whole log from cursor 0; then the JSON
+//!    stream (`/subscribe`, plain and zstd) beside the CBOR firehose, whole-log replay to
+//!    one and to `AGENTNET_BENCH_JSON_SUBSCRIBERS` (100) subscribers at once.
 //! 4. Fan-out: S subscribers while the fleet writes R commits/s; latency from the fleet
 //!    emitting a commit to a subscriber receiving it (p50/p99, from probe subscribers),
-//!    relay CPU and memory.
+//!    relay CPU and memory; then the firehose and the JSON stream at the same load.
 //! 5. Memory per idle account: relay RSS after taking on the accounts, per account.
 
 use std::collections::HashMap;
@@ -422,6 +424,23 @@ async fn main() {
     );
     drop(ws);
 
+    // 3b. The JSON stream beside the CBOR firehose, on the same log in the same run: the
+    // whole log replayed to one subscriber, then to many at once (each made into JSON per
+    // subscriber: the replay path), compressed and not.
+    let many = env_or("AGENTNET_BENCH_JSON_SUBSCRIBERS", 100);
+    let firehose = "/xrpc/com.atproto.sync.subscribeRepos?cursor=0";
+    for subscribers in [1, many] {
+        let (cbor_n, cbor_rate) = drain_rate(relay.port, firehose, subscribers).await;
+        let (json_n, json_rate) = drain_rate(relay.port, "/subscribe?cursor=0", subscribers).await;
+        let (zstd_n, zstd_rate) =
+            drain_rate(relay.port, "/subscribe?cursor=0&compress=true", subscribers).await;
+        println!(
+            "JSON stream replay, {subscribers} subscriber(s): {json_rate:.0} events/s ({json_n} events) = {:.0} % of the CBOR firehose's {cbor_rate:.0} frames/s ({cbor_n} frames); zstd {zstd_rate:.0} events/s ({zstd_n}) = {:.0} %",
+            100.0 * json_rate / cbor_rate,
+            100.0 * zstd_rate / cbor_rate,
+        );
+    }
+
     drop(relay);
     let _ = stop_fleet.send(());
 
@@ -478,16 +497,77 @@ async fn main() {
         _ => vec![(subscribers, rate)],
     };
     for (subs, r) in configs {
-        fanout(subs, r, fanout_secs).await;
+        fanout(Stream::Firehose, subs, r, fanout_secs).await;
     }
+    // The JSON stream's live path (one conversion per event shared by every subscriber)
+    // beside the firehose's at the same load.
+    let (subs, r) = (many, rate.min(2000));
+    fanout(Stream::Firehose, subs, r, fanout_secs).await;
+    fanout(Stream::Json, subs, r, fanout_secs).await;
     for d in [data, empty_data, idle_data] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
 
-/// `subscribers` clients (10 of them decoding frames to time them) while the fleet writes
-/// `rate` commits/s for `secs`.
-async fn fanout(subscribers: usize, rate: usize, fanout_secs: usize) {
+/// Messages/s that `subscribers` clients reading `path` from the start of the log get
+/// together. Each reads until its stream is quiet for three seconds; the clock stops at the
+/// last message any of them received. Returns (messages in all, messages/s).
+async fn drain_rate(port: u16, path: &str, subscribers: usize) -> (u64, f64) {
+    let start = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..subscribers {
+        let url = format!("ws://127.0.0.1:{port}{path}");
+        clients.spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("subscribe");
+            let (mut n, mut last) = (0u64, Instant::now());
+            while let Ok(Some(Ok(m))) =
+                tokio::time::timeout(Duration::from_secs(3), ws.next()).await
+            {
+                if m.is_binary() || m.is_text() {
+                    n += 1;
+                    last = Instant::now();
+                }
+            }
+            (n, last)
+        });
+    }
+    let (mut total, mut end) = (0u64, start);
+    while let Some(done) = clients.join_next().await {
+        let (n, last) = done.expect("client");
+        total += n;
+        end = end.max(last);
+    }
+    (total, total as f64 / (end - start).as_secs_f64())
+}
+
+/// Which stream a fan-out's subscribers read.
+#[derive(Clone, Copy, PartialEq)]
+enum Stream {
+    /// `com.atproto.sync.subscribeRepos`, DAG-CBOR frames.
+    Firehose,
+    /// `/subscribe`, Jetstream's JSON.
+    Json,
+}
+
+/// The rev of a commit message on either stream.
+fn commit_rev(stream: Stream, m: tokio_tungstenite::tungstenite::Message) -> Option<String> {
+    match stream {
+        Stream::Firehose => match atproto::frame::decode_frame(&m.into_data()) {
+            Ok(atproto::frame::Frame::Commit(c)) => Some(c.rev),
+            _ => None,
+        },
+        Stream::Json => {
+            let event: serde_json::Value = serde_json::from_slice(&m.into_data()).ok()?;
+            event["commit"]["rev"].as_str().map(str::to_string)
+        }
+    }
+}
+
+/// `subscribers` clients of `stream` (10 of them decoding messages to time them) while the
+/// fleet writes `rate` commits/s for `secs`.
+async fn fanout(stream: Stream, subscribers: usize, rate: usize, fanout_secs: usize) {
     let (fleet, addr) = new_fleet(100, "k256");
     let stop_fleet = serve_fleet(&fleet, addr).await;
     let live_data =
@@ -504,10 +584,13 @@ async fn fanout(subscribers: usize, rate: usize, fanout_secs: usize) {
     let emitted_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let url = format!(
-        "ws://127.0.0.1:{}/xrpc/com.atproto.sync.subscribeRepos",
-        relay.port
-    );
+    let url = match stream {
+        Stream::Firehose => format!(
+            "ws://127.0.0.1:{}/xrpc/com.atproto.sync.subscribeRepos",
+            relay.port
+        ),
+        Stream::Json => format!("ws://127.0.0.1:{}/subscribe", relay.port),
+    };
     let probes = 10.min(subscribers);
     let mut clients = Vec::new();
     for i in 0..subscribers {
@@ -521,10 +604,8 @@ async fn fanout(subscribers: usize, rate: usize, fanout_secs: usize) {
             while let Some(Ok(m)) = ws.next().await {
                 received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if probe {
-                    if let Ok(atproto::frame::Frame::Commit(c)) =
-                        atproto::frame::decode_frame(&m.into_data())
-                    {
-                        let at = emitted_at.lock().expect("lock").get(&c.rev).copied();
+                    if let Some(rev) = commit_rev(stream, m) {
+                        let at = emitted_at.lock().expect("lock").get(&rev).copied();
                         if let Some(at) = at {
                             latencies
                                 .lock()
@@ -564,7 +645,11 @@ async fn fanout(subscribers: usize, rate: usize, fanout_secs: usize) {
     let mut lat = latencies.lock().expect("lock").clone();
     lat.sort_by(|a, b| a.total_cmp(b));
     println!(
-        "fan-out: {subscribers} subscribers, {:.0} commits/s offered for {secs:.0}s: {} frames delivered ({:.0}/s); emit→receive latency p50 {:.1} ms, p99 {:.1} ms ({} samples); inside the relay (received→durable→published) p50 ≤{relay_p50} ms, p99 ≤{relay_p99} ms; relay CPU {:.2} cores, RSS {:.0} MiB, slow consumers dropped {}",
+        "fan-out{}: {subscribers} subscribers, {:.0} commits/s offered for {secs:.0}s: {} frames delivered ({:.0}/s); emit→receive latency p50 {:.1} ms, p99 {:.1} ms ({} samples); inside the relay (received→durable→published) p50 ≤{relay_p50} ms, p99 ≤{relay_p99} ms; relay CPU {:.2} cores, RSS {:.0} MiB, slow consumers dropped {}",
+        match stream {
+            Stream::Firehose => "",
+            Stream::Json => " (JSON stream)",
+        },
         written as f64 / secs,
         received.load(std::sync::atomic::Ordering::Relaxed),
         received.load(std::sync::atomic::Ordering::Relaxed) as f64 / (secs + 2.0),

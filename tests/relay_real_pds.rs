@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{http_get, Client, Pds, Relay};
+use support::{http_get, tempdir, Client, Pds, Relay};
 
 /// Reads client lines until every expected op was seen, returning commit lines in order.
 fn collect(client: &Client, expected: usize, timeout: Duration) -> Vec<Value> {
@@ -126,11 +126,4 @@ fn kill9_mid_stream_loses_nothing_and_duplicates_nothing() {
         "every op once, in order per account"
     );
     drop(relay);
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("agentnet-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }

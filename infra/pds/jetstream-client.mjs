@@ -3,10 +3,10 @@
 //   node.sh jetstream-client.mjs atcute BASE_URL CURSOR [COLLECTION...]
 //     the unmodified @atcute/jetstream client (requireHello, options_update, cursor),
 //     with wantedCollections set to the given collections (none: everything)
-//   node.sh jetstream-client.mjs zstd WS_URL
+//   node.sh jetstream-client.mjs zstd WS_URL DICTIONARY
 //     a plain WebSocket sending `Socket-Encoding: zstd`: every message must be a binary
-//     zstd frame that Node's own zstd opens with Jetstream's dictionary
-//     ($AGENTNET_JETSTREAM_DICT); prints the events, or {"error": ...}
+//     zstd frame that Node's own zstd opens with Jetstream's dictionary (the file
+//     DICTIONARY); prints the events, or {"error": ...}
 import { readFileSync } from 'node:fs'
 import { zstdDecompressSync } from 'node:zlib'
 import { JetstreamSubscription } from '@atcute/jetstream'
@@ -28,7 +28,7 @@ if (mode === 'atcute') {
     out(event)
   }
 } else if (mode === 'zstd') {
-  const dictionary = readFileSync(process.env.AGENTNET_JETSTREAM_DICT)
+  const dictionary = readFileSync(rest[0])
   const ws = new WebSocket(url, { headers: { 'Socket-Encoding': 'zstd' } })
   ws.on('message', (data, isBinary) => {
     if (!isBinary) {

@@ -316,7 +316,10 @@ impl JsonFeed {
         let message: ClientMessage = serde_json::from_str(text)
             .map_err(|e| format!("failed to unmarshal subscriber sourced message: {e}"))?;
         if message.kind != "options_update" {
-            tracing::debug!(kind = message.kind, "unknown message from a JSON-stream client");
+            tracing::debug!(
+                kind = message.kind,
+                "unknown message from a JSON-stream client"
+            );
             return Ok(false);
         }
         let update: OptionsUpdate = serde_json::from_value(message.payload)
@@ -467,7 +470,10 @@ const CAR_LIMITS: atproto::car::CarLimits = atproto::car::CarLimits {
 /// The Jetstream events of one logged event, as JSON (and compressed, given a compressor).
 /// An op whose record is not in the commit's blocks, or does not decode, is skipped and
 /// logged; the event's other ops still go out.
-pub fn convert(logged: &Logged, compressor: Option<&mut zstd::bulk::Compressor<'static>>) -> JsonItem {
+pub fn convert(
+    logged: &Logged,
+    compressor: Option<&mut zstd::bulk::Compressor<'static>>,
+) -> JsonItem {
     let mut events = Vec::new();
     match atproto::frame::decode_frame_shared(&logged.frame) {
         Ok(frame) => json_events(&frame, logged.time_us, &mut events),
@@ -522,9 +528,14 @@ pub fn json_events(frame: &atproto::frame::Frame, time_us: u64, out: &mut Vec<Ma
                 let (record, cid) = match (op.action.as_str(), op.cid) {
                     ("create" | "update", Some(cid)) => {
                         let block = car.as_ref().and_then(|car| car.blocks.get(&cid));
-                        let decoded = block.and_then(|b| atproto::data::from_cbor::<atproto::Ipld>(b).ok());
+                        let decoded =
+                            block.and_then(|b| atproto::data::from_cbor::<atproto::Ipld>(b).ok());
                         let Some(record) = decoded else {
-                            tracing::warn!(did = c.repo, path = op.path, "record missing from the commit's blocks; op skipped");
+                            tracing::warn!(
+                                did = c.repo,
+                                path = op.path,
+                                "record missing from the commit's blocks; op skipped"
+                            );
                             continue;
                         };
                         (Some(record), Some(cid.to_string()))

@@ -14,8 +14,8 @@ pub mod hosts;
 pub mod jetstream;
 pub mod metrics;
 mod server;
-mod stream;
 pub mod store;
+mod stream;
 mod upstream;
 pub mod verify;
 

@@ -286,10 +286,7 @@ impl SubscribeParams {
                     .filters
                     .add_collection(v)
                     .map_err(|e| bad("InvalidRequest", e))?,
-                "wantedDids" => p
-                    .filters
-                    .add_did(v)
-                    .map_err(|e| bad("InvalidRequest", e))?,
+                "wantedDids" => p.filters.add_did(v).map_err(|e| bad("InvalidRequest", e))?,
                 _ => {}
             }
         }

@@ -1296,7 +1296,10 @@ mod tests {
             times(&all),
             [5_000, 5_001, 5_002, 5_003, 5_004, 5_005, 9_000, 9_001]
         );
-        assert_eq!(times(&store.read_after(4, 2).expect("read")), [5_004, 5_005]);
+        assert_eq!(
+            times(&store.read_after(4, 2).expect("read")),
+            [5_004, 5_005]
+        );
         assert_eq!(store.time_of(7).expect("time"), Some(9_000));
         assert_eq!(store.time_of(9).expect("time"), None);
         // A cursor finds the first event at or after it.

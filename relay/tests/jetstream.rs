@@ -56,8 +56,8 @@ fn frame_for(event: &Value) -> Frame {
                     let cid = atproto::data::cid_for_cbor(&bytes);
                     // The record's JSON round-trips to the very bytes its author signed.
                     assert_eq!(cid.to_string(), s(&c["cid"]), "CID of {path}");
-                    let car = atproto::car::write_car(&[cid], [(&cid, bytes.as_slice())])
-                        .expect("car");
+                    let car =
+                        atproto::car::write_car(&[cid], [(&cid, bytes.as_slice())]).expect("car");
                     (car, Some(cid), None)
                 }
                 None => {
@@ -198,7 +198,10 @@ fn every_op_of_a_commit_is_its_own_event_and_sync_has_none() {
     assert_eq!(item.events.len(), 2, "two records found, one missing");
     for (event, want) in item.events.iter().zip(&creates) {
         let got: Value = serde_json::from_str(&event.json).expect("JSON");
-        assert_eq!(got["time_us"], 1_779_719_009_132_431u64, "the commit's time");
+        assert_eq!(
+            got["time_us"], 1_779_719_009_132_431u64,
+            "the commit's time"
+        );
         assert_eq!(got["commit"]["record"], want["commit"]["record"]);
         assert_eq!(got["commit"]["cid"], want["commit"]["cid"]);
         assert_eq!(got["did"], "did:plc:mcc5yghbk7tixqryac2yxku7");

@@ -5,6 +5,10 @@
 #![allow(dead_code)]
 
 pub mod clickhouse;
+mod dirs;
+
+#[allow(unused_imports)]
+pub use dirs::tempdir;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -238,26 +242,29 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
-/// The `@atproto/sync` Firehose client subscribed to a relay.
+/// A stream client from npm (a script in `infra/pds/`) printing one JSON line per event.
 pub struct Client {
     child: Child,
     pub out: Lines,
 }
 
 impl Client {
+    /// The `@atproto/sync` Firehose client subscribed to a relay.
     pub fn start(service: &str, plc: &str, cursor: Option<u64>) -> Client {
-        let mut cmd = node();
-        cmd.arg(root().join("infra/pds/firehose-client.mjs"))
-            .arg(service)
-            .arg(plc);
-        if let Some(c) = cursor {
-            cmd.arg(c.to_string());
-        }
-        let mut child = cmd
+        let mut args = vec![service.to_string(), plc.to_string()];
+        args.extend(cursor.map(|c| c.to_string()));
+        Client::script("firehose-client.mjs", &args)
+    }
+
+    /// `infra/pds/SCRIPT ARGS…` on the reference PDS's Node.
+    pub fn script(script: &str, args: &[String]) -> Client {
+        let mut child = node()
+            .arg(root().join("infra/pds").join(script))
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("starting the firehose client");
+            .unwrap_or_else(|e| panic!("starting {script}: {e}"));
         let out = Lines::spawn(child.stdout.take().expect("stdout"));
         Client { child, out }
     }
