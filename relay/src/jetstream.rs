@@ -344,7 +344,7 @@ impl stream::Feed for JsonFeed {
         item.seq
     }
 
-    fn from_log(&mut self, page: Vec<Logged>) -> Vec<Arc<JsonItem>> {
+    fn replayed(&mut self, page: Vec<Logged>) -> Vec<Arc<JsonItem>> {
         page.iter()
             .map(|logged| Arc::new(convert(logged, self.compressor.as_mut())))
             .collect()

@@ -343,7 +343,7 @@ impl stream::Feed for Firehose {
         item.seq
     }
 
-    fn from_log(&mut self, page: Vec<Logged>) -> Vec<Logged> {
+    fn replayed(&mut self, page: Vec<Logged>) -> Vec<Logged> {
         page
     }
 

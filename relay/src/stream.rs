@@ -40,7 +40,7 @@ pub(crate) trait Feed {
     /// The item's place in the log.
     fn seq(item: &Self::Item) -> u64;
     /// Items for a page of logged events (replay).
-    fn from_log(&mut self, page: Vec<Logged>) -> Vec<Self::Item>;
+    fn replayed(&mut self, page: Vec<Logged>) -> Vec<Self::Item>;
     /// Adds the messages this subscriber gets for `item` (none when filtered out).
     fn messages(&mut self, item: &Self::Item, out: &mut Vec<Message>);
     /// The message sent before closing a subscriber that cannot keep up, if the protocol
@@ -274,7 +274,7 @@ pub(crate) async fn run<F: Feed>(
                     break;
                 };
                 let mut messages = Vec::with_capacity(page.len());
-                for item in feed.from_log(page) {
+                for item in feed.replayed(page) {
                     feed.messages(&item, &mut messages);
                 }
                 conn.send_batch(state, feed, messages).await?;

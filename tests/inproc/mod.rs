@@ -9,11 +9,6 @@ use agentnet_fleet::{Fleet, FleetConfig};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
-#[path = "../support/dirs.rs"]
-mod dirs;
-#[allow(unused_imports)]
-pub use dirs::tempdir;
-
 pub struct FleetHandle {
     pub fleet: Fleet,
     pub addr: std::net::SocketAddr,
@@ -249,6 +244,13 @@ pub async fn frames(url: &str, n: usize, idle: Duration) -> Vec<atproto::frame::
         }
     }
     out
+}
+
+pub fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("agentnet-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }
 
 /// A relay for `fleets` (the first one's PLC directory resolves DIDs) with `extra` flags,

@@ -5,10 +5,6 @@
 #![allow(dead_code)]
 
 pub mod clickhouse;
-mod dirs;
-
-#[allow(unused_imports)]
-pub use dirs::tempdir;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -156,6 +152,14 @@ pub fn sealed_recipients(value: &serde_json::Value) -> Vec<String> {
         .iter()
         .filter_map(|r| r["did"].as_str().map(str::to_string))
         .collect()
+}
+
+/// A fresh directory in the temp dir, named for the test and this process.
+pub fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agentnet-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }
 
 /// A free loopback port (bound and released; a small race other tests here do not hit).
