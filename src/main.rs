@@ -66,6 +66,9 @@ enum Command {
     Appview(agentnet_appview::Config),
     /// Run relay, indexer and appview in one process on embedded stores.
     Up(UpArgs),
+    /// Index whole repos from PDSes (every repo a host lists, or named accounts): each
+    /// verified against its account's key, resumable where it stopped.
+    Backfill(agentnet_indexer::backfill::BackfillConfig),
     /// Run a synthetic PDS fleet (real keys, real signed commits) for load and fault tests.
     Fleet(agentnet_fleet::FleetConfig),
     /// Work with the agent network's lexicons.
@@ -280,6 +283,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Appview(config) => {
             serve(agentnet_appview::run(config, shutdown_signal())).context("appview")
         }
+        Command::Backfill(config) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let summary = rt
+                .block_on(agentnet_indexer::backfill::run(config, shutdown_signal()))
+                .context("backfill")?;
+            println!(
+                "backfill: {} accounts: {} written ({} records, {} rows, {} vectors, {} bytes), {} already current, {} not the host's, {} failed{}",
+                summary.accounts,
+                summary.done,
+                summary.records,
+                summary.rows,
+                summary.vectors,
+                summary.bytes,
+                summary.current,
+                summary.wrong_host,
+                summary.failed,
+                if summary.interrupted { "; stopped before the end: run it again to resume" } else { "" },
+            );
+            if summary.failed > 0 {
+                anyhow::bail!(
+                    "{} accounts could not be backfilled (see the log); run again to retry them",
+                    summary.failed
+                );
+            }
+            Ok(())
+        }
         Command::Fleet(config) => {
             serve(agentnet_fleet::run(config, shutdown_signal())).context("fleet")
         }
@@ -362,12 +393,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     relay.dev = args.dev;
     let mut indexer = Defaults::<agentnet_indexer::Config>::try_parse_from(["indexer"])?.config;
     indexer.relay_url = format!("ws://{local}");
-    indexer.data_dir = index_dir.clone();
-    indexer.model = args.model.clone();
-    indexer.appview_did = did.clone();
-    indexer.dev = args.dev;
+    indexer.index.data_dir = index_dir.clone();
+    indexer.index.model = args.model.clone();
+    indexer.index.appview_did = did.clone();
+    indexer.index.dev = args.dev;
     // One set of stores, opened once below and shared by the indexer and the appview.
-    indexer.backends = args.backends.clone();
+    indexer.index.backends = args.backends.clone();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -400,10 +431,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
 
     // One model instance for indexing (a blocking thread), one for queries (the batcher).
-    let embedder = agentnet_indexer::load_model(&indexer)?;
+    let embedder = agentnet_indexer::load_model(&indexer.index)?;
     let stores = {
         let (config, dims) = (
-            indexer.clone(),
+            indexer.index.clone(),
             embedder.as_ref().map(store::embed::Embedder::dimensions),
         );
         tokio::task::spawn_blocking(move || agentnet_indexer::open_stores(&config, dims)).await??

@@ -213,6 +213,19 @@ impl RepoSnapshot {
             entries,
         })
     }
+
+    /// Reads the repo of `did` and checks its commit's signature by `key`: with the CAR's
+    /// blocks checked against their CIDs (by [`crate::car::read_car`]) and the tree walked
+    /// from the signed root, every record in it is the account's.
+    pub fn read_verified(
+        did: &str,
+        car: &crate::car::Car,
+        key: &PublicKey,
+    ) -> Result<RepoSnapshot, CommitError> {
+        let repo = Self::read(did, car)?;
+        repo.commit.verify(key)?;
+        Ok(repo)
+    }
 }
 
 /// What a verified commit event established.

@@ -287,6 +287,26 @@ fn is_local_host(host_port: &str) -> bool {
     host.parse::<IpAddr>().is_ok_and(crate::net::is_internal)
 }
 
+/// Host authority: the event's host is the account's PDS (scheme, host and port). In dev
+/// mode `localhost` and `127.0.0.1` are the same host.
+pub fn same_host(pds: Option<&str>, host: &str, dev: bool) -> bool {
+    let Some(pds) = pds else { return false };
+    // Every event asks this: the common case (the same URL) is answered without allocating.
+    if pds
+        .trim_end_matches('/')
+        .eq_ignore_ascii_case(host.trim_end_matches('/'))
+    {
+        return true;
+    }
+    // In dev mode `localhost` and `127.0.0.1` are the same host.
+    let loopback = |u: &str| {
+        u.trim_end_matches('/')
+            .to_ascii_lowercase()
+            .replace("://localhost", "://127.0.0.1")
+    };
+    dev && loopback(pds) == loopback(host)
+}
+
 /// The SSRF guard: outside dev mode, refuse URLs naming loopback or private hosts.
 pub fn check_host(url: &str, dev: bool) -> Result<(), IdentityError> {
     if !dev && is_local_host(url) {

@@ -80,6 +80,27 @@ fn honest_commits_verify_for_every_algorithm() {
             entries.iter().all(|(_, cid)| car.blocks.contains_key(cid)),
             "every record present"
         );
+
+        // Read as a whole repo: verified by the account's key, refused by any other, and
+        // refused as another account's.
+        let repo = atproto::commit::RepoSnapshot::read_verified(w.did(), &car, &key)
+            .expect("the account's own repo verifies");
+        assert_eq!(
+            repo.entries,
+            entries
+                .iter()
+                .map(|(k, c)| (String::from_utf8_lossy(k).into_owned(), *c))
+                .collect::<Vec<_>>()
+        );
+        let other = Keypair::generate(alg).public_key();
+        assert!(matches!(
+            atproto::commit::RepoSnapshot::read_verified(w.did(), &car, &other),
+            Err(CommitError::Signature(_))
+        ));
+        assert!(
+            atproto::commit::RepoSnapshot::read_verified("did:plc:someoneelse", &car, &key)
+                .is_err()
+        );
     }
 }
 

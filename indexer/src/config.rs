@@ -12,6 +12,34 @@ pub struct Config {
         default_value = "ws://127.0.0.1:2470"
     )]
     pub relay_url: String,
+    /// Where records are indexed, and with which key and model.
+    #[command(flatten)]
+    pub index: IndexConfig,
+    /// Serve the indexer's counters at `GET /metrics` on this address (off by default;
+    /// `agentnet up` serves them at `/metrics/indexer` on its own listener).
+    #[arg(long, env = "AGENTNET_INDEXER_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Most events indexed in one batch (one write per sink, then the cursor).
+    #[arg(long, env = "AGENTNET_INDEX_BATCH", default_value_t = 256)]
+    pub batch: usize,
+    /// Longest an event waits for its batch to fill, in milliseconds.
+    #[arg(long, env = "AGENTNET_INDEX_BATCH_WAIT_MS", default_value_t = 100)]
+    pub batch_wait_ms: u64,
+    /// Seconds between the progress lines logged at info level while the indexer writes
+    /// (batches, rows, vectors, rates, last seq, lag behind the relay); 0 turns them off.
+    #[arg(long, env = "AGENTNET_INDEX_PROGRESS_SECS", default_value_t = 10)]
+    pub progress_secs: u64,
+    /// Follow `--relay-url` although the index was built from another relay (its cursor
+    /// means nothing there: the new relay is read from its start).
+    #[arg(long, env = "AGENTNET_INDEX_FORCE_UPSTREAM", default_value_t = false)]
+    pub force_upstream: bool,
+}
+
+/// Where records are indexed (the stores), the model that embeds them, the appview's key
+/// that opens shared records, and how far the indexer may reach: what the indexer and
+/// `agentnet backfill` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IndexConfig {
     /// Directory for the embedded stores and the cursor.
     #[arg(long, env = "AGENTNET_DATA_DIR", default_value = "./data/indexer")]
     pub data_dir: PathBuf,
@@ -39,24 +67,10 @@ pub struct Config {
     /// appview's file.
     #[arg(long, env = "AGENTNET_APPVIEW_KEY_FILE")]
     pub appview_key_file: Option<PathBuf>,
-    /// Serve the indexer's counters at `GET /metrics` on this address (off by default;
-    /// `agentnet up` serves them at `/metrics/indexer` on its own listener).
-    #[arg(long, env = "AGENTNET_INDEXER_METRICS_LISTEN")]
-    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Build the vector search index (HNSW) in the background after this many new vectors
     /// (0: never; searches then scan unindexed segments exactly).
     #[arg(long, env = "AGENTNET_INDEX_OPTIMIZE_EVERY", default_value_t = 20_000)]
     pub optimize_every: usize,
-    /// Most events indexed in one batch (one write per sink, then the cursor).
-    #[arg(long, env = "AGENTNET_INDEX_BATCH", default_value_t = 256)]
-    pub batch: usize,
-    /// Longest an event waits for its batch to fill, in milliseconds.
-    #[arg(long, env = "AGENTNET_INDEX_BATCH_WAIT_MS", default_value_t = 100)]
-    pub batch_wait_ms: u64,
-    /// Seconds between the progress lines logged at info level while the indexer writes
-    /// (batches, rows, vectors, rates, last seq, lag behind the relay); 0 turns them off.
-    #[arg(long, env = "AGENTNET_INDEX_PROGRESS_SECS", default_value_t = 10)]
-    pub progress_secs: u64,
     /// Development mode: loopback and private addresses may be reached (repos fetched for
     /// `#sync` come from wherever the account's DID document points).
     #[arg(long, env = "AGENTNET_DEV", default_value_t = false)]
@@ -69,13 +83,9 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub egress_allow: Vec<ipnet::IpNet>,
-    /// Follow `--relay-url` although the index was built from another relay (its cursor
-    /// means nothing there: the new relay is read from its start).
-    #[arg(long, env = "AGENTNET_INDEX_FORCE_UPSTREAM", default_value_t = false)]
-    pub force_upstream: bool,
 }
 
-impl Config {
+impl IndexConfig {
     /// Where the appview's key is kept.
     pub fn appview_key_file(&self) -> PathBuf {
         self.appview_key_file
@@ -85,14 +95,27 @@ impl Config {
 
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), Error> {
+        atproto::syntax::validate_did(&self.appview_did).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// The guard every outbound request of the indexer goes through.
+    pub fn egress(&self) -> atproto::net::Egress {
+        atproto::net::Egress::new(atproto::net::EgressPolicy {
+            allow_internal: self.dev,
+            allow: self.egress_allow.clone(),
+        })
+    }
+}
+
+impl Config {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), Error> {
         if !(self.relay_url.starts_with("ws://") || self.relay_url.starts_with("wss://")) {
             return Err(Error::Config("--relay-url must be ws:// or wss://".into()));
         }
         if self.batch == 0 {
             return Err(Error::Config("--batch must be positive".into()));
         }
-        atproto::syntax::validate_did(&self.appview_did)
-            .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(())
+        self.index.validate()
     }
 }

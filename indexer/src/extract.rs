@@ -112,20 +112,30 @@ impl Extractor {
     pub fn extract_repo(&self, did: &str, car: &atproto::car::Car) -> Result<RepoRecords, String> {
         let repo =
             atproto::commit::RepoSnapshot::read(did, car).map_err(|e| format!("repo: {e}"))?;
+        Ok(self.extract_snapshot(did, repo, &car.blocks))
+    }
+
+    /// Every record of a repo already read (and, by the caller, verified).
+    pub fn extract_snapshot(
+        &self,
+        did: &str,
+        repo: atproto::commit::RepoSnapshot,
+        blocks: &atproto::car::BlockMap,
+    ) -> RepoRecords {
         let commit = repo.commit;
         let mut changes = Vec::new();
         let mut skipped = Vec::new();
         for (path, cid) in repo.entries {
-            match self.record(did, &commit.rev, &path, cid, &car.blocks) {
+            match self.record(did, &commit.rev, &path, cid, blocks) {
                 Ok(row) => changes.push(Change::Upsert(Box::new(row))),
                 Err(why) => skipped.push((path, why)),
             }
         }
-        Ok(RepoRecords {
+        RepoRecords {
             rev: commit.rev,
             changes,
             skipped,
-        })
+        }
     }
 
     /// One record at `path` (block `cid` in `blocks`) of `repo` at `rev`, as a row, or why

@@ -5,6 +5,7 @@
 //! relay firehose ─▶ batch ─▶ extract (lexicons, privacy) ─▶ embed ─▶ vectors + ClickHouse ─▶ cursor
 //! ```
 
+pub mod backfill;
 mod config;
 pub mod extract;
 pub mod pipeline;
@@ -14,7 +15,7 @@ pub use stats::Stats;
 
 use store::embed;
 
-pub use config::Config;
+pub use config::{Config, IndexConfig};
 
 /// Why the indexer stopped.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +55,9 @@ pub fn appview_key(
 
 /// The appview's key as the indexer is configured with it: `--appview-key`, else the
 /// appview's key file, which must exist (the indexer does not make a key of its own).
-pub fn configured_appview_key(config: &Config) -> Result<atproto::envelope::EncryptionKey, Error> {
+pub fn configured_appview_key(
+    config: &IndexConfig,
+) -> Result<atproto::envelope::EncryptionKey, Error> {
     if let Some(secret) = &config.appview_key {
         return atproto::envelope::EncryptionKey::from_base64(secret)
             .map_err(|e| Error::Config(format!("--appview-key: {e}")));
@@ -74,7 +77,7 @@ pub fn configured_appview_key(config: &Config) -> Result<atproto::envelope::Encr
 
 /// Opens the configured stores: servers where given, embedded ones in the data directory
 /// otherwise; vectors only with a model (`dimensions`).
-pub fn open_stores(config: &Config, dimensions: Option<usize>) -> Result<Stores, Error> {
+pub fn open_stores(config: &IndexConfig, dimensions: Option<usize>) -> Result<Stores, Error> {
     let records = config
         .backends
         .records(&config.data_dir)
@@ -87,7 +90,7 @@ pub fn open_stores(config: &Config, dimensions: Option<usize>) -> Result<Stores,
 }
 
 /// Loads the configured embedding model, if any.
-pub fn load_model(config: &Config) -> Result<Option<embed::Embedder>, Error> {
+pub fn load_model(config: &IndexConfig) -> Result<Option<embed::Embedder>, Error> {
     config
         .model
         .load()
@@ -102,11 +105,11 @@ pub async fn run(
 ) -> Result<(), Error> {
     config.validate()?;
     // Before anything is opened: without the appview's key shared records cannot be read.
-    let key = configured_appview_key(&config)?;
-    let embedder = load_model(&config)?;
+    let key = configured_appview_key(&config.index)?;
+    let embedder = load_model(&config.index)?;
     let stores = {
         let (config, dims) = (
-            config.clone(),
+            config.index.clone(),
             embedder.as_ref().map(embed::Embedder::dimensions),
         );
         tokio::task::spawn_blocking(move || open_stores(&config, dims))
@@ -184,20 +187,17 @@ pub async fn run_with(
         extractor: extract::Extractor::new(
             catalog,
             Some(extract::AppviewKey {
-                did: config.appview_did.clone(),
+                did: config.index.appview_did.clone(),
                 key,
             }),
         ),
         records: stores.records,
         vectors,
         stats,
-        optimize: pipeline::Optimizer::every(config.optimize_every),
+        optimize: pipeline::Optimizer::every(config.index.optimize_every),
         repos: Some(pipeline::RepoSource::new(
             &config.relay_url,
-            &atproto::net::Egress::new(atproto::net::EgressPolicy {
-                allow_internal: config.dev,
-                allow: config.egress_allow.clone(),
-            }),
+            &config.index.egress(),
         )?),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

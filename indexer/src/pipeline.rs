@@ -266,11 +266,7 @@ impl<T: SqlTransport> Sinks<T> {
         let fetched = source
             .fetch(&ev.did)
             .and_then(|car| self.extractor.extract_repo(&ev.did, &car));
-        let crate::extract::RepoRecords {
-            rev,
-            mut changes,
-            skipped,
-        } = match fetched {
+        let repo = match fetched {
             Ok(r) if r.rev.as_str() >= ev.rev.as_str() => r,
             Ok(r) => {
                 self.stats.sync_failed();
@@ -283,6 +279,29 @@ impl<T: SqlTransport> Sinks<T> {
                 return Ok(());
             }
         };
+        let (rev, records) = (repo.rev.clone(), repo.changes.len());
+        self.apply_repo(&ev.did, repo, now_ms, stats)?;
+        tracing::info!(did = %ev.did, %rev, records, "account reconciled from its repo after #sync");
+        self.stats.synced();
+        Ok(())
+    }
+
+    /// Makes the index of `did` match its whole repo: every record in it written at the
+    /// repo's rev, every indexed record no longer in it deleted (a newer version from the
+    /// firehose still wins: rows are versioned by rev).
+    pub fn apply_repo(
+        &mut self,
+        did: &str,
+        repo: crate::extract::RepoRecords,
+        now_ms: i64,
+        stats: &mut BatchStats,
+    ) -> Result<(), Error> {
+        let crate::extract::RepoRecords {
+            rev,
+            mut changes,
+            skipped,
+        } = repo;
+        stats.skipped += skipped.len();
         for (_, why) in &skipped {
             self.stats.skipped(why);
         }
@@ -295,15 +314,13 @@ impl<T: SqlTransport> Sinks<T> {
             .collect();
         let indexed = self
             .records
-            .uris_of(&ev.did)
+            .uris_of(did)
             .map_err(|e| Error::Sink(e.to_string()))?;
         let gone = indexed.into_iter().filter(|u| !present.contains(u));
         changes.extend(gone.map(|uri| Change::Delete {
             uri,
             rev: rev.clone(),
         }));
-        tracing::info!(did = %ev.did, %rev, records = present.len(), "account reconciled from its repo after #sync");
-        self.stats.synced();
         self.write(changes, now_ms, stats)
     }
 

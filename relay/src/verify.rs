@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use atproto::car::{read_car, write_car, CarLimits};
 use atproto::commit::{verify_commit_event, Commit, CommitError};
 use atproto::frame::{CommitEvent, Frame, SyncEvent};
-use atproto::identity::{CachingResolver, HttpResolver, Identity};
+use atproto::identity::{same_host, CachingResolver, HttpResolver, Identity};
 use atproto::syntax::Tid;
 use futures::FutureExt;
 use rand::Rng;
@@ -1003,10 +1003,8 @@ fn verify_repo(
         ..CarLimits::REPO
     };
     let car = read_car(bytes, limits).map_err(|e| format!("repo CAR: {e}"))?;
-    let repo = atproto::commit::RepoSnapshot::read(did, &car).map_err(|e| format!("repo: {e}"))?;
-    repo.commit
-        .verify(key)
-        .map_err(|e| format!("repo signature: {e}"))?;
+    let repo = atproto::commit::RepoSnapshot::read_verified(did, &car, key)
+        .map_err(|e| format!("repo: {e}"))?;
     let (root, commit, entries) = (repo.head, repo.commit, repo.entries);
     let commit_bytes = car.blocks.get(&root).cloned().unwrap_or_default();
     let mut per_collection: HashMap<String, u64> = HashMap::new();
@@ -1059,26 +1057,6 @@ fn classify(e: &CommitError) -> DropReason {
             DropReason::Inconsistent
         }
     }
-}
-
-/// Host authority: the event's host is the account's PDS (scheme, host and port). In dev
-/// mode `localhost` and `127.0.0.1` are the same host.
-pub fn same_host(pds: Option<&str>, host: &str, dev: bool) -> bool {
-    let Some(pds) = pds else { return false };
-    // Every event asks this: the common case (the same URL) is answered without allocating.
-    if pds
-        .trim_end_matches('/')
-        .eq_ignore_ascii_case(host.trim_end_matches('/'))
-    {
-        return true;
-    }
-    // In dev mode `localhost` and `127.0.0.1` are the same host.
-    let loopback = |u: &str| {
-        u.trim_end_matches('/')
-            .to_ascii_lowercase()
-            .replace("://localhost", "://127.0.0.1")
-    };
-    dev && loopback(pds) == loopback(host)
 }
 
 fn now_micros() -> u64 {

@@ -69,6 +69,7 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
     (2, include_str!("../sql/002_cursor.sql")),
     (3, include_str!("../sql/003_links.sql")),
     (4, include_str!("../sql/004_accounts.sql")),
+    (5, include_str!("../sql/005_backfill.sql")),
 ];
 
 /// Where applied schema versions are recorded.
@@ -901,6 +902,29 @@ impl<T: SqlTransport> RecordStore<T> {
             .json_rows::<S>("SELECT DISTINCT source FROM cursors ORDER BY source")?
             .into_iter()
             .map(|s| s.source)
+            .collect())
+    }
+
+    /// Records that the repo of `did` at `rev` (`records` indexable records) is in every
+    /// sink, for a backfill to resume from.
+    pub fn save_backfilled(&self, did: &str, rev: &str, records: u64) -> Result<(), RecordError> {
+        let row = json!({"did": did, "ver": version(rev), "rev": rev, "records": records});
+        self.sql
+            .execute(&format!("INSERT INTO backfill FORMAT JSONEachRow {row}"))?;
+        Ok(())
+    }
+
+    /// Every backfilled account with the newest rev written for it.
+    pub fn backfilled(&self) -> Result<std::collections::HashMap<String, String>, RecordError> {
+        #[derive(Deserialize)]
+        struct B {
+            did: String,
+            rev: String,
+        }
+        Ok(self
+            .json_rows::<B>("SELECT did, argMax(rev, ver) AS rev FROM backfill GROUP BY did")?
+            .into_iter()
+            .map(|b| (b.did, b.rev))
             .collect())
     }
 

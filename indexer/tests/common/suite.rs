@@ -20,7 +20,8 @@ const SECRET: &str = "private: the escrow code is 4242";
 
 /// Runs every check against `store` (empty on entry).
 pub fn run<T: SqlTransport>(store: &RecordStore<T>) {
-    assert_eq!(store.applied().expect("versions"), vec![1, 2, 3, 4]);
+    assert_eq!(store.applied().expect("versions"), vec![1, 2, 3, 4, 5]);
+    backfill_progress(store);
     let mut repo = RepoWriter::new(
         "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa",
         Keypair::generate(Algorithm::K256),
@@ -255,6 +256,22 @@ pub fn run<T: SqlTransport>(store: &RecordStore<T>) {
         vec!["3l3aaaaaaaaa3"]
     );
     coordination(store, &mut repo, &extractor);
+}
+
+/// A backfill's per-account progress: the newest rev written for each account wins,
+/// whatever order the rows arrive in.
+fn backfill_progress<T: SqlTransport>(store: &RecordStore<T>) {
+    assert!(store.backfilled().expect("progress").is_empty());
+    store.save_backfilled(B, "3l3bbbbbbbbb2", 4).expect("save");
+    store.save_backfilled(C, "3l3cccccccc22", 1).expect("save");
+    store.save_backfilled(B, "3l3bbbbbbbbb5", 6).expect("save");
+    store
+        .save_backfilled(B, "3l3bbbbbbbbb3", 5)
+        .expect("save (older)");
+    let done = store.backfilled().expect("progress");
+    assert_eq!(done.len(), 2);
+    assert_eq!(done[B], "3l3bbbbbbbbb5");
+    assert_eq!(done[C], "3l3cccccccc22");
 }
 
 /// Threads, tasks, handoffs, broadcasts, agents and paging.
