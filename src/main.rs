@@ -466,7 +466,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("  agents    http://{local}/xrpc/agent.comms.listAgents");
     println!("  recall    http://{local}/xrpc/agent.memory.recall?q=database+credentials");
     println!("  appview   {did} (http://{local}/.well-known/did.json)");
-    println!("  metrics   http://{local}/metrics (relay), http://{local}/metrics/indexer");
+    println!("  metrics   http://{local}/metrics (relay), http://{local}/metrics/indexer, http://{local}/metrics/appview");
     if !args.model.configured() {
         println!("  (no --model-dir: records are indexed without vectors; recall is off)");
     }
@@ -478,13 +478,18 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
 
     let stats = agentnet_indexer::Stats::new();
-    let routes = agentnet_appview::router(appview).route(
-        "/metrics/indexer",
-        axum::routing::get({
-            let stats = stats.clone();
-            move || async move { stats.prometheus() }
-        }),
-    );
+    let routes = agentnet_appview::router(appview.clone())
+        .route(
+            "/metrics/indexer",
+            axum::routing::get({
+                let stats = stats.clone();
+                move || async move { stats.prometheus() }
+            }),
+        )
+        .route(
+            "/metrics/appview",
+            agentnet_appview::metrics_route(&appview),
+        );
     let relay_task = tokio::spawn(agentnet_relay::run_serving(
         relay,
         listener,

@@ -45,6 +45,50 @@ fn relay_help_documents_every_option_with_its_env_override() {
     );
 }
 
+#[test]
+fn backfill_documents_its_options_and_refuses_what_it_cannot_use() {
+    help_documents(
+        "backfill",
+        &[
+            ("--host", "AGENTNET_BACKFILL_HOSTS"),
+            ("--did", "AGENTNET_BACKFILL_DIDS"),
+            ("--concurrency", "AGENTNET_BACKFILL_CONCURRENCY"),
+            ("--host-concurrency", "AGENTNET_BACKFILL_HOST_CONCURRENCY"),
+            ("--host-requests-per-second", "AGENTNET_BACKFILL_HOST_RPS"),
+            ("--max-repo-bytes", "AGENTNET_BACKFILL_MAX_REPO_BYTES"),
+            ("--again", "AGENTNET_BACKFILL_AGAIN"),
+            ("--progress", "AGENTNET_BACKFILL_PROGRESS"),
+            ("--plc-url", "AGENTNET_PLC_URL"),
+            ("--data-dir", "AGENTNET_DATA_DIR"),
+            ("--clickhouse-url", "AGENTNET_CLICKHOUSE_URL"),
+            ("--appview-key", "AGENTNET_APPVIEW_KEY"),
+        ],
+    );
+    for (args, says) in [
+        (&["backfill"][..], "nothing to backfill"),
+        (&["backfill", "--host", "pds.example.com"], "base URL"),
+        (&["backfill", "--did", "alice"], "--did alice"),
+        (
+            &[
+                "backfill",
+                "--did",
+                "did:plc:ewvi7nxzyoun6zhxrhs64oiz",
+                "--concurrency",
+                "0",
+            ],
+            "must be positive",
+        ),
+    ] {
+        let out = agentnet(args, None);
+        assert!(!out.status.success(), "{args:?} ran");
+        assert!(
+            text(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
 /// `agentnet COMMAND --help` names every flag with its environment variable.
 fn help_documents(command: &str, options: &[(&str, &str)]) {
     let out = agentnet(&[command, "--help"], None);

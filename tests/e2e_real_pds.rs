@@ -337,6 +337,19 @@ async fn agents_coordinate_and_recall_through_the_whole_network() {
         "{metrics}"
     );
 
+    // The appview counted its answers by method and status (a 404 above among them).
+    let metrics = http_get(node.port, "/metrics/appview").expect("appview metrics");
+    for series in [
+        "appview_requests_total{query=\"agent.comms.getThread\",status=\"404\"}",
+        "appview_requests_total{query=\"agent.memory.recall\",status=\"200\"}",
+        "appview_request_seconds_count{query=\"agent.comms.getInbox\"}",
+    ] {
+        let n = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok());
+        assert!(n.is_some_and(|n| n >= 1.0), "{series}: {metrics}");
+    }
+
     // … and in no store: stop the node and search the record index and the vectors.
     tokio::task::spawn_blocking(move || node.stop())
         .await

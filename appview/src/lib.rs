@@ -16,6 +16,7 @@
 
 mod config;
 mod live;
+pub mod metrics;
 mod xrpc;
 
 use std::num::NonZeroUsize;
@@ -57,6 +58,7 @@ struct Inner {
     resolver: CachingResolver<HttpResolver>,
     guard: Guard,
     live: Live,
+    metrics: metrics::Metrics,
 }
 
 /// The live inbox's bounds.
@@ -149,6 +151,7 @@ impl Appview {
                 recall: parts.recall,
                 resolver,
                 guard: Guard::new(&parts.limits),
+                metrics: metrics::Metrics::new(),
                 live: Live {
                     sockets: Arc::new(tokio::sync::Semaphore::new(parts.limits.max_subscribers)),
                     poll_ms: parts.limits.inbox_poll_ms,
@@ -190,9 +193,20 @@ impl Appview {
     }
 }
 
-/// The appview's routes: XRPC, the DID document, the dashboard.
+/// The appview's routes: XRPC, the DID document, the dashboard. Its metrics are not among
+/// them: [`metrics_route`] serves them where the caller wants (`/metrics` when the appview
+/// runs alone, `/metrics/appview` beside the relay's in `agentnet up`).
 pub fn router(app: Appview) -> axum::Router {
     xrpc::routes(app)
+}
+
+/// `GET` handler for the appview's metrics (Prometheus text).
+pub fn metrics_route(app: &Appview) -> axum::routing::MethodRouter {
+    let app = app.clone();
+    axum::routing::get(move || {
+        let app = app.clone();
+        async move { app.inner.metrics.render() }
+    })
 }
 
 /// Runs the appview alone until `shutdown` resolves: its own listener, the stores the
@@ -254,9 +268,10 @@ pub async fn run(
         .await
         .map_err(|e| Error::Serve(format!("{}: {e}", config.listen)))?;
     tracing::info!(listen = %config.listen, did = app.did(), "appview running");
+    let routes = router(app.clone()).route("/metrics", metrics_route(&app));
     let served = axum::serve(
         listener,
-        router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        routes.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -165,6 +165,9 @@ pub async fn subscribe_inbox(
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| async move {
             let _held = (permit, mine);
+            let metrics = &app.inner.metrics;
+            metrics.live_subscribers.increment(1.0);
+            let _counted = crate::metrics::OnDrop(|| metrics.live_subscribers.decrement(1.0));
             tracing::debug!(caller, "live inbox opened");
             match serve(socket, &app, &caller, start).await {
                 Ok(()) => tracing::debug!(caller, "live inbox closed"),

@@ -81,7 +81,23 @@ pub fn routes(app: Appview) -> Router {
         .route("/.well-known/did.json", get(did_document))
         .route("/", get(dashboard))
         .layer(axum::middleware::from_fn_with_state(app.clone(), per_ip))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
+}
+
+/// Counts every answer by method and status, and times it (rate-limited ones included).
+async fn observe(
+    State(app): State<Appview>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = crate::metrics::Method::of_path(request.uri().path());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    app.inner
+        .metrics
+        .answered(method, response.status().as_u16(), started.elapsed());
+    response
 }
 
 impl Appview {
@@ -100,6 +116,9 @@ impl Appview {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| {
+                self.inner
+                    .metrics
+                    .auth_failed(crate::metrics::AuthFailure::Malformed);
                 XrpcError(
                     StatusCode::UNAUTHORIZED,
                     "AuthenticationRequired",
@@ -137,11 +156,12 @@ impl Appview {
             }
             Err(e) => {
                 tracing::info!(reason = %e, lxm, "refused a service token");
-                let name = if e == atproto::auth::AuthError::Expired {
-                    "ExpiredToken"
+                let (name, why) = if e == atproto::auth::AuthError::Expired {
+                    ("ExpiredToken", crate::metrics::AuthFailure::Expired)
                 } else {
-                    "InvalidToken"
+                    ("InvalidToken", crate::metrics::AuthFailure::Invalid)
                 };
+                self.inner.metrics.auth_failed(why);
                 Err(XrpcError(
                     StatusCode::UNAUTHORIZED,
                     name,

@@ -68,6 +68,13 @@ fn roomy() -> Limits {
 
 const BROADCASTS: &str = "/xrpc/agent.comms.listBroadcasts";
 
+/// One series' value in a Prometheus text exposition (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn one_address_is_held_to_its_rate(records: &store::Records) {
     let (plc_url, _) = plc(vec![]).await;
     let port = appview(
@@ -153,6 +160,27 @@ async fn tokens_naming_unknown_issuers_cannot_make_a_fetcher_of_the_appview(
     }
     assert!(codes.contains(&429), "{codes:?}");
     assert!(codes.iter().all(|c| *c == 401 || *c == 429), "{codes:?}");
+    // Every answer is counted by method and status; each refused token by its reason.
+    let count = |code: u16| codes.iter().filter(|c| **c == code).count() as f64;
+    let (refused, limited) = (count(401), count(429));
+    let metrics = get(port, "/metrics", None).await.1;
+    let series = |s: &str| metric(&metrics, s);
+    assert_eq!(
+        series("appview_requests_total{query=\"agent.comms.listBroadcasts\",status=\"401\"}"),
+        refused
+    );
+    assert_eq!(
+        series("appview_requests_total{query=\"agent.comms.listBroadcasts\",status=\"429\"}"),
+        limited
+    );
+    assert_eq!(
+        series("appview_auth_failures_total{reason=\"invalid\"}"),
+        refused
+    );
+    assert_eq!(
+        series("appview_request_seconds_count{query=\"agent.comms.listBroadcasts\"}"),
+        20.0
+    );
     let fetched = lookups.load(Ordering::Relaxed);
     assert!(
         fetched <= 6,
@@ -198,6 +226,15 @@ async fn more_queries_than_the_stores_may_run_wait_then_get_503(records: &store:
     assert!(codes.contains(&200), "{codes:?}");
     assert!(codes.contains(&503), "{codes:?}");
     assert!(codes.iter().all(|c| *c == 200 || *c == 503), "{codes:?}");
+    let metrics = get(port, "/metrics", None).await.1;
+    let busy = codes.iter().filter(|c| **c == 503).count() as f64;
+    assert_eq!(
+        metric(
+            &metrics,
+            "appview_requests_total{query=\"agent.comms.listBroadcasts\",status=\"503\"}"
+        ),
+        busy
+    );
 }
 
 async fn anonymous_visitors_see_public_aggregates_only(records: &store::Records) {

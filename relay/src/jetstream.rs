@@ -74,6 +74,8 @@ pub struct Hub {
     tx: broadcast::Sender<Arc<JsonItem>>,
     /// Subscribers that asked for compression.
     compressing: Arc<AtomicUsize>,
+    /// Recently converted events, live and replayed.
+    cache: Arc<Converted>,
 }
 
 impl Hub {
@@ -82,7 +84,87 @@ impl Hub {
         Hub {
             tx: broadcast::channel(capacity.max(16)).0,
             compressing: Arc::default(),
+            cache: Arc::new(Converted::new(CONVERTED_BYTES)),
         }
+    }
+}
+
+/// Bytes of converted events kept for replays (JSON and, where made, its zstd form). When
+/// full, the least recently used go first.
+const CONVERTED_BYTES: usize = 32 * 1024 * 1024;
+
+/// Converted events by seq, shared by every subscriber of the JSON stream: the hub puts
+/// each live event here, and replays look here before converting. Subscribers replaying
+/// the same stretch of the log (clients reconnecting together after a restart, a client
+/// that fell behind the live stream) convert it once between them. Bounded in bytes.
+pub struct Converted {
+    inner: std::sync::Mutex<ConvertedInner>,
+    budget: usize,
+}
+
+struct ConvertedInner {
+    items: lru::LruCache<u64, Arc<JsonItem>>,
+    bytes: usize,
+}
+
+impl JsonItem {
+    /// What the item holds, in bytes (for the cache's budget).
+    fn size(&self) -> usize {
+        self.events
+            .iter()
+            .map(|e| e.json.len() + e.zstd.as_ref().map_or(0, |z| z.len()) + 64)
+            .sum::<usize>()
+            + 32
+    }
+}
+
+impl Converted {
+    /// A cache of at most `budget` bytes.
+    pub fn new(budget: usize) -> Self {
+        Converted {
+            inner: std::sync::Mutex::new(ConvertedInner {
+                items: lru::LruCache::unbounded(),
+                bytes: 0,
+            }),
+            budget,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConvertedInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached items for `seqs`, in order (`None` where not cached).
+    pub fn get_many(&self, seqs: impl Iterator<Item = u64>) -> Vec<Option<Arc<JsonItem>>> {
+        let mut inner = self.lock();
+        seqs.map(|seq| inner.items.get(&seq).cloned()).collect()
+    }
+
+    /// Keeps `items`, dropping the least recently used beyond the budget. An item larger
+    /// than the whole budget is not kept.
+    pub fn put_many(&self, items: impl IntoIterator<Item = Arc<JsonItem>>) {
+        let mut inner = self.lock();
+        for item in items {
+            let size = item.size();
+            if size > self.budget {
+                continue;
+            }
+            if let Some(old) = inner.items.put(item.seq, item) {
+                inner.bytes -= old.size();
+            }
+            inner.bytes += size;
+            while inner.bytes > self.budget {
+                match inner.items.pop_lru() {
+                    Some((_, gone)) => inner.bytes -= gone.size(),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 }
 
@@ -131,8 +213,10 @@ pub async fn run_hub(
         .await
         .map_err(|e| crate::Error::Task(e.to_string()))?;
         compressor = back;
+        let items: Vec<Arc<JsonItem>> = items.into_iter().map(Arc::new).collect();
+        hub.cache.put_many(items.iter().cloned());
         for item in items {
-            let _ = hub.tx.send(Arc::new(item));
+            let _ = hub.tx.send(item);
         }
     }
 }
@@ -221,6 +305,7 @@ async fn serve(conn: &mut stream::Conn, state: &AppState, params: Params) -> Res
         false => None,
     };
     let mut feed = JsonFeed {
+        cache: hub.cache.clone(),
         filters: params.filters,
         max_message_bytes: params.max_message_bytes,
         compressor,
@@ -280,6 +365,7 @@ impl Drop for Compressing {
 
 /// One JSON-stream subscriber's side of the stream.
 struct JsonFeed {
+    cache: Arc<Converted>,
     filters: Filters,
     max_message_bytes: usize,
     /// Set when the subscriber asked for compression.
@@ -344,10 +430,25 @@ impl stream::Feed for JsonFeed {
         item.seq
     }
 
+    /// Replayed events come from the shared cache where another subscriber (or the hub)
+    /// converted them already; the rest are converted here and shared. Compression, where
+    /// asked for, happens as each message goes out.
     fn replayed(&mut self, page: Vec<Logged>) -> Vec<Arc<JsonItem>> {
-        page.iter()
-            .map(|logged| Arc::new(convert(logged, self.compressor.as_mut())))
-            .collect()
+        let cached = self.cache.get_many(page.iter().map(|l| l.seq));
+        let mut fresh = Vec::new();
+        let items = page
+            .iter()
+            .zip(cached)
+            .map(|(logged, hit)| {
+                hit.unwrap_or_else(|| {
+                    let item = Arc::new(convert(logged, None));
+                    fresh.push(item.clone());
+                    item
+                })
+            })
+            .collect();
+        self.cache.put_many(fresh);
+        items
     }
 
     fn messages(&mut self, item: &Arc<JsonItem>, out: &mut Vec<Message>) {
@@ -580,5 +681,40 @@ pub fn json_events(frame: &atproto::frame::Frame, time_us: u64, out: &mut Vec<Ma
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(seq: u64, bytes: usize) -> Arc<JsonItem> {
+        Arc::new(JsonItem {
+            seq,
+            events: vec![JsonEvent {
+                did: "did:plc:ewvi7nxzyoun6zhxrhs64oiz".into(),
+                collection: None,
+                json: "x".repeat(bytes).into(),
+                zstd: None,
+            }],
+        })
+    }
+
+    #[test]
+    fn converted_events_stay_within_their_byte_budget_least_recently_used_first() {
+        let one = item(1, 1000).size();
+        let cache = Converted::new(3 * one);
+        cache.put_many([item(1, 1000), item(2, 1000), item(3, 1000)]);
+        assert_eq!(cache.bytes(), 3 * one);
+        // Reading 1 makes 2 the least recently used: the next one in pushes 2 out.
+        assert!(cache.get_many([1].into_iter())[0].is_some());
+        cache.put_many([item(4, 1000)]);
+        let hits: Vec<bool> = cache.get_many(1..=4).iter().map(Option::is_some).collect();
+        assert_eq!(hits, [true, false, true, true]);
+        assert_eq!(cache.bytes(), 3 * one);
+        // The same seq again replaces, never counts twice; one over the budget is not kept.
+        cache.put_many([item(4, 1000), item(9, 10 * 1000)]);
+        assert_eq!(cache.bytes(), 3 * one);
+        assert!(cache.get_many([9].into_iter())[0].is_none());
     }
 }

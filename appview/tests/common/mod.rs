@@ -67,8 +67,9 @@ pub async fn appview(records: &store::Records, plc_url: &str, limits: Limits) ->
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let router =
-        agentnet_appview::router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let router = agentnet_appview::router(app.clone())
+        .route("/metrics", agentnet_appview::metrics_route(&app))
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, router).await });
     port
 }
