@@ -478,7 +478,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
 
     let stats = agentnet_indexer::Stats::new();
-    let routes = agentnet_appview::router(appview.clone())
+    // The router takes the appview (and so the query batcher) whole: when the relay stops
+    // serving it, the model thread can end.
+    let appview_metrics = agentnet_appview::metrics_route(&appview);
+    let routes = agentnet_appview::router(appview)
         .route(
             "/metrics/indexer",
             axum::routing::get({
@@ -486,10 +489,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 move || async move { stats.prometheus() }
             }),
         )
-        .route(
-            "/metrics/appview",
-            agentnet_appview::metrics_route(&appview),
-        );
+        .route("/metrics/appview", appview_metrics);
     let relay_task = tokio::spawn(agentnet_relay::run_serving(
         relay,
         listener,

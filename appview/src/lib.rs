@@ -268,7 +268,10 @@ pub async fn run(
         .await
         .map_err(|e| Error::Serve(format!("{}: {e}", config.listen)))?;
     tracing::info!(listen = %config.listen, did = app.did(), "appview running");
-    let routes = router(app.clone()).route("/metrics", metrics_route(&app));
+    // The router takes the appview whole, so that when serving ends its batcher handles
+    // are gone and the model thread ends.
+    let metrics = metrics_route(&app);
+    let routes = router(app).route("/metrics", metrics);
     let served = axum::serve(
         listener,
         routes.into_make_service_with_connect_info::<std::net::SocketAddr>(),

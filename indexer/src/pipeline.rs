@@ -360,9 +360,11 @@ impl<T: SqlTransport> Sinks<T> {
                     .iter()
                     .map(|r| r.text.clone().unwrap_or_default())
                     .collect();
+                let started = Instant::now();
                 let vectors = embedder
                     .embed(&texts, 64)
                     .map_err(|e| Error::Sink(e.to_string()))?;
+                self.stats.embedded(texts.len(), started.elapsed());
                 let points: Vec<VectorPoint> = with_text
                     .iter()
                     .zip(vectors)

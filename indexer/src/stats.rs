@@ -1,39 +1,147 @@
-//! What the indexer has done, as counters an operator can scrape: rows and vectors written,
+//! What the indexer has done, as metrics an operator can scrape: rows and vectors written,
 //! batches, ops skipped by reason (not an agent record, private, undecodable, invalid
-//! against its lexicon), failed batches, and the last sequence number indexed. Owned by the
+//! against its lexicon), failed batches, embedding calls, the last sequence number indexed
+//! and how far behind the relay that is. Registered once on a Prometheus recorder the
+//! indexer owns (no global recorder); label values come from a fixed set. The few totals
+//! the progress lines need are also kept as plain counters to read back. Owned by the
 //! indexer that updates it; cheap to clone and read from anywhere.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
 use crate::extract::Skipped;
 
 /// Skip reasons, as `Skipped::reason` names them (a bounded label set).
 pub const SKIP_REASONS: [&str; 4] = ["not_agent", "private", "undecodable", "invalid"];
 
+/// Totals read back for progress lines.
 #[derive(Debug, Default)]
-struct Counters {
+struct Totals {
     batches: AtomicU64,
     rows: AtomicU64,
     vectors: AtomicU64,
     failed_batches: AtomicU64,
-    outdated: AtomicU64,
-    error_frames: AtomicU64,
-    synced: AtomicU64,
-    sync_failed: AtomicU64,
+    skipped: AtomicU64,
     last_seq: AtomicU64,
     /// When the newest event indexed was emitted (ms since the epoch; 0: none yet).
     last_event_ms: AtomicI64,
-    skipped: [AtomicU64; 4],
 }
 
-/// The indexer's counters.
-#[derive(Debug, Clone, Default)]
-pub struct Stats(Arc<Counters>);
+/// The registered metrics.
+struct Registered {
+    handle: PrometheusHandle,
+    batches: Counter,
+    rows: Counter,
+    vectors: Counter,
+    failed_batches: Counter,
+    outdated: Counter,
+    error_frames: Counter,
+    synced: Counter,
+    sync_failed: Counter,
+    skipped: [Counter; 4],
+    last_seq: Gauge,
+    lag_seconds: Gauge,
+    embed_seconds: Histogram,
+    embed_texts: Histogram,
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registered")
+    }
+}
+
+impl Registered {
+    fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            // Embedding calls, from one short text to a full batch on a loaded CPU.
+            .set_buckets(&[
+                0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ])
+            .expect("bucket list is non-empty")
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("indexer_embed_batch_texts".into()),
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+            )
+            .expect("bucket list is non-empty")
+            .build_recorder();
+        let meta = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+        let describe = |name: &'static str, help: &'static str| {
+            recorder.describe_counter(
+                KeyName::from_const_str(name),
+                None,
+                SharedString::const_str(help),
+            );
+        };
+        let counter = |name: &'static str, help: &'static str| {
+            describe(name, help);
+            recorder.register_counter(&Key::from_name(name), &meta)
+        };
+        let gauge = |name: &'static str, help: &'static str| {
+            recorder.describe_gauge(
+                KeyName::from_const_str(name),
+                None,
+                SharedString::const_str(help),
+            );
+            recorder.register_gauge(&Key::from_name(name), &meta)
+        };
+        let histogram = |name: &'static str, help: &'static str| {
+            recorder.describe_histogram(
+                KeyName::from_const_str(name),
+                None,
+                SharedString::const_str(help),
+            );
+            recorder.register_histogram(&Key::from_name(name), &meta)
+        };
+        describe("indexer_skipped_total", "Ops not indexed, by reason.");
+        let skipped = SKIP_REASONS.map(|reason| {
+            let key = Key::from_parts("indexer_skipped_total", vec![Label::new("reason", reason)]);
+            recorder.register_counter(&key, &meta)
+        });
+        Registered {
+            batches: counter("indexer_batches_total", "Batches written to every sink."),
+            rows: counter("indexer_rows_total", "Record index rows written (upserts and deletes)."),
+            vectors: counter("indexer_vectors_total", "Vectors written."),
+            failed_batches: counter("indexer_failed_batches_total", "Batch writes a sink refused; each is tried again until it is written."),
+            outdated: counter("indexer_outdated_cursor_total", "Times the relay no longer held every event after the cursor (a gap)."),
+            error_frames: counter("indexer_error_frames_total", "Sessions the relay refused with an error frame (FutureCursor, ...)."),
+            synced: counter("indexer_syncs_total", "Accounts reconciled from their repo after a #sync."),
+            sync_failed: counter("indexer_sync_failures_total", "#sync events whose repo could not be fetched or read (the account is left as it was)."),
+            skipped,
+            last_seq: gauge("indexer_last_seq", "The relay sequence number indexed last."),
+            lag_seconds: gauge("indexer_lag_seconds", "How far behind the relay the index is: now less when the newest indexed event was emitted."),
+            embed_seconds: histogram("indexer_embed_seconds", "Time of one embedding call, seconds."),
+            embed_texts: histogram("indexer_embed_batch_texts", "Texts embedded per call."),
+            handle: recorder.handle(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    totals: Totals,
+    registered: Registered,
+}
+
+/// The indexer's metrics.
+#[derive(Debug, Clone)]
+pub struct Stats(Arc<Inner>);
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats(Arc::new(Inner {
+            totals: Totals::default(),
+            registered: Registered::new(),
+        }))
+    }
+}
 
 impl Stats {
-    /// Fresh counters.
+    /// Fresh metrics on a recorder of their own.
     pub fn new() -> Self {
         Stats::default()
     }
@@ -41,95 +149,85 @@ impl Stats {
     /// One op skipped, and why.
     pub fn skipped(&self, why: &Skipped) {
         if let Some(i) = SKIP_REASONS.iter().position(|r| *r == why.reason()) {
-            self.0.skipped[i].fetch_add(1, Ordering::Relaxed);
+            self.0.registered.skipped[i].increment(1);
+            self.0.totals.skipped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// A batch written to every sink, up to `last_seq`; `newest_ms` is when its newest
     /// event was emitted, if it said.
     pub fn batch(&self, rows: usize, vectors: usize, last_seq: u64, newest_ms: Option<i64>) {
+        let (t, r) = (&self.0.totals, &self.0.registered);
         if let Some(ms) = newest_ms {
-            self.0.last_event_ms.fetch_max(ms, Ordering::Relaxed);
+            t.last_event_ms.fetch_max(ms, Ordering::Relaxed);
         }
-        self.0.batches.fetch_add(1, Ordering::Relaxed);
-        self.0.rows.fetch_add(rows as u64, Ordering::Relaxed);
-        self.0.vectors.fetch_add(vectors as u64, Ordering::Relaxed);
-        self.0.last_seq.store(last_seq, Ordering::Relaxed);
+        t.batches.fetch_add(1, Ordering::Relaxed);
+        t.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        t.vectors.fetch_add(vectors as u64, Ordering::Relaxed);
+        t.last_seq.store(last_seq, Ordering::Relaxed);
+        r.batches.increment(1);
+        r.rows.increment(rows as u64);
+        r.vectors.increment(vectors as u64);
+        r.last_seq.set(last_seq as f64);
+    }
+
+    /// One embedding call: `texts` embedded in `took`.
+    pub fn embedded(&self, texts: usize, took: Duration) {
+        let r = &self.0.registered;
+        r.embed_seconds.record(took.as_secs_f64());
+        r.embed_texts.record(texts as f64);
     }
 
     /// A batch that a sink refused (the cursor did not move).
     pub fn failed(&self) {
-        self.0.failed_batches.fetch_add(1, Ordering::Relaxed);
+        self.0.totals.failed_batches.fetch_add(1, Ordering::Relaxed);
+        self.0.registered.failed_batches.increment(1);
     }
 
     /// The relay said the events after our cursor are gone (`#info OutdatedCursor`).
     pub fn outdated(&self) {
-        self.0.outdated.fetch_add(1, Ordering::Relaxed);
+        self.0.registered.outdated.increment(1);
     }
 
     /// An account was reconciled from its repo after a `#sync`.
     pub fn synced(&self) {
-        self.0.synced.fetch_add(1, Ordering::Relaxed);
+        self.0.registered.synced.increment(1);
     }
 
     /// A `#sync` whose repo could not be fetched or read.
     pub fn sync_failed(&self) {
-        self.0.sync_failed.fetch_add(1, Ordering::Relaxed);
+        self.0.registered.sync_failed.increment(1);
     }
 
     /// The relay refused a session with an error frame.
     pub fn error_frame(&self) {
-        self.0.error_frames.fetch_add(1, Ordering::Relaxed);
+        self.0.registered.error_frames.increment(1);
     }
 
     /// The counters now.
     pub fn snapshot(&self) -> Snapshot {
-        let c = &self.0;
+        let c = &self.0.totals;
         Snapshot {
             batches: c.batches.load(Ordering::Relaxed),
             rows: c.rows.load(Ordering::Relaxed),
             vectors: c.vectors.load(Ordering::Relaxed),
-            skipped: c.skipped.iter().map(|s| s.load(Ordering::Relaxed)).sum(),
+            skipped: c.skipped.load(Ordering::Relaxed),
             failed_batches: c.failed_batches.load(Ordering::Relaxed),
             last_seq: c.last_seq.load(Ordering::Relaxed),
             last_event_ms: c.last_event_ms.load(Ordering::Relaxed),
         }
     }
 
-    /// The counters in Prometheus' text format.
+    /// The metrics in Prometheus' text format; the lag is taken now.
     pub fn prometheus(&self) -> String {
-        let c = &self.0;
-        let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 8] = [
-            ("indexer_batches_total", "Batches written to every sink.", &c.batches),
-            ("indexer_rows_total", "Record index rows written (upserts and deletes).", &c.rows),
-            ("indexer_vectors_total", "Vectors written.", &c.vectors),
-            ("indexer_outdated_cursor_total", "Times the relay no longer held every event after the cursor (a gap).", &c.outdated),
-            ("indexer_syncs_total", "Accounts reconciled from their repo after a #sync.", &c.synced),
-            ("indexer_sync_failures_total", "#sync events whose repo could not be fetched or read (the account is left as it was).", &c.sync_failed),
-            ("indexer_error_frames_total", "Sessions the relay refused with an error frame (FutureCursor, ...).", &c.error_frames),
-            ("indexer_failed_batches_total", "Batch writes a sink refused; each is tried again until it is written.", &c.failed_batches),
-        ];
-        for (name, help, value) in counters {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                value.load(Ordering::Relaxed)
-            ));
+        let r = &self.0.registered;
+        let last_ms = self.0.totals.last_event_ms.load(Ordering::Relaxed);
+        if last_ms > 0 {
+            let lag_ms = (atproto::syntax::now_millis() - last_ms).max(0);
+            r.lag_seconds.set(lag_ms as f64 / 1000.0);
         }
-        out.push_str(
-            "# HELP indexer_skipped_total Ops not indexed, by reason.\n# TYPE indexer_skipped_total counter\n",
-        );
-        for (i, reason) in SKIP_REASONS.iter().enumerate() {
-            out.push_str(&format!(
-                "indexer_skipped_total{{reason=\"{reason}\"}} {}\n",
-                c.skipped[i].load(Ordering::Relaxed)
-            ));
-        }
-        out.push_str(&format!(
-            "# HELP indexer_last_seq The relay sequence number indexed last.\n# TYPE indexer_last_seq gauge\nindexer_last_seq {}\n",
-            c.last_seq.load(Ordering::Relaxed)
-        ));
-        out
+        r.handle.run_upkeep();
+        r.handle.render()
     }
 }
 
@@ -275,5 +373,37 @@ mod tests {
         let p =
             Progress::between(&Snapshot::default(), &fresh.snapshot(), 1.0, 5_000).expect("a line");
         assert_eq!(p.lag_secs, None);
+    }
+
+    #[test]
+    fn the_exposition_carries_every_series_with_help_and_bounded_labels() {
+        let stats = Stats::new();
+        stats.batch(3, 2, 41, Some(atproto::syntax::now_millis() - 2_000));
+        stats.skipped(&Skipped::Private);
+        stats.skipped(&Skipped::Invalid("no".into()));
+        stats.embedded(16, Duration::from_millis(30));
+        stats.synced();
+        let text = stats.prometheus();
+        for line in [
+            "indexer_rows_total 3",
+            "indexer_vectors_total 2",
+            "indexer_batches_total 1",
+            "indexer_last_seq 41",
+            "indexer_syncs_total 1",
+            "indexer_skipped_total{reason=\"private\"} 1",
+            "indexer_skipped_total{reason=\"invalid\"} 1",
+            "indexer_skipped_total{reason=\"not_agent\"} 0",
+            "indexer_embed_batch_texts_bucket{le=\"16\"} 1",
+            "indexer_embed_seconds_count 1",
+            "# HELP indexer_rows_total Record index rows written",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        let lag: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("indexer_lag_seconds "))
+            .and_then(|v| v.parse().ok())
+            .expect("lag");
+        assert!((1.9..60.0).contains(&lag), "{lag}");
     }
 }
