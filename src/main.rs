@@ -430,6 +430,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         )));
     }
 
+    // Keys for repos fetched on #sync come from the same directory the relay uses.
+    indexer.index.plc_url = relay.plc_url.clone();
     // One model instance for indexing (a blocking thread), one for queries (the batcher).
     let embedder = agentnet_indexer::load_model(&indexer.index)?;
     let stores = {

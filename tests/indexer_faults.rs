@@ -263,6 +263,8 @@ async fn the_indexer_is_a_complete_consumer() {
         agentnet_indexer::pipeline::RepoSource::new(
             &relay_url,
             &atproto::net::Egress::new(atproto::net::EgressPolicy::new(true)),
+            &fleet.fleet.plc_url(),
+            true,
         )
         .expect("repo source"),
     );
@@ -321,6 +323,99 @@ async fn the_indexer_is_a_complete_consumer() {
         5,
         "the skipped commit's message and the one the repair answered are indexed from the repo"
     );
+
+    // A #sync whose repo comes back signed by another key (a host serving a forged repo)
+    // changes nothing: the sync counts as failed and the account's rows stay as they were.
+    let forged = {
+        let mut forger =
+            RepoWriter::new(dids[1].as_str(), Keypair::generate(Algorithm::K256)).expect("forger");
+        for text in ["forged one", "forged two"] {
+            let rkey = forger.next_rkey().to_string();
+            let record = json!({"$type": "agent.comms.message", "sender": dids[1], "recipient": dids[1],
+                "content": {"kind": "text", "text": text}, "createdAt": NOW});
+            let write = Write::Create {
+                collection: "agent.comms.message".into(),
+                rkey,
+                record: atproto::data::to_cbor(
+                    &atproto::data::json_to_ipld(&record).expect("data"),
+                )
+                .expect("cbor"),
+            };
+            forger.commit(&[write], NOW).expect("commit");
+        }
+        forger.export_car().expect("repo")
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let forger_url = format!("ws://{}", listener.local_addr().expect("addr"));
+    let forger = axum::Router::new().route(
+        "/xrpc/com.atproto.sync.getRepo",
+        axum::routing::get(move || {
+            let car = forged.clone();
+            async move { car }
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, forger).await });
+    let mut sinks = sinks;
+    sinks.repos = Some(
+        agentnet_indexer::pipeline::RepoSource::new(
+            &forger_url,
+            &atproto::net::Egress::new(atproto::net::EgressPolicy::new(true)),
+            &fleet.fleet.plc_url(),
+            true,
+        )
+        .expect("repo source"),
+    );
+    let uris_of = |sinks: &Sinks<store::Sql>| -> Vec<String> {
+        let page = sinks.records.inbox(None, &dids[1], None, &Page::first(100));
+        page.expect("inbox")
+            .rows
+            .into_iter()
+            .map(|r| r.uri)
+            .collect()
+    };
+    let before = uris_of(&sinks);
+    assert!(!before.is_empty());
+    let failures = |sinks: &Sinks<store::Sql>| {
+        sinks
+            .stats
+            .prometheus()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("indexer_sync_failures_total ")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    let failed_before = failures(&sinks);
+    let sync = Frame::Sync(atproto::frame::SyncEvent {
+        seq: 1,
+        did: dids[1].clone(),
+        blocks: Default::default(),
+        // Older than any repo: only the signature stands between the forgery and the index.
+        rev: "2222222222222".into(),
+        time: NOW.into(),
+    });
+    let (sinks, indexed) = tokio::task::spawn_blocking(move || {
+        let indexed = sinks.index(&[sync], "forged-repo-test", 1, 1);
+        (sinks, indexed)
+    })
+    .await
+    .expect("join");
+    indexed.expect("a forged repo fails the sync, not the batch");
+    assert_eq!(failures(&sinks), failed_before + 1);
+    assert_eq!(
+        uris_of(&sinks),
+        before,
+        "the account's records as they were"
+    );
+    assert!(
+        !sinks.records.anywhere("forged one").expect("scan"),
+        "nothing of the forgery indexed"
+    );
+    server.abort();
 
     // A cursor ahead of the relay: FutureCursor, answered with growing waits, not a loop.
     sinks

@@ -62,13 +62,6 @@ pub struct BackfillConfig {
     /// Fetch every account again, even those already backfilled at their current rev.
     #[arg(long, env = "AGENTNET_BACKFILL_AGAIN", default_value_t = false)]
     pub again: bool,
-    /// PLC directory for resolving `did:plc` accounts.
-    #[arg(
-        long,
-        env = "AGENTNET_PLC_URL",
-        default_value = "https://plc.directory"
-    )]
-    pub plc_url: String,
     /// How progress is shown: `auto` (a bar on a terminal, log lines otherwise), `bar`,
     /// or `log` (a line at info level every `--progress-secs`).
     #[arg(long, env = "AGENTNET_BACKFILL_PROGRESS", default_value = "auto")]
@@ -507,7 +500,7 @@ pub async fn run(
         .map_err(|e| Error::Config(e.to_string()))?;
     let resolver = atproto::identity::CachingResolver::new(
         atproto::identity::HttpResolver::new(atproto::identity::ResolverConfig {
-            plc_url: config.plc_url.clone(),
+            plc_url: config.index.plc_url.clone(),
             dev: config.index.dev,
             timeout: Duration::from_secs(10),
             egress: Some(egress),

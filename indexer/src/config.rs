@@ -71,6 +71,14 @@ pub struct IndexConfig {
     /// (0: never; searches then scan unindexed segments exactly).
     #[arg(long, env = "AGENTNET_INDEX_OPTIMIZE_EVERY", default_value_t = 20_000)]
     pub optimize_every: usize,
+    /// PLC directory for resolving `did:plc` accounts (their keys check the repos fetched
+    /// for a `#sync` or a backfill).
+    #[arg(
+        long,
+        env = "AGENTNET_PLC_URL",
+        default_value = "https://plc.directory"
+    )]
+    pub plc_url: String,
     /// Development mode: loopback and private addresses may be reached (repos fetched for
     /// `#sync` come from wherever the account's DID document points).
     #[arg(long, env = "AGENTNET_DEV", default_value_t = false)]

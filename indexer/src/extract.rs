@@ -106,16 +106,9 @@ impl Extractor {
         (changes, skipped)
     }
 
-    /// Every record of a whole repo (a `getRepo` CAR) as it stands at `rev`: one upsert per
-    /// indexable record, and the paths skipped with why. The CAR's blocks are checked
-    /// against their CIDs and the tree is walked from the commit's root.
-    pub fn extract_repo(&self, did: &str, car: &atproto::car::Car) -> Result<RepoRecords, String> {
-        let repo =
-            atproto::commit::RepoSnapshot::read(did, car).map_err(|e| format!("repo: {e}"))?;
-        Ok(self.extract_snapshot(did, repo, &car.blocks))
-    }
-
-    /// Every record of a repo already read (and, by the caller, verified).
+    /// Every record of a whole repo as it stands at its rev: one upsert per indexable
+    /// record, and the paths skipped with why. The caller has verified the repo
+    /// (`RepoSnapshot::read_verified`): nothing here checks a signature.
     pub fn extract_snapshot(
         &self,
         did: &str,

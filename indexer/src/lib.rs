@@ -198,6 +198,8 @@ pub async fn run_with(
         repos: Some(pipeline::RepoSource::new(
             &config.relay_url,
             &config.index.egress(),
+            &config.index.plc_url,
+            config.index.dev,
         )?),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

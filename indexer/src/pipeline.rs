@@ -34,40 +34,73 @@ pub struct Sinks<T> {
 }
 
 /// Whole repos for `#sync` reconciliation, from the relay's `getRepo` (which redirects to
-/// the account's PDS), through the egress guard, bounded in size and time.
+/// the account's PDS), through the egress guard, bounded in size and time. A repo is only
+/// believed once its commit verifies with the account's current key (its DID document,
+/// resolved through the same guard), its blocks match their CIDs and its tree is whole.
 pub struct RepoSource {
     client: atproto::net::GuardedClient,
     relay: String,
     max_bytes: usize,
+    resolver: atproto::identity::CachingResolver<atproto::identity::HttpResolver>,
 }
 
 /// Largest repo fetched for a reconciliation.
 const MAX_REPO_BYTES: usize = 256 * 1024 * 1024;
 /// Longest a repo fetch may take.
 const REPO_TIMEOUT: Duration = Duration::from_secs(120);
+/// DID documents kept for repo checks, and for how long.
+const IDENTITIES: usize = 4096;
+const IDENTITY_TTL: Duration = Duration::from_secs(600);
+
+/// A whole repo that verified.
+pub struct VerifiedRepo {
+    /// Its blocks.
+    pub car: atproto::car::Car,
+    /// Its signed commit and records.
+    pub snapshot: atproto::commit::RepoSnapshot,
+}
 
 impl RepoSource {
-    /// Repos from the relay at `relay_url` (its firehose URL, `ws://` or `wss://`).
-    pub fn new(relay_url: &str, egress: &atproto::net::Egress) -> Result<Self, Error> {
+    /// Repos from the relay at `relay_url` (its firehose URL, `ws://` or `wss://`), keys
+    /// from DID documents (`did:plc` from `plc_url`; `dev` allows loopback and plain http).
+    pub fn new(
+        relay_url: &str,
+        egress: &atproto::net::Egress,
+        plc_url: &str,
+        dev: bool,
+    ) -> Result<Self, Error> {
         let relay = relay_url
             .replacen("wss://", "https://", 1)
             .replacen("ws://", "http://", 1);
         let client = egress
             .client(reqwest::Client::builder().timeout(REPO_TIMEOUT))
             .map_err(|e| Error::Config(e.to_string()))?;
+        let resolver = atproto::identity::CachingResolver::new(
+            atproto::identity::HttpResolver::new(atproto::identity::ResolverConfig {
+                plc_url: plc_url.to_string(),
+                dev,
+                timeout: Duration::from_secs(10),
+                egress: Some(egress.clone()),
+            })
+            .map_err(|e| Error::Config(e.to_string()))?,
+            std::num::NonZeroUsize::new(IDENTITIES).unwrap_or(std::num::NonZeroUsize::MIN),
+            IDENTITY_TTL,
+        );
         Ok(RepoSource {
             client,
             relay,
             max_bytes: MAX_REPO_BYTES,
+            resolver,
         })
     }
 
-    /// The account's repo as a CAR. Blocks the calling (non-runtime) thread.
-    fn fetch(&self, did: &str) -> Result<atproto::car::Car, String> {
+    /// The account's repo, verified. Blocks the calling (non-runtime) thread.
+    fn fetch(&self, did: &str) -> Result<VerifiedRepo, String> {
         let url = atproto::net::xrpc_url(&self.relay, "com.atproto.sync.getRepo", &[("did", did)]);
         let request = self.client.get(&url).map_err(|e| e.to_string())?;
         let max = self.max_bytes;
-        let body = tokio::runtime::Handle::current().block_on(async move {
+        let runtime = tokio::runtime::Handle::current();
+        let body = runtime.block_on(async move {
             let mut resp = request.send().await.map_err(|e| e.to_string())?;
             if !resp.status().is_success() {
                 return Err(format!("getRepo: HTTP {}", resp.status()));
@@ -85,7 +118,23 @@ impl RepoSource {
             max_bytes: max,
             ..atproto::car::CarLimits::REPO
         };
-        atproto::car::read_car(&body, limits).map_err(|e| format!("repo CAR: {e}"))
+        let car = atproto::car::read_car(&body, limits).map_err(|e| format!("repo CAR: {e}"))?;
+        let id = runtime
+            .block_on(self.resolver.identity(did))
+            .map_err(|e| format!("resolving the DID: {e}"))?;
+        let snapshot =
+            match atproto::commit::RepoSnapshot::read_verified(did, &car, &id.signing_key) {
+                Err(atproto::commit::CommitError::Signature(_)) => {
+                    // The key may have rotated since the document was cached: look once more.
+                    let id = runtime
+                        .block_on(self.resolver.refresh(did))
+                        .map_err(|e| format!("resolving the DID: {e}"))?;
+                    atproto::commit::RepoSnapshot::read_verified(did, &car, &id.signing_key)
+                }
+                other => other,
+            }
+            .map_err(|e| format!("the repo does not verify: {e}"))?;
+        Ok(VerifiedRepo { car, snapshot })
     }
 }
 
@@ -263,9 +312,10 @@ impl<T: SqlTransport> Sinks<T> {
         let Some(source) = &self.repos else {
             return Ok(());
         };
-        let fetched = source
-            .fetch(&ev.did)
-            .and_then(|car| self.extractor.extract_repo(&ev.did, &car));
+        let fetched = source.fetch(&ev.did).map(|repo| {
+            self.extractor
+                .extract_snapshot(&ev.did, repo.snapshot, &repo.car.blocks)
+        });
         let repo = match fetched {
             Ok(r) if r.rev.as_str() >= ev.rev.as_str() => r,
             Ok(r) => {
