@@ -78,20 +78,6 @@ fn by_did(events: &[Value]) -> BTreeMap<String, Vec<(String, String)>> {
     out
 }
 
-/// What the PDS reports it wrote, in the same shape.
-fn expected_by_did(ops: &[Value]) -> BTreeMap<String, Vec<(String, String)>> {
-    let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for op in ops {
-        out.entry(op["did"].as_str().expect("did").to_string())
-            .or_default()
-            .push((
-                op["action"].as_str().expect("action").to_string(),
-                op["path"].as_str().expect("path").to_string(),
-            ));
-    }
-    out
-}
-
 fn ops(pds: &mut Pds, rounds: u64) -> Vec<Value> {
     pds.call(json!({"op": "scenario", "rounds": rounds}))["ops"]
         .as_array()
@@ -113,8 +99,8 @@ fn jetstream_clients_read_the_relays_json_stream() {
     // update with its record, each account's identity and account events, times in order.
     let everything = atcute(&relay, 0, &[]);
     let all = read(&everything, written.len(), settle);
-    assert_eq!(by_did(&all), expected_by_did(&written));
-    for did in expected_by_did(&written).keys() {
+    assert_eq!(by_did(&all), support::ops_by_did(&written));
+    for did in support::ops_by_did(&written).keys() {
         for kind in ["identity", "account"] {
             assert!(
                 all.iter().any(|e| e["kind"] == kind && e["did"] == **did),
@@ -169,7 +155,7 @@ fn jetstream_clients_read_the_relays_json_stream() {
     // Live: the next round reaches every subscriber, filtered as each asked.
     let more = ops(&mut pds, 1);
     let live = read(&everything, more.len(), settle);
-    assert_eq!(by_did(&live), expected_by_did(&more));
+    assert_eq!(by_did(&live), support::ops_by_did(&more));
     let live_requests = read(&requests, 2, settle);
     assert!(
         live_requests.len() == 2

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{http_get, tempdir, Client, Pds, Relay};
+use support::{http_get, ops_by_did, tempdir, Client, Pds, Relay};
 
 /// Reads client lines until every expected op was seen, returning commit lines in order.
 fn collect(client: &Client, expected: usize, timeout: Duration) -> Vec<Value> {
@@ -33,19 +33,6 @@ fn collect(client: &Client, expected: usize, timeout: Duration) -> Vec<Value> {
         }
     }
     commits
-}
-
-fn by_did(ops: &[Value]) -> BTreeMap<String, Vec<(String, String)>> {
-    let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for op in ops {
-        out.entry(op["did"].as_str().expect("did").to_string())
-            .or_default()
-            .push((
-                op["action"].as_str().expect("action").into(),
-                op["path"].as_str().expect("path").into(),
-            ));
-    }
-    out
 }
 
 /// Each seq once; per account strictly increasing. (The client processes accounts in
@@ -77,8 +64,8 @@ fn relay_verifies_and_republishes_reference_pds_commits() {
 
     let commits = collect(&client, expected.len(), Duration::from_secs(90));
     assert_eq!(
-        by_did(&commits),
-        by_did(&expected),
+        ops_by_did(&commits),
+        ops_by_did(&expected),
         "every op, in order per account"
     );
     assert_seqs_unique_and_increasing(&commits);
@@ -121,8 +108,8 @@ fn kill9_mid_stream_loses_nothing_and_duplicates_nothing() {
     let all: Vec<Value> = first.into_iter().chain(rest).collect();
     assert_seqs_unique_and_increasing(&all);
     assert_eq!(
-        by_did(&all),
-        by_did(&expected),
+        ops_by_did(&all),
+        ops_by_did(&expected),
         "every op once, in order per account"
     );
     drop(relay);

@@ -154,6 +154,23 @@ pub fn sealed_recipients(value: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// The ops the reference PDS reports it wrote (`{did, action, path}`), each account's in
+/// order.
+pub fn ops_by_did(
+    ops: &[serde_json::Value],
+) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
+    let mut out: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
+    for op in ops {
+        out.entry(op["did"].as_str().expect("did").to_string())
+            .or_default()
+            .push((
+                op["action"].as_str().expect("action").to_string(),
+                op["path"].as_str().expect("path").to_string(),
+            ));
+    }
+    out
+}
+
 /// A fresh directory in the temp dir, named for the test and this process.
 pub fn tempdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("agentnet-{name}-{}", std::process::id()));
