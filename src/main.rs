@@ -1,5 +1,7 @@
 //! `agentnet`: one binary for every agentnet service and tool.
 
+mod status;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -228,6 +230,10 @@ struct UpArgs {
     /// Demo records written per second, across all agents.
     #[arg(long, env = "AGENTNET_DEMO_RATE", default_value_t = 2.0)]
     demo_rate: f64,
+    /// No live status line (shown on standard error when it is a terminal: the relay's
+    /// events in and out, the indexer's rows and lag, the appview's requests).
+    #[arg(long, env = "AGENTNET_UP_NO_STATUS", default_value_t = false)]
+    no_status: bool,
 }
 
 /// Defaults (and environment overrides) of a service's own settings, for `up`.
@@ -482,7 +488,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let stats = agentnet_indexer::Stats::new();
     // The router takes the appview (and so the query batcher) whole: when the relay stops
     // serving it, the model thread can end.
-    let appview_metrics = agentnet_appview::metrics_route(&appview);
+    let appview_metrics = appview.metrics();
+    let appview_route = agentnet_appview::metrics_route(&appview);
     let routes = agentnet_appview::router(appview)
         .route(
             "/metrics/indexer",
@@ -491,11 +498,20 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 move || async move { stats.prometheus() }
             }),
         )
-        .route("/metrics/appview", appview_metrics);
+        .route("/metrics/appview", appview_route);
+    let relay_metrics = agentnet_relay::metrics::Metrics::new();
+    let status =
+        (!args.no_status && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+            let (relay, stats, appview) = (relay_metrics.clone(), stats.clone(), appview_metrics);
+            tokio::spawn(status::show(move || {
+                status::Sample::take(&relay.render(), &stats.snapshot(), &appview.render())
+            }))
+        });
     let relay_task = tokio::spawn(agentnet_relay::run_serving(
         relay,
         listener,
         routes,
+        relay_metrics,
         stopped(stop_rx.clone()),
     ));
     let indexer_task = tokio::spawn(agentnet_indexer::run_with(
@@ -519,6 +535,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         r = &mut indexer_task => indexer_done = Some(r),
     }
     let _ = stop_tx.send(true);
+    if let Some(status) = status {
+        status.abort();
+        eprintln!();
+    }
     let relay_result = match relay_done {
         Some(r) => r,
         None => relay_task.await,

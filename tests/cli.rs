@@ -454,3 +454,64 @@ fn an_indexer_without_the_appviews_key_refuses_to_start() {
     );
     assert_ne!(one, two);
 }
+
+/// On a terminal, `up` keeps one status line redrawn in place with what each service is
+/// doing, and ends it cleanly on shutdown. `script` gives it a pseudo-terminal, as an
+/// operator's shell would.
+#[test]
+fn up_shows_a_live_status_line_on_a_terminal() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let data = std::env::temp_dir().join(format!("agentnet-up-status-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    // Stopped by SIGTERM after a while, as a service manager would.
+    let command = format!(
+        "timeout -s TERM 20 {} up --demo --demo-rate 20 --listen 127.0.0.1:{port} --data-dir {}",
+        env!("CARGO_BIN_EXE_agentnet"),
+        data.display()
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("AGENTNET_LOG", "warn")
+        .env_remove("AGENTNET_MODEL_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("`script` (util-linux) runs the command on a pseudo-terminal");
+    let shown = text(&out.stdout);
+    let _ = std::fs::remove_dir_all(&data);
+    // Every redraw starts with a carriage return and erases the line.
+    let lines: Vec<&str> = shown
+        .split("\r\u{1b}[2K")
+        .skip(1)
+        .map(|l| l.lines().next().unwrap_or_default())
+        .collect();
+    assert!(lines.len() >= 5, "a redraw a second: {shown:?}");
+    let number_before = |line: &str, what: &str| -> u64 {
+        line.split(what)
+            .next()
+            .unwrap_or_default()
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .find(|w| !w.is_empty())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let last = lines.last().expect("a line");
+    assert!(
+        last.starts_with("relay ") && last.contains("│ indexer ") && last.contains("│ appview "),
+        "{last}"
+    );
+    assert!(
+        number_before(last, " out (") > 0,
+        "the relay published: {last}"
+    );
+    assert!(
+        number_before(last, " rows (") > 0,
+        "the indexer wrote: {last}"
+    );
+    // Totals never go back between redraws.
+    let outs: Vec<u64> = lines.iter().map(|l| number_before(l, " out (")).collect();
+    assert!(outs.windows(2).all(|w| w[0] <= w[1]), "{outs:?}");
+}

@@ -58,7 +58,7 @@ struct Inner {
     resolver: CachingResolver<HttpResolver>,
     guard: Guard,
     live: Live,
-    metrics: metrics::Metrics,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// The live inbox's bounds.
@@ -151,7 +151,7 @@ impl Appview {
                 recall: parts.recall,
                 resolver,
                 guard: Guard::new(&parts.limits),
-                metrics: metrics::Metrics::new(),
+                metrics: Arc::new(metrics::Metrics::new()),
                 live: Live {
                     sockets: Arc::new(tokio::sync::Semaphore::new(parts.limits.max_subscribers)),
                     poll_ms: parts.limits.inbox_poll_ms,
@@ -200,13 +200,21 @@ pub fn router(app: Appview) -> axum::Router {
     xrpc::routes(app)
 }
 
-/// `GET` handler for the appview's metrics (Prometheus text).
+/// `GET` handler for the appview's metrics (Prometheus text). It holds the metrics only,
+/// not the appview.
 pub fn metrics_route(app: &Appview) -> axum::routing::MethodRouter {
-    let app = app.clone();
+    let metrics = app.metrics();
     axum::routing::get(move || {
-        let app = app.clone();
-        async move { app.inner.metrics.render() }
+        let metrics = metrics.clone();
+        async move { metrics.render() }
     })
+}
+
+impl Appview {
+    /// The appview's metrics, shared.
+    pub fn metrics(&self) -> Arc<metrics::Metrics> {
+        self.inner.metrics.clone()
+    }
 }
 
 /// Runs the appview alone until `shutdown` resolves: its own listener, the stores the

@@ -85,19 +85,27 @@ pub async fn run_on(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    run_serving(config, listener, axum::Router::new(), shutdown).await
+    run_serving(
+        config,
+        listener,
+        axum::Router::new(),
+        Metrics::new(),
+        shutdown,
+    )
+    .await
 }
 
 /// Like [`run_on`], also serving `routes` on the same listener (`agentnet up` puts the
-/// appview there). The routes must not overlap the relay's.
+/// appview there), counting into `metrics` (which the caller may read: `up`'s status
+/// line). The routes must not overlap the relay's.
 pub async fn run_serving(
     config: Config,
     listener: tokio::net::TcpListener,
     routes: axum::Router,
+    metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     config.validate()?;
-    let metrics = Metrics::new();
     let store = {
         let dir = config.data_dir.clone();
         tokio::task::spawn_blocking(move || Store::open(&dir))
