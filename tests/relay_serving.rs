@@ -341,6 +341,21 @@ async fn sync_xrpc_and_host_management() {
     .await
     .expect("getHostStatus");
     assert!(status.contains("\"seq\""), "{status}");
+    // When the host's newest event arrived, and how far behind the host's own clock.
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let lag = status["lagSeconds"].as_f64().expect("lagSeconds");
+    assert!((0.0..30.0).contains(&lag), "{status}");
+    let at =
+        atproto::syntax::datetime_to_millis(status["lastEventAt"].as_str().expect("lastEventAt"))
+            .expect("a datetime");
+    assert!(
+        (atproto::syntax::now_millis() - at).abs() < 120_000,
+        "{status}"
+    );
+    assert!(
+        relay.metric("relay_host_lag_seconds_count").await >= 1.0,
+        "every event's lag is in the histogram"
+    );
 
     // requestCrawl: a hostname becomes https on the default port, and the host must
     // answer describeServer before it is taken (this one cannot be reached from here).

@@ -198,6 +198,17 @@ impl Frame {
         }
     }
 
+    /// When the host says it emitted the event (`time`), for the types that carry one.
+    pub fn time(&self) -> Option<&str> {
+        match self {
+            Frame::Commit(e) => Some(&e.time),
+            Frame::Sync(e) => Some(&e.time),
+            Frame::Identity(e) => Some(&e.time),
+            Frame::Account(e) => Some(&e.time),
+            _ => None,
+        }
+    }
+
     /// The DID the event is about, for the types that carry one.
     pub fn did(&self) -> Option<&str> {
         match self {

@@ -199,14 +199,7 @@ impl Optimizer {
 
 /// When an event was emitted, in ms since the epoch, if it says.
 fn emitted_ms(frame: &Frame) -> Option<i64> {
-    let time = match frame {
-        Frame::Commit(ev) => &ev.time,
-        Frame::Sync(ev) => &ev.time,
-        Frame::Identity(ev) => &ev.time,
-        Frame::Account(ev) => &ev.time,
-        _ => return None,
-    };
-    atproto::syntax::datetime_to_millis(time)
+    atproto::syntax::datetime_to_millis(frame.time()?)
 }
 
 /// What one batch did.

@@ -3,7 +3,7 @@
 //! the relay runs).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -171,6 +171,11 @@ pub struct Host {
     pub accounts_refused: AtomicU64,
     /// Times the account limit grew by itself.
     pub limit_raises: AtomicU64,
+    /// When the newest event from this host arrived (ms since the epoch; 0: none yet).
+    last_received_ms: AtomicI64,
+    /// How far behind the host's own clock that event arrived, in ms (never negative: a
+    /// host whose clock runs ahead shows no lag, not a negative one).
+    last_lag_ms: AtomicI64,
 }
 
 impl Host {
@@ -195,7 +200,27 @@ impl Host {
             fixed: std::sync::atomic::AtomicBool::new(false),
             accounts_refused: AtomicU64::new(0),
             limit_raises: AtomicU64::new(0),
+            last_received_ms: AtomicI64::new(0),
+            last_lag_ms: AtomicI64::new(0),
         }
+    }
+
+    /// An event arrived at `now_ms`, emitted (the host says) at `emitted_ms`; returns the
+    /// lag in ms, when the event said when it was emitted.
+    pub fn saw_event(&self, emitted_ms: Option<i64>, now_ms: i64) -> Option<i64> {
+        self.last_received_ms.store(now_ms, Ordering::Relaxed);
+        let lag = emitted_ms.map(|e| (now_ms - e).max(0));
+        if let Some(lag) = lag {
+            self.last_lag_ms.store(lag, Ordering::Relaxed);
+        }
+        lag
+    }
+
+    /// (when the newest event arrived, ms since the epoch; how far behind the host's clock
+    /// it arrived, seconds), once an event has arrived.
+    pub fn lag(&self) -> Option<(i64, f64)> {
+        let at = self.last_received_ms.load(Ordering::Relaxed);
+        (at > 0).then(|| (at, self.last_lag_ms.load(Ordering::Relaxed) as f64 / 1000.0))
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, Live> {

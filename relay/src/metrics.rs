@@ -181,6 +181,10 @@ pub struct Metrics {
     pub identity_seconds: Histogram,
     /// DID resolutions that failed.
     pub identity_failures: Counter,
+    /// How far behind its host's clock each event arrived (receipt less the event's own
+    /// `time`, never negative), seconds, every host together; each host's latest is in
+    /// `getHostStatus`.
+    pub host_lag_seconds: Histogram,
 }
 
 impl Metrics {
@@ -238,6 +242,7 @@ impl Metrics {
             log_write_seconds: histogram("relay_log_write_seconds"),
             identity_seconds: histogram("relay_identity_resolve_seconds"),
             identity_failures: counter("relay_identity_failures_total"),
+            host_lag_seconds: histogram("relay_host_lag_seconds"),
             handle: recorder.handle(),
         }
     }

@@ -616,6 +616,7 @@ async fn get_host_status(
         .map(|l| l.desynchronized.load(std::sync::atomic::Ordering::Relaxed))
         .unwrap_or(0);
     let in_flight = live.as_ref().map(|l| l.in_flight()).unwrap_or(0);
+    let lag = live.as_ref().and_then(|l| l.lag());
     let count = |f: fn(&crate::hosts::Host) -> u64| live.as_deref().map(f).unwrap_or(0);
     Ok(Json(json!({
         "hostname": h.url,
@@ -631,6 +632,8 @@ async fn get_host_status(
         "desynchronizedAccounts": desynchronized,
         "inFlightEvents": in_flight,
         "limits": limits,
+        "lastEventAt": lag.map(|(at, _)| atproto::syntax::datetime_from_millis(at)),
+        "lagSeconds": lag.map(|(_, secs)| secs),
     })))
 }
 

@@ -253,6 +253,10 @@ async fn session(
                 e.message.clone().unwrap_or_default()
             )));
         }
+        let emitted = frame.time().and_then(atproto::syntax::datetime_to_millis);
+        if let Some(lag_ms) = host.saw_event(emitted, atproto::syntax::now_millis()) {
+            metrics.host_lag_seconds.record(lag_ms as f64 / 1000.0);
+        }
         let Some(seq) = frame.seq() else {
             continue;
         };
