@@ -55,8 +55,10 @@ pub struct JsonEvent {
     pub collection: Option<Box<str>>,
     /// The event as JSON text.
     pub json: Utf8Bytes,
-    /// The JSON compressed with the dictionary, when a subscriber wanted it at the time.
-    pub zstd: Option<Bytes>,
+    /// The JSON compressed with the dictionary: made by the hub while compressing
+    /// subscribers are live, else by the first compressing subscriber that sends it, and
+    /// then shared with every other.
+    pub zstd: std::sync::OnceLock<Bytes>,
 }
 
 /// The Jetstream events of one logged event (none for `#sync`, `#info` and the like).
@@ -89,8 +91,10 @@ impl Hub {
     }
 }
 
-/// Bytes of converted events kept for replays (JSON and, where made, its zstd form). When
-/// full, the least recently used go first.
+/// Bytes of converted events kept for replays (JSON and, where made when it was put here,
+/// its zstd form). When full, the least recently used go first. A zstd form made later by
+/// a subscriber is not counted again: it is a fraction of its JSON, so the cache holds at
+/// most about twice this.
 const CONVERTED_BYTES: usize = 32 * 1024 * 1024;
 
 /// Converted events by seq, shared by every subscriber of the JSON stream: the hub puts
@@ -103,7 +107,8 @@ pub struct Converted {
 }
 
 struct ConvertedInner {
-    items: lru::LruCache<u64, Arc<JsonItem>>,
+    /// Each item with its size when it was put here (what it is taken back out at).
+    items: lru::LruCache<u64, (Arc<JsonItem>, usize)>,
     bytes: usize,
 }
 
@@ -112,7 +117,7 @@ impl JsonItem {
     fn size(&self) -> usize {
         self.events
             .iter()
-            .map(|e| e.json.len() + e.zstd.as_ref().map_or(0, |z| z.len()) + 64)
+            .map(|e| e.json.len() + e.zstd.get().map_or(0, |z| z.len()) + 64)
             .sum::<usize>()
             + 32
     }
@@ -137,7 +142,8 @@ impl Converted {
     /// The cached items for `seqs`, in order (`None` where not cached).
     pub fn get_many(&self, seqs: impl Iterator<Item = u64>) -> Vec<Option<Arc<JsonItem>>> {
         let mut inner = self.lock();
-        seqs.map(|seq| inner.items.get(&seq).cloned()).collect()
+        seqs.map(|seq| inner.items.get(&seq).map(|(item, _)| item.clone()))
+            .collect()
     }
 
     /// Keeps `items`, dropping the least recently used beyond the budget. An item larger
@@ -149,13 +155,13 @@ impl Converted {
             if size > self.budget {
                 continue;
             }
-            if let Some(old) = inner.items.put(item.seq, item) {
-                inner.bytes -= old.size();
+            if let Some((_, old)) = inner.items.put(item.seq, (item, size)) {
+                inner.bytes -= old;
             }
             inner.bytes += size;
             while inner.bytes > self.budget {
                 match inner.items.pop_lru() {
-                    Some((_, gone)) => inner.bytes -= gone.size(),
+                    Some((_, (_, gone))) => inner.bytes -= gone,
                     None => break,
                 }
             }
@@ -462,10 +468,15 @@ impl stream::Feed for JsonFeed {
             }
             let message = match self.compressor.as_mut() {
                 None => Message::Text(event.json.clone()),
-                Some(compressor) => match &event.zstd {
+                Some(compressor) => match event.zstd.get() {
                     Some(z) => Message::Binary(z.clone()),
                     None => match compressor.compress(event.json.as_bytes()) {
-                        Ok(z) => Message::Binary(z.into()),
+                        Ok(z) => {
+                            let z = Bytes::from(z);
+                            // Another subscriber may have been first: either form serves.
+                            let _ = event.zstd.set(z.clone());
+                            Message::Binary(z)
+                        }
                         Err(error) => {
                             tracing::warn!(%error, "zstd compression failed; event skipped");
                             continue;
@@ -583,7 +594,7 @@ pub fn convert(
     let events = events
         .into_iter()
         .map(|(did, collection, json)| JsonEvent {
-            zstd: None,
+            zstd: std::sync::OnceLock::new(),
             did,
             collection,
             json,
@@ -596,7 +607,9 @@ pub fn convert(
     if let Some(c) = compressor {
         for event in &mut item.events {
             match c.compress(event.json.as_bytes()) {
-                Ok(z) => event.zstd = Some(z.into()),
+                Ok(z) => {
+                    let _ = event.zstd.set(z.into());
+                }
                 Err(error) => tracing::warn!(%error, "zstd compression failed"),
             }
         }
@@ -695,7 +708,7 @@ mod tests {
                 did: "did:plc:ewvi7nxzyoun6zhxrhs64oiz".into(),
                 collection: None,
                 json: "x".repeat(bytes).into(),
-                zstd: None,
+                zstd: std::sync::OnceLock::new(),
             }],
         })
     }
@@ -716,5 +729,12 @@ mod tests {
         cache.put_many([item(4, 1000), item(9, 10 * 1000)]);
         assert_eq!(cache.bytes(), 3 * one);
         assert!(cache.get_many([9].into_iter())[0].is_none());
+        // A compressed form a subscriber adds later is not counted again, and an item goes
+        // out at the size it came in at.
+        let cached = cache.get_many([3].into_iter())[0].clone().expect("cached");
+        let _ = cached.events[0].zstd.set(Bytes::from(vec![0u8; 500]));
+        cache.put_many((10..13).map(|seq| item(seq, 1000)));
+        assert_eq!(cache.bytes(), 3 * one);
+        assert!(cache.get_many(1..=4).iter().all(Option::is_none));
     }
 }

@@ -205,7 +205,7 @@ fn every_op_of_a_commit_is_its_own_event_and_sync_has_none() {
         assert_eq!(got["commit"]["record"], want["commit"]["record"]);
         assert_eq!(got["commit"]["cid"], want["commit"]["cid"]);
         assert_eq!(got["did"], "did:plc:mcc5yghbk7tixqryac2yxku7");
-        assert!(event.zstd.is_none(), "not compressed unless asked");
+        assert!(event.zstd.get().is_none(), "not compressed unless asked");
     }
 
     let sync = Frame::Sync(atproto::frame::SyncEvent {
@@ -253,7 +253,7 @@ fn the_dictionary_is_jetstreams_and_compressed_events_open_with_it() {
     let mut compressor =
         zstd::bulk::Compressor::with_dictionary(3, ZSTD_DICTIONARY).expect("compressor");
     let item = convert(&logged, Some(&mut compressor));
-    let z = item.events[0].zstd.as_ref().expect("compressed");
+    let z = item.events[0].zstd.get().expect("compressed");
     assert_eq!(
         zstd::zstd_safe::get_dict_id_from_frame(z).map(|n| n.get()),
         Some(1_612_007_021),
