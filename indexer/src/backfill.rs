@@ -23,7 +23,7 @@
 //!   the others go on.
 
 use std::collections::HashMap;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -457,28 +457,21 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Summary, Error> {
     config.validate()?;
-    let key = crate::configured_appview_key(&config.index)?;
-    let embedder = crate::load_model(&config.index)?;
-    let stores = {
-        let (index, dims) = (
-            config.index.clone(),
-            embedder.as_ref().map(store::embed::Embedder::dimensions),
-        );
-        tokio::task::spawn_blocking(move || crate::open_stores(&index, dims))
-            .await
-            .map_err(|e| Error::Config(e.to_string()))??
-    };
-    let catalog = || lexicons::catalog().map_err(|e| Error::Config(e.to_string()));
-    let appview = || AppviewKey {
-        did: config.index.appview_did.clone(),
-        key: key.clone(),
-    };
+    let (key, embedder, stores) = crate::open(&config.index).await?;
+    // One extractor: the writer's sinks hold one, the fetchers share a copy.
+    let extractor = Extractor::new(
+        lexicons::catalog().map_err(|e| Error::Config(e.to_string()))?,
+        Some(AppviewKey {
+            did: config.index.appview_did.clone(),
+            key,
+        }),
+    );
     let vectors = match (embedder, stores.vectors) {
         (Some(e), Some(v)) => Some((e, v)),
         _ => None,
     };
     let sinks = Sinks {
-        extractor: Extractor::new(catalog()?, Some(appview())),
+        extractor: extractor.clone(),
         records: stores.records,
         vectors,
         stats: Stats::new(),
@@ -498,22 +491,12 @@ pub async fn run(
     let http = egress
         .client(reqwest::Client::builder().timeout(REQUEST_TIMEOUT))
         .map_err(|e| Error::Config(e.to_string()))?;
-    let resolver = atproto::identity::CachingResolver::new(
-        atproto::identity::HttpResolver::new(atproto::identity::ResolverConfig {
-            plc_url: config.index.plc_url.clone(),
-            dev: config.index.dev,
-            timeout: Duration::from_secs(10),
-            egress: Some(egress),
-        })
-        .map_err(|e| Error::Config(e.to_string()))?,
-        NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),
-        Duration::from_secs(600),
-    );
+    let resolver = crate::resolver(&egress, &config.index.plc_url, config.index.dev)?;
     let progress = Arc::new(Progress::default());
     let shared = Arc::new(Shared {
         http,
         resolver,
-        extractor: Arc::new(Extractor::new(catalog()?, Some(appview()))),
+        extractor: Arc::new(extractor),
         gates: Mutex::default(),
         done,
         config: config.clone(),
@@ -691,14 +674,10 @@ fn write_one<T: store::records::SqlTransport>(
     repo: &Fetched,
 ) -> Result<BatchStats, Error> {
     let mut stats = BatchStats::default();
-    let records = RepoRecords {
-        rev: repo.records.rev.clone(),
-        changes: repo.records.changes.clone(),
-        skipped: repo.records.skipped.clone(),
-    };
     sinks.apply_repo(
         &repo.did,
-        records,
+        // Cloned: the writer keeps the repo to try it again if a store refuses it.
+        repo.records.clone(),
         atproto::syntax::now_millis(),
         &mut stats,
     )?;

@@ -42,7 +42,7 @@ impl Skipped {
 }
 
 /// A whole repo's indexable records.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RepoRecords {
     /// The repo's rev.
     pub rev: String,
@@ -53,6 +53,7 @@ pub struct RepoRecords {
 }
 
 /// The appview's identity as a recipient of shared records.
+#[derive(Clone)]
 pub struct AppviewKey {
     /// The appview's DID.
     pub did: String,
@@ -61,6 +62,7 @@ pub struct AppviewKey {
 }
 
 /// Turns commits into index changes.
+#[derive(Clone)]
 pub struct Extractor {
     catalog: Catalog,
     appview: Option<AppviewKey>,

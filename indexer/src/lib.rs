@@ -97,6 +97,55 @@ pub fn load_model(config: &IndexConfig) -> Result<Option<embed::Embedder>, Error
         .map_err(|e| Error::Config(e.to_string()))
 }
 
+/// What indexing needs, in order: the appview's key first (without it shared records
+/// cannot be read, so nothing else is opened), the model, then the stores sized for it.
+pub async fn open(
+    config: &IndexConfig,
+) -> Result<
+    (
+        atproto::envelope::EncryptionKey,
+        Option<embed::Embedder>,
+        Stores,
+    ),
+    Error,
+> {
+    let key = configured_appview_key(config)?;
+    let embedder = load_model(config)?;
+    let (index, dims) = (
+        config.clone(),
+        embedder.as_ref().map(embed::Embedder::dimensions),
+    );
+    let stores = tokio::task::spawn_blocking(move || open_stores(&index, dims))
+        .await
+        .map_err(|e| Error::Config(e.to_string()))??;
+    Ok((key, embedder, stores))
+}
+
+/// DID documents kept for checking repos, and for how long.
+const IDENTITIES: usize = 4096;
+const IDENTITY_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The DID resolver repo checks use (`#sync` reconciliation, backfill): `did:plc` from
+/// `plc_url`, everything through `egress`; `dev` allows loopback and plain http.
+pub(crate) fn resolver(
+    egress: &atproto::net::Egress,
+    plc_url: &str,
+    dev: bool,
+) -> Result<atproto::identity::CachingResolver<atproto::identity::HttpResolver>, Error> {
+    let http = atproto::identity::HttpResolver::new(atproto::identity::ResolverConfig {
+        plc_url: plc_url.to_string(),
+        dev,
+        timeout: std::time::Duration::from_secs(10),
+        egress: Some(egress.clone()),
+    })
+    .map_err(|e| Error::Config(e.to_string()))?;
+    Ok(atproto::identity::CachingResolver::new(
+        http,
+        std::num::NonZeroUsize::new(IDENTITIES).unwrap_or(std::num::NonZeroUsize::MIN),
+        IDENTITY_TTL,
+    ))
+}
+
 /// Runs the indexer until `shutdown` resolves, on the stores the configuration names
 /// (embedded, or ClickHouse and Qdrant servers).
 pub async fn run(
@@ -104,18 +153,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     config.validate()?;
-    // Before anything is opened: without the appview's key shared records cannot be read.
-    let key = configured_appview_key(&config.index)?;
-    let embedder = load_model(&config.index)?;
-    let stores = {
-        let (config, dims) = (
-            config.index.clone(),
-            embedder.as_ref().map(embed::Embedder::dimensions),
-        );
-        tokio::task::spawn_blocking(move || open_stores(&config, dims))
-            .await
-            .map_err(|e| Error::Config(e.to_string()))??
-    };
+    let (key, embedder, stores) = open(&config.index).await?;
     let stats = Stats::new();
     let Some(addr) = config.metrics_listen else {
         return run_with(config, stores, embedder, key, stats, shutdown).await;

@@ -48,9 +48,6 @@ pub struct RepoSource {
 const MAX_REPO_BYTES: usize = 256 * 1024 * 1024;
 /// Longest a repo fetch may take.
 const REPO_TIMEOUT: Duration = Duration::from_secs(120);
-/// DID documents kept for repo checks, and for how long.
-const IDENTITIES: usize = 4096;
-const IDENTITY_TTL: Duration = Duration::from_secs(600);
 
 /// A whole repo that verified.
 pub struct VerifiedRepo {
@@ -75,22 +72,11 @@ impl RepoSource {
         let client = egress
             .client(reqwest::Client::builder().timeout(REPO_TIMEOUT))
             .map_err(|e| Error::Config(e.to_string()))?;
-        let resolver = atproto::identity::CachingResolver::new(
-            atproto::identity::HttpResolver::new(atproto::identity::ResolverConfig {
-                plc_url: plc_url.to_string(),
-                dev,
-                timeout: Duration::from_secs(10),
-                egress: Some(egress.clone()),
-            })
-            .map_err(|e| Error::Config(e.to_string()))?,
-            std::num::NonZeroUsize::new(IDENTITIES).unwrap_or(std::num::NonZeroUsize::MIN),
-            IDENTITY_TTL,
-        );
         Ok(RepoSource {
             client,
             relay,
             max_bytes: MAX_REPO_BYTES,
-            resolver,
+            resolver: crate::resolver(egress, plc_url, dev)?,
         })
     }
 
