@@ -1,7 +1,5 @@
 //! `agentnet`: one binary for every agentnet service and tool.
 
-mod status;
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,7 +65,7 @@ enum Command {
     /// Answer coordination and recall queries over XRPC.
     Appview(agentnet_appview::Config),
     /// Run relay, indexer and appview in one process on embedded stores.
-    Up(UpArgs),
+    Up(agentnet::up::UpArgs),
     /// Index whole repos from PDSes (every repo a host lists, or named accounts): each
     /// verified against its account's key, resumable where it stopped.
     Backfill(agentnet_indexer::backfill::BackfillConfig),
@@ -179,70 +177,6 @@ enum AgentCommand {
     },
 }
 
-/// `agentnet up`: relay, indexer and appview in one process on embedded stores, sharing
-/// one listener.
-#[derive(Debug, clap::Args)]
-struct UpArgs {
-    /// Address for the firehose, the sync and appview XRPC, the DID document and the
-    /// dashboard.
-    #[arg(long, env = "AGENTNET_LISTEN", default_value = "127.0.0.1:2470")]
-    listen: std::net::SocketAddr,
-    /// Directory for everything: `relay/` (the event log) and `index/` (ClickHouse, vectors,
-    /// the appview's key).
-    #[arg(long, env = "AGENTNET_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
-    /// A PDS to crawl, by full URL with port (repeatable).
-    #[arg(long = "host", env = "AGENTNET_HOSTS", value_delimiter = ',')]
-    hosts: Vec<String>,
-    /// PLC directory for resolving did:plc.
-    #[arg(
-        long,
-        env = "AGENTNET_PLC_URL",
-        default_value = "https://plc.directory"
-    )]
-    plc_url: String,
-    /// Allow loopback and private hosts and plain-http did:web (local testing only).
-    #[arg(long, env = "AGENTNET_DEV", default_value_t = false)]
-    dev: bool,
-    /// The embedding model.
-    #[command(flatten)]
-    model: store::Model,
-    /// What callers may ask of the appview.
-    #[command(flatten)]
-    appview_limits: agentnet_appview::Limits,
-    /// Where the record index and the vectors live: embedded (chDB, qdrant-edge) in the data
-    /// directory by default, or ClickHouse and Qdrant servers, as for the separate services.
-    #[command(flatten)]
-    backends: store::Backends,
-    /// The appview's DID; default `did:web:` + the listen address.
-    #[arg(long, env = "AGENTNET_APPVIEW_DID")]
-    appview_did: Option<String>,
-    /// The URL agents reach this node at; default `http://` + the listen address.
-    #[arg(long, env = "AGENTNET_PUBLIC_URL")]
-    public_url: Option<String>,
-    /// Also run synthetic agents (on a loopback PDS fleet of their own) talking at all three
-    /// privacy levels, so the firehose, inbox and recall show a live network.
-    #[arg(long, env = "AGENTNET_DEMO", default_value_t = false)]
-    demo: bool,
-    /// Demo agents.
-    #[arg(long, env = "AGENTNET_DEMO_AGENTS", default_value_t = 12)]
-    demo_agents: usize,
-    /// Demo records written per second, across all agents.
-    #[arg(long, env = "AGENTNET_DEMO_RATE", default_value_t = 2.0)]
-    demo_rate: f64,
-    /// No live status line (shown on standard error when it is a terminal: the relay's
-    /// events in and out, the indexer's rows and lag, the appview's requests).
-    #[arg(long, env = "AGENTNET_UP_NO_STATUS", default_value_t = false)]
-    no_status: bool,
-}
-
-/// Defaults (and environment overrides) of a service's own settings, for `up`.
-#[derive(Debug, Parser)]
-struct Defaults<T: clap::Args> {
-    #[command(flatten)]
-    config: T,
-}
-
 #[derive(Debug, Subcommand)]
 enum LexiconCommand {
     /// List the embedded lexicon documents.
@@ -277,12 +211,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Relay(config) => {
-            serve(agentnet_relay::run(config, shutdown_signal())).context("relay")
+            serve(agentnet::relay(config, shutdown_signal())).context("relay")
         }
         Command::Up(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(up(args)),
+            .block_on(agentnet::up::run(args, shutdown_signal())),
         Command::Indexer(config) => {
             serve(agentnet_indexer::run(config, shutdown_signal())).context("indexer")
         }
@@ -363,206 +297,6 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
-}
-
-/// Runs the services on embedded stores in one process. This build has the relay; the
-/// indexer and appview join it as they are built. With `--demo`, a synthetic fleet on a
-/// loopback port feeds it.
-async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    let local = if addr.ip().is_unspecified() {
-        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
-    } else {
-        addr
-    };
-    let did = args
-        .appview_did
-        .clone()
-        .unwrap_or_else(|| agentnet_appview::did_web_for(&local));
-    let public_url = args
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{local}"));
-    let index_dir = args.data_dir.join("index");
-    std::fs::create_dir_all(&index_dir)
-        .with_context(|| format!("creating {}", index_dir.display()))?;
-    let key = agentnet_indexer::appview_key(&index_dir.join("appview-key.json"), &did)?;
-
-    let mut relay = Defaults::<agentnet_relay::Config>::try_parse_from(["relay"])?.config;
-    relay.listen = addr;
-    relay.data_dir = args.data_dir.join("relay");
-    relay.hosts = args.hosts.clone();
-    relay.plc_url = args.plc_url.clone();
-    relay.dev = args.dev;
-    let mut indexer = Defaults::<agentnet_indexer::Config>::try_parse_from(["indexer"])?.config;
-    indexer.relay_url = format!("ws://{local}");
-    indexer.index.data_dir = index_dir.clone();
-    indexer.index.model = args.model.clone();
-    indexer.index.appview_did = did.clone();
-    indexer.index.dev = args.dev;
-    // One set of stores, opened once below and shared by the indexer and the appview.
-    indexer.index.backends = args.backends.clone();
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
-    let mut fleet = None;
-    if args.demo {
-        let fleet_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let fleet_addr = fleet_listener.local_addr()?;
-        let config = agentnet_fleet::FleetConfig {
-            listen: fleet_addr,
-            accounts: args.demo_agents,
-            rate: args.demo_rate,
-            keys: "mix".into(),
-            cloudflare: false,
-            ops_per_commit: 1,
-            traffic: "conversation".into(),
-            appview: Some(format!("{did}={}", key.public().multikey())),
-        };
-        relay.hosts.push(format!("http://{fleet_addr}"));
-        relay.plc_url = format!("http://{fleet_addr}/plc");
-        // The demo fleet is on loopback.
-        relay.dev = true;
-        fleet = Some(tokio::spawn(agentnet_fleet::run_on(
-            config,
-            fleet_listener,
-            stopped(stop_rx.clone()),
-        )));
-    }
-
-    // Keys for repos fetched on #sync come from the same directory the relay uses.
-    indexer.index.plc_url = relay.plc_url.clone();
-    // One model instance for indexing (a blocking thread), one for queries (the batcher).
-    let embedder = agentnet_indexer::load_model(&indexer.index)?;
-    let stores = {
-        let (config, dims) = (
-            indexer.index.clone(),
-            embedder.as_ref().map(store::embed::Embedder::dimensions),
-        );
-        tokio::task::spawn_blocking(move || agentnet_indexer::open_stores(&config, dims)).await??
-    };
-    let mut embed_thread = None;
-    let recall = match (args.model.load()?, &stores.vectors) {
-        (Some(model), Some(vectors)) => {
-            let (batcher, thread) =
-                store::embed::Batcher::start(model, agentnet_appview::QUERY_BATCH);
-            embed_thread = Some(thread);
-            Some((batcher, vectors.clone()))
-        }
-        _ => None,
-    };
-    let appview = agentnet_appview::Appview::new(agentnet_appview::Parts {
-        did: did.clone(),
-        public_url: public_url.clone(),
-        key: key.public(),
-        records: stores.records.clone(),
-        recall,
-        plc_url: relay.plc_url.clone(),
-        dev: relay.dev,
-        limits: args.appview_limits.clone(),
-    })?;
-
-    println!("agentnet is up: relay, indexer and appview on {local}");
-    println!("  dashboard http://{local}/");
-    println!("  firehose  ws://{local}/xrpc/com.atproto.sync.subscribeRepos?cursor=0");
-    println!("  agents    http://{local}/xrpc/agent.comms.listAgents");
-    println!("  recall    http://{local}/xrpc/agent.memory.recall?q=database+credentials");
-    println!("  appview   {did} (http://{local}/.well-known/did.json)");
-    println!("  metrics   http://{local}/metrics (relay), http://{local}/metrics/indexer, http://{local}/metrics/appview");
-    if !args.model.configured() {
-        println!("  (no --model-dir: records are indexed without vectors; recall is off)");
-    }
-    if args.demo {
-        println!(
-            "  demo      {} synthetic agents writing {} records/s at all three privacy levels",
-            args.demo_agents, args.demo_rate
-        );
-    }
-
-    let stats = agentnet_indexer::Stats::new();
-    // The router takes the appview (and so the query batcher) whole: when the relay stops
-    // serving it, the model thread can end.
-    let appview_metrics = appview.metrics();
-    let appview_route = agentnet_appview::metrics_route(&appview);
-    let routes = agentnet_appview::router(appview)
-        .route(
-            "/metrics/indexer",
-            axum::routing::get({
-                let stats = stats.clone();
-                move || async move { stats.prometheus() }
-            }),
-        )
-        .route("/metrics/appview", appview_route);
-    let relay_metrics = agentnet_relay::metrics::Metrics::new();
-    let status =
-        (!args.no_status && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
-            let (relay, stats, appview) = (relay_metrics.clone(), stats.clone(), appview_metrics);
-            tokio::spawn(status::show(move || {
-                status::Sample::take(&relay.render(), &stats.snapshot(), &appview.render())
-            }))
-        });
-    let relay_task = tokio::spawn(agentnet_relay::run_serving(
-        relay,
-        listener,
-        routes,
-        relay_metrics,
-        stopped(stop_rx.clone()),
-    ));
-    let indexer_task = tokio::spawn(agentnet_indexer::run_with(
-        indexer,
-        stores,
-        embedder,
-        key,
-        stats,
-        stopped(stop_rx.clone()),
-    ));
-    // Whichever ends first (a signal, or a part failing) stops the others.
-    let signal = tokio::spawn(async move {
-        shutdown_signal().await;
-    });
-    let (mut relay_task, mut indexer_task) = (relay_task, indexer_task);
-    let mut relay_done = None;
-    let mut indexer_done = None;
-    tokio::select! {
-        _ = signal => {}
-        r = &mut relay_task => relay_done = Some(r),
-        r = &mut indexer_task => indexer_done = Some(r),
-    }
-    let _ = stop_tx.send(true);
-    if let Some(status) = status {
-        status.abort();
-        eprintln!();
-    }
-    let relay_result = match relay_done {
-        Some(r) => r,
-        None => relay_task.await,
-    };
-    let indexer_result = match indexer_done {
-        Some(r) => r,
-        None => indexer_task.await,
-    };
-    let fleet_result = match fleet {
-        Some(task) => Some(task.await),
-        None => None,
-    };
-    if let Some(thread) = embed_thread {
-        // Every batcher handle went with the appview's router; the model thread ends.
-        tokio::task::spawn_blocking(move || thread.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("the query embedding thread panicked"))?;
-    }
-    relay_result?.context("relay")?;
-    indexer_result?.context("indexer")?;
-    if let Some(r) = fleet_result {
-        r?.context("demo fleet")?;
-    }
-    Ok(())
 }
 
 fn read_input(file: &std::path::Path) -> anyhow::Result<String> {

@@ -215,6 +215,7 @@ fn up_demo_runs_a_live_network_and_stops_cleanly() {
             .unwrap_or_default();
     }
     let dashboard = get(port, "/");
+    let index_page = get(port, "/appview");
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -226,7 +227,8 @@ fn up_demo_runs_a_live_network_and_stops_cleanly() {
         recalled.iter().all(|r| r["item"]["privacy"] == "public"),
         "anonymous recall returned non-public records: {recalled:?}"
     );
-    assert!(dashboard.contains("records indexed"), "{dashboard}");
+    assert!(index_page.contains("records indexed"), "{index_page}");
+    assert!(dashboard.contains("/dashboard/dashboard.js"), "{dashboard}");
     assert!(out.status.success(), "exit {:?}", out.status);
     assert!(
         text(&out.stdout).contains("dashboard http://"),

@@ -197,7 +197,13 @@ impl Appview {
 /// them: [`metrics_route`] serves them where the caller wants (`/metrics` when the appview
 /// runs alone, `/metrics/appview` beside the relay's in `agentnet up`).
 pub fn router(app: Appview) -> axum::Router {
-    xrpc::routes(app)
+    xrpc::routes(app, true)
+}
+
+/// Like [`router`], with the appview's page at `/appview` only: for serving beside the
+/// node's dashboard (`agentnet up`), which is at `/`.
+pub fn router_beside_dashboard(app: Appview) -> axum::Router {
+    xrpc::routes(app, false)
 }
 
 /// `GET` handler for the appview's metrics (Prometheus text). It holds the metrics only,

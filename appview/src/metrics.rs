@@ -61,7 +61,7 @@ impl Method {
             "/xrpc/agent.memory.recall" => Method::Recall,
             "/xrpc/agent.comms.subscribeInbox" => Method::SubscribeInbox,
             "/.well-known/did.json" => Method::DidDocument,
-            "/" => Method::Dashboard,
+            "/" | crate::xrpc::PAGE => Method::Dashboard,
             _ => Method::Other,
         }
     }

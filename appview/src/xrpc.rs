@@ -65,7 +65,14 @@ async fn per_ip(
     next.run(request).await
 }
 
-pub fn routes(app: Appview) -> Router {
+/// The appview's routes; its page is at `/appview`, and at `/` too when `page_at_root`
+/// (the appview alone: under `agentnet up` the node's dashboard is there).
+pub fn routes(app: Appview, page_at_root: bool) -> Router {
+    let page = if page_at_root {
+        Router::new().route("/", get(dashboard))
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/xrpc/agent.comms.getInbox", get(get_inbox))
         .route("/xrpc/agent.comms.getThread", get(get_thread))
@@ -79,7 +86,8 @@ pub fn routes(app: Appview) -> Router {
             get(crate::live::subscribe_inbox),
         )
         .route("/.well-known/did.json", get(did_document))
-        .route("/", get(dashboard))
+        .route(PAGE, get(dashboard))
+        .merge(page)
         .layer(axum::middleware::from_fn_with_state(app.clone(), per_ip))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
@@ -532,6 +540,9 @@ async fn recall(
 async fn did_document(State(app): State<Appview>) -> Json<Value> {
     Json(app.did_document())
 }
+
+/// Where the appview's own page is.
+pub const PAGE: &str = "/appview";
 
 /// The operator's dashboard: what the index holds, by collection and privacy, and where
 /// the queries are. Aggregates only; no record content.

@@ -455,6 +455,20 @@ impl Host {
         self.flight().forced.take()
     }
 
+    /// Events counted so far in the current second, hour and day windows (what the
+    /// per-second, per-hour and per-day limits are measured against).
+    pub fn usage(&self) -> [u64; 3] {
+        let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let lens = [1, 3600, 86_400].map(Duration::from_secs);
+        std::array::from_fn(|i| {
+            if w[i].started.elapsed() >= lens[i] {
+                0
+            } else {
+                w[i].count
+            }
+        })
+    }
+
     /// Accounts seen on this host.
     pub fn accounts(&self) -> u64 {
         self.accounts.load(Ordering::Relaxed)

@@ -611,6 +611,8 @@ fn sequencer(
         if let Some(last) = written.last() {
             metrics.head_seq.set(last.seq as f64);
         }
+        // Counted up as events are written; retention sets it exactly after each pass.
+        metrics.log_events.increment(written.len() as f64);
         for (event, at) in written.into_iter().zip(received) {
             metrics.events_out.increment(1);
             metrics.publish_seconds.record(at.elapsed().as_secs_f64());
@@ -668,7 +670,33 @@ fn append_until_written(
     }
 }
 
-/// Applies the retention policy once a minute.
+/// Bytes of the files under `dir` (the log's segments and state), two levels deep; what
+/// cannot be read counts as nothing.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => std::fs::read_dir(e.path())
+                .map(|inner| {
+                    inner
+                        .flatten()
+                        .filter_map(|f| f.metadata().ok())
+                        .filter(|m| m.is_file())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Applies the retention policy every `retention_interval_secs`, and measures the log
+/// (events, bytes) at start and after each pass.
 async fn retention(
     store: Store,
     config: Config,
@@ -676,23 +704,39 @@ async fn retention(
     cancel: CancellationToken,
 ) -> Result<(), Error> {
     let max_age_ms = config.retention_hours.saturating_mul(3_600_000);
+    metrics.retention_events.set(config.retention_events as f64);
+    metrics.retention_hours.set(config.retention_hours as f64);
+    let dir = config.data_dir.clone();
+    let measure = move |store: &Store| -> Result<(u64, u64), store::StoreError> {
+        Ok((store.event_count()?, dir_bytes(&dir)))
+    };
+    {
+        let (s, measured) = (store.clone(), measure.clone());
+        if let Ok(Ok((count, bytes))) = tokio::task::spawn_blocking(move || measured(&s)).await {
+            metrics.log_events.set(count as f64);
+            metrics.log_bytes.set(bytes as f64);
+        }
+    }
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_secs(config.retention_interval_secs.max(1))) => {}
         }
-        let s = store.clone();
+        let (s, measure) = (store.clone(), measure.clone());
         let max = config.retention_events;
         let pruned = tokio::task::spawn_blocking(move || {
             s.prune(max, max_age_ms, now_ms())?;
-            s.event_count()
+            measure(&s)
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))?;
         // A store that refuses (a full disk) is the sequencer's to wait out; pruning tries
         // again next time.
         match pruned {
-            Ok(count) => metrics.log_events.set(count as f64),
+            Ok((count, bytes)) => {
+                metrics.log_events.set(count as f64);
+                metrics.log_bytes.set(bytes as f64);
+            }
             Err(error) => tracing::warn!(%error, "retention could not prune the log this time"),
         }
     }

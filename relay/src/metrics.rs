@@ -171,6 +171,12 @@ pub struct Metrics {
     pub dead_subscribers: Counter,
     /// Events retained in the log.
     pub log_events: Gauge,
+    /// Bytes the log and the relay's state take on disk.
+    pub log_bytes: Gauge,
+    /// The retention policy: most events kept…
+    pub retention_events: Gauge,
+    /// …and for how many hours.
+    pub retention_hours: Gauge,
     /// Upstream connections made (first and re-connections).
     pub upstream_connects: Counter,
     /// The newest sequence number published.
@@ -237,6 +243,9 @@ impl Metrics {
             slow_consumers: counter("relay_slow_consumers_total"),
             dead_subscribers: counter("relay_dead_subscribers_total"),
             log_events: gauge("relay_log_events"),
+            log_bytes: gauge("relay_log_bytes"),
+            retention_events: gauge("relay_log_retention_events"),
+            retention_hours: gauge("relay_log_retention_hours"),
             upstream_connects: counter("relay_upstream_connects_total"),
             head_seq: gauge("relay_head_seq"),
             log_write_seconds: histogram("relay_log_write_seconds"),

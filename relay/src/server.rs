@@ -102,7 +102,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/xrpc/com.atproto.sync.getHostStatus", get(get_host_status))
         .route("/xrpc/com.atproto.sync.requestCrawl", post(request_crawl))
-        .route("/admin/hosts", post(admin_add_host))
+        .route("/admin/hosts", post(admin_add_host).get(admin_list_hosts))
         .route("/admin/hosts/limits", post(admin_set_limits))
         .route("/admin/hosts/ban", post(admin_ban))
         .route("/admin/hosts/unban", post(admin_unban))
@@ -600,41 +600,60 @@ async fn get_host_status(
         .into_iter()
         .find(|h| crate::hosts::normalize_url(&h.url) == want)
         .ok_or_else(|| XrpcError(StatusCode::NOT_FOUND, "HostNotFound", p.hostname.clone()))?;
+    Ok(Json(host_detail(&state, h)))
+}
+
+/// Every host with everything `getHostStatus` says of one, and the use of its limits in
+/// the current windows: the operator's view (the dashboard's host table). Admin only.
+async fn admin_list_hosts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, XrpcError> {
+    authorized(&state, &headers)?;
+    let store = state.store.clone();
+    let mut hosts = blocking(move || store.hosts()).await?;
+    hosts.sort_by(|a, b| a.url.cmp(&b.url));
+    let hosts: Vec<_> = hosts
+        .into_iter()
+        .take(MAX_ADMIN_HOSTS)
+        .map(|h| host_detail(&state, h))
+        .collect();
+    Ok(Json(json!({"hosts": hosts})))
+}
+
+/// Most hosts one `GET /admin/hosts` answers with (the relay crawls at most `max_hosts`).
+const MAX_ADMIN_HOSTS: usize = 10_000;
+
+/// A stored host with its live state: status, cursor, counts, limits and their use, lag.
+fn host_detail(state: &AppState, h: crate::store::HostState) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
     let live = state.hosts.get(&h.url);
     let limits = live
         .as_ref()
         .map(|l| l.limits())
         .or(h.limits)
         .unwrap_or(state.default_limits);
-    let accounts = live.as_ref().map(|l| l.accounts()).unwrap_or(h.accounts);
-    let throttled = live
-        .as_ref()
-        .map(|l| l.throttled.load(std::sync::atomic::Ordering::Relaxed))
-        .unwrap_or(0);
-    let desynchronized = live
-        .as_ref()
-        .map(|l| l.desynchronized.load(std::sync::atomic::Ordering::Relaxed))
-        .unwrap_or(0);
-    let in_flight = live.as_ref().map(|l| l.in_flight()).unwrap_or(0);
-    let lag = live.as_ref().and_then(|l| l.lag());
     let count = |f: fn(&crate::hosts::Host) -> u64| live.as_deref().map(f).unwrap_or(0);
-    Ok(Json(json!({
+    let lag = live.as_ref().and_then(|l| l.lag());
+    let [second, hour, day] = live.as_ref().map(|l| l.usage()).unwrap_or_default();
+    json!({
         "hostname": h.url,
         "seq": h.cursor,
-        "accountCount": accounts,
+        "accountCount": live.as_ref().map(|l| l.accounts()).unwrap_or(h.accounts),
         "status": live.as_ref().map(|l| l.status().as_str().to_string()).unwrap_or(h.status),
         "lastError": live.as_ref().and_then(|l| l.last_error()),
         "events": h.events,
-        "throttledEvents": throttled,
-        "refusedAccounts": count(|l| l.accounts_refused.load(std::sync::atomic::Ordering::Relaxed)),
-        "accountLimitRaises": count(|l| l.limit_raises.load(std::sync::atomic::Ordering::Relaxed)),
+        "throttledEvents": count(|l| l.throttled.load(Relaxed)),
+        "refusedAccounts": count(|l| l.accounts_refused.load(Relaxed)),
+        "accountLimitRaises": count(|l| l.limit_raises.load(Relaxed)),
         "accountLimitGrows": live.as_ref().is_some_and(|l| l.grows()),
-        "desynchronizedAccounts": desynchronized,
-        "inFlightEvents": in_flight,
+        "desynchronizedAccounts": count(|l| l.desynchronized.load(Relaxed)),
+        "inFlightEvents": live.as_ref().map(|l| l.in_flight()).unwrap_or(0),
         "limits": limits,
+        "usage": {"perSecond": second, "perHour": hour, "perDay": day},
         "lastEventAt": lag.map(|(at, _)| atproto::syntax::datetime_from_millis(at)),
         "lagSeconds": lag.map(|(_, secs)| secs),
-    })))
+    })
 }
 
 #[derive(Deserialize)]
