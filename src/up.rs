@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
 
 use crate::{dashboard, status};
 
@@ -34,15 +33,6 @@ pub struct UpArgs {
     /// Allow loopback and private hosts and plain-http did:web (local testing only).
     #[arg(long, env = "AGENTNET_DEV", default_value_t = false)]
     pub dev: bool,
-    /// Bearer token for the relay's admin endpoints and the dashboard's operator view (host
-    /// detail, the last events, ban, limits, cursor resets, adding hosts); off when empty.
-    #[arg(
-        long,
-        env = "AGENTNET_UP_ADMIN_TOKEN",
-        default_value = "",
-        hide_env_values = true
-    )]
-    pub admin_token: String,
     /// The embedding model.
     #[command(flatten)]
     pub model: store::Model,
@@ -73,13 +63,13 @@ pub struct UpArgs {
     /// events in and out, the indexer's rows and lag, the appview's requests).
     #[arg(long, env = "AGENTNET_UP_NO_STATUS", default_value_t = false)]
     pub no_status: bool,
-}
-
-/// Defaults (and environment overrides) of a service's own settings, for `up`.
-#[derive(Debug, Parser)]
-struct Defaults<T: clap::Args> {
+    /// The relay's settings, as `agentnet relay` takes them (the admin token among them,
+    /// which also opens the dashboard's operator view).
     #[command(flatten)]
-    pub config: T,
+    pub relay: agentnet_relay::Tuning,
+    /// The indexer's settings, as `agentnet indexer` takes them.
+    #[command(flatten)]
+    pub indexer: agentnet_indexer::Tuning,
 }
 
 /// Runs relay, indexer and appview in one process until `shutdown` resolves or a part
@@ -119,21 +109,37 @@ pub async fn run_on(
         .with_context(|| format!("creating {}", index_dir.display()))?;
     let key = agentnet_indexer::appview_key(&index_dir.join("appview-key.json"), &did)?;
 
-    let mut relay = Defaults::<agentnet_relay::Config>::try_parse_from(["relay"])?.config;
-    relay.listen = addr;
-    relay.data_dir = args.data_dir.join("relay");
-    relay.hosts = args.hosts.clone();
-    relay.plc_url = args.plc_url.clone();
-    relay.dev = args.dev;
-    relay.admin_token = args.admin_token.clone();
-    let mut indexer = Defaults::<agentnet_indexer::Config>::try_parse_from(["indexer"])?.config;
-    indexer.relay_url = format!("ws://{local}");
-    indexer.index.data_dir = index_dir.clone();
-    indexer.index.model = args.model.clone();
-    indexer.index.appview_did = did.clone();
-    indexer.index.dev = args.dev;
-    // One set of stores, opened once below and shared by the indexer and the appview.
-    indexer.index.backends = args.backends.clone();
+    // Every setting is up's own or in its flattened relay and indexer settings: nothing
+    // is read from an environment variable that `up --help` does not show.
+    let mut relay = agentnet_relay::Config {
+        listen: addr,
+        data_dir: args.data_dir.join("relay"),
+        plc_url: args.plc_url.clone(),
+        hosts: args.hosts.clone(),
+        seed_relays: Vec::new(),
+        dev: args.dev,
+        egress_allow: Vec::new(),
+        tuning: args.relay.clone(),
+    };
+    let mut indexer = agentnet_indexer::Config {
+        relay_url: format!("ws://{local}"),
+        index: agentnet_indexer::IndexConfig {
+            data_dir: index_dir.clone(),
+            // One set of stores, opened once below and shared by the indexer and the appview.
+            backends: args.backends.clone(),
+            model: args.model.clone(),
+            appview_did: did.clone(),
+            appview_key: None,
+            appview_key_file: None,
+            optimize_every: agentnet_indexer::DEFAULT_OPTIMIZE_EVERY,
+            plc_url: args.plc_url.clone(),
+            dev: args.dev,
+            egress_allow: Vec::new(),
+        },
+        metrics_listen: None,
+        tuning: args.indexer.clone(),
+        force_upstream: false,
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -200,7 +206,7 @@ pub async fn run_on(
     println!("agentnet is up: relay, indexer and appview on {local}");
     println!(
         "  dashboard http://{local}/ (admin token: {})",
-        if args.admin_token.is_empty() {
+        if args.relay.admin_token.is_empty() {
             "none, --admin-token for the operator's view"
         } else {
             "set"

@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 fn agentnet(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentnet"))
         .args(args)
-        .env_remove("AGENTNET_HOSTS")
+        .env_remove("AGENTNET_RELAY_HOSTS")
         .env_remove("AGENTNET_DEV")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -35,12 +35,12 @@ fn relay_help_documents_every_option_with_its_env_override() {
     help_documents(
         "relay",
         &[
-            ("--listen", "AGENTNET_LISTEN"),
-            ("--data-dir", "AGENTNET_DATA_DIR"),
+            ("--listen", "AGENTNET_RELAY_LISTEN"),
+            ("--data-dir", "AGENTNET_RELAY_DATA_DIR"),
             ("--plc-url", "AGENTNET_PLC_URL"),
-            ("--host", "AGENTNET_HOSTS"),
+            ("--host", "AGENTNET_RELAY_HOSTS"),
             ("--dev", "AGENTNET_DEV"),
-            ("--lenient", "AGENTNET_LENIENT"),
+            ("--lenient", "AGENTNET_RELAY_LENIENT"),
         ],
     );
 }
@@ -59,7 +59,7 @@ fn backfill_documents_its_options_and_refuses_what_it_cannot_use() {
             ("--again", "AGENTNET_BACKFILL_AGAIN"),
             ("--progress", "AGENTNET_BACKFILL_PROGRESS"),
             ("--plc-url", "AGENTNET_PLC_URL"),
-            ("--data-dir", "AGENTNET_DATA_DIR"),
+            ("--data-dir", "AGENTNET_INDEX_DATA_DIR"),
             ("--clickhouse-url", "AGENTNET_CLICKHOUSE_URL"),
             ("--appview-key", "AGENTNET_APPVIEW_KEY"),
         ],
@@ -86,6 +86,86 @@ fn backfill_documents_its_options_and_refuses_what_it_cannot_use() {
             "{args:?}: {}",
             text(&out.stderr)
         );
+    }
+}
+
+/// `agentnet up --help` shows everything `up` takes: its own options and the relay's and
+/// indexer's settings, each with the same variable as the service alone.
+#[test]
+fn up_help_shows_every_setting_it_takes() {
+    help_documents(
+        "up",
+        &[
+            ("--listen", "AGENTNET_UP_LISTEN"),
+            ("--data-dir", "AGENTNET_UP_DATA_DIR"),
+            ("--host", "AGENTNET_UP_HOSTS"),
+            ("--demo", "AGENTNET_UP_DEMO"),
+            ("--admin-token", "AGENTNET_RELAY_ADMIN_TOKEN"),
+            ("--retention-hours", "AGENTNET_RELAY_RETENTION_HOURS"),
+            (
+                "--host-events-per-second",
+                "AGENTNET_RELAY_HOST_EVENTS_PER_SECOND",
+            ),
+            ("--max-subscribers", "AGENTNET_RELAY_MAX_SUBSCRIBERS"),
+            ("--batch", "AGENTNET_INDEXER_BATCH"),
+            ("--progress-secs", "AGENTNET_INDEXER_PROGRESS_SECS"),
+            ("--clickhouse-url", "AGENTNET_CLICKHOUSE_URL"),
+            ("--qdrant-url", "AGENTNET_QDRANT_URL"),
+            ("--model-dir", "AGENTNET_MODEL_DIR"),
+        ],
+    );
+}
+
+/// One environment can hold every service's settings: a service's own variables carry its
+/// name, and the only names two services share are the ones that must agree across a
+/// deployment (the directory, development mode, the index's stores and model, the
+/// appview's identity and key, logging).
+#[test]
+fn each_service_reads_its_own_environment_names() {
+    const SHARED: &[&str] = &[
+        "AGENTNET_PLC_URL",
+        "AGENTNET_DEV",
+        "AGENTNET_LOG_FORMAT",
+        "AGENTNET_INDEX_",
+        "AGENTNET_CLICKHOUSE_",
+        "AGENTNET_CHDB_LIB",
+        "AGENTNET_QDRANT_",
+        "AGENTNET_MODEL_",
+        "AGENTNET_APPVIEW_DID",
+        "AGENTNET_APPVIEW_KEY",
+    ];
+    let mut seen: std::collections::HashMap<String, &str> = Default::default();
+    for (command, own) in [
+        ("relay", "AGENTNET_RELAY_"),
+        ("indexer", "AGENTNET_INDEXER_"),
+        ("appview", "AGENTNET_APPVIEW_"),
+        ("backfill", "AGENTNET_BACKFILL_"),
+        ("fleet", "AGENTNET_FLEET_"),
+    ] {
+        let out = agentnet(&[command, "--help"], None);
+        assert!(out.status.success());
+        let help = text(&out.stdout);
+        let names: std::collections::BTreeSet<String> = help
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("AGENTNET_"))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            names.len() > 3,
+            "`{command} --help` names no variables:\n{help}"
+        );
+        for name in names {
+            let shared = SHARED.iter().any(|s| name.starts_with(s));
+            assert!(
+                name.starts_with(own) || shared,
+                "`agentnet {command}` reads {name}, which is neither its own ({own}…) nor a deployment-wide setting"
+            );
+            if !shared {
+                if let Some(other) = seen.insert(name.clone(), command) {
+                    panic!("{name} is read by both {other} and {command}");
+                }
+            }
+        }
     }
 }
 
@@ -297,7 +377,7 @@ fn relay_running_line(args: &[&str]) -> String {
         .arg(&dir)
         .args(args)
         .env("AGENTNET_LOG", "info")
-        .env_remove("AGENTNET_HOSTS")
+        .env_remove("AGENTNET_RELAY_HOSTS")
         .env_remove("AGENTNET_LOG_FORMAT")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -409,7 +489,7 @@ fn an_indexer_without_the_appviews_key_refuses_to_start() {
         &[
             ("--appview-key", "AGENTNET_APPVIEW_KEY"),
             ("--appview-key-file", "AGENTNET_APPVIEW_KEY_FILE"),
-            ("--progress-secs", "AGENTNET_INDEX_PROGRESS_SECS"),
+            ("--progress-secs", "AGENTNET_INDEXER_PROGRESS_SECS"),
             ("--log-format", "AGENTNET_LOG_FORMAT"),
         ],
     );

@@ -3,6 +3,7 @@
 //! private (sealed for itself) — with the standard repo XRPC calls. The `agentnet agent`
 //! subcommand is a thin entry point over this.
 
+pub mod cli;
 pub mod rpc;
 
 use std::path::Path;

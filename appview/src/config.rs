@@ -7,10 +7,18 @@ use crate::Error;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address for the XRPC queries, the DID document and the dashboard.
-    #[arg(long, env = "AGENTNET_LISTEN", default_value = "127.0.0.1:2471")]
+    #[arg(
+        long,
+        env = "AGENTNET_APPVIEW_LISTEN",
+        default_value = "127.0.0.1:2471"
+    )]
     pub listen: SocketAddr,
     /// Directory of the stores the indexer writes (embedded ones, and the appview's key).
-    #[arg(long, env = "AGENTNET_DATA_DIR", default_value = "./data/indexer")]
+    #[arg(
+        long,
+        env = "AGENTNET_INDEX_DATA_DIR",
+        default_value = "./data/indexer"
+    )]
     pub data_dir: PathBuf,
     /// The appview's DID (a `did:web` this service answers for at
     /// `/.well-known/did.json`); default `did:web:` + the listen address.
@@ -28,7 +36,7 @@ pub struct Config {
     pub appview_key_file: Option<PathBuf>,
     /// The URL agents reach this appview at, published in its DID document; default
     /// `http://` + the listen address.
-    #[arg(long, env = "AGENTNET_PUBLIC_URL")]
+    #[arg(long, env = "AGENTNET_APPVIEW_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Where the record index and the vectors live (the indexer's).
     #[command(flatten)]
@@ -97,6 +105,8 @@ pub struct Limits {
     /// Live-inbox subscriptions (`agent.comms.subscribeInbox`) open at once; more are
     /// answered 503.
     #[arg(
+        id = "appview_max_subscribers",
+        value_name = "MAX_SUBSCRIBERS",
         long = "appview-max-subscribers",
         env = "AGENTNET_APPVIEW_MAX_SUBSCRIBERS",
         default_value_t = 1024

@@ -8,7 +8,7 @@ pub struct Config {
     /// The relay firehose to consume.
     #[arg(
         long,
-        env = "AGENTNET_RELAY_URL",
+        env = "AGENTNET_INDEXER_RELAY_URL",
         default_value = "ws://127.0.0.1:2470"
     )]
     pub relay_url: String,
@@ -19,21 +19,35 @@ pub struct Config {
     /// `agentnet up` serves them at `/metrics/indexer` on its own listener).
     #[arg(long, env = "AGENTNET_INDEXER_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How the indexer batches and reports (`agentnet up` takes the same).
+    #[command(flatten)]
+    pub tuning: Tuning,
+    /// Follow `--relay-url` although the index was built from another relay (its cursor
+    /// means nothing there: the new relay is read from its start).
+    #[arg(long, env = "AGENTNET_INDEXER_FORCE_UPSTREAM", default_value_t = false)]
+    pub force_upstream: bool,
+}
+
+/// The indexer's batching and progress settings: shared by `agentnet indexer` and
+/// `agentnet up` (same flags, same `AGENTNET_INDEXER_…` variables).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Indexer")]
+#[group(id = "indexer_tuning")]
+pub struct Tuning {
     /// Most events indexed in one batch (one write per sink, then the cursor).
-    #[arg(long, env = "AGENTNET_INDEX_BATCH", default_value_t = 256)]
+    #[arg(long, env = "AGENTNET_INDEXER_BATCH", default_value_t = 256)]
     pub batch: usize,
     /// Longest an event waits for its batch to fill, in milliseconds.
-    #[arg(long, env = "AGENTNET_INDEX_BATCH_WAIT_MS", default_value_t = 100)]
+    #[arg(long, env = "AGENTNET_INDEXER_BATCH_WAIT_MS", default_value_t = 100)]
     pub batch_wait_ms: u64,
     /// Seconds between the progress lines logged at info level while the indexer writes
     /// (batches, rows, vectors, rates, last seq, lag behind the relay); 0 turns them off.
-    #[arg(long, env = "AGENTNET_INDEX_PROGRESS_SECS", default_value_t = 10)]
+    #[arg(long, env = "AGENTNET_INDEXER_PROGRESS_SECS", default_value_t = 10)]
     pub progress_secs: u64,
-    /// Follow `--relay-url` although the index was built from another relay (its cursor
-    /// means nothing there: the new relay is read from its start).
-    #[arg(long, env = "AGENTNET_INDEX_FORCE_UPSTREAM", default_value_t = false)]
-    pub force_upstream: bool,
 }
+
+/// Vectors between background builds of the vector search index, by default.
+pub const DEFAULT_OPTIMIZE_EVERY: usize = 20_000;
 
 /// Where records are indexed (the stores), the model that embeds them, the appview's key
 /// that opens shared records, and how far the indexer may reach: what the indexer and
@@ -41,7 +55,11 @@ pub struct Config {
 #[derive(Debug, Clone, clap::Args)]
 pub struct IndexConfig {
     /// Directory for the embedded stores and the cursor.
-    #[arg(long, env = "AGENTNET_DATA_DIR", default_value = "./data/indexer")]
+    #[arg(
+        long,
+        env = "AGENTNET_INDEX_DATA_DIR",
+        default_value = "./data/indexer"
+    )]
     pub data_dir: PathBuf,
     /// Where the record index and the vectors live.
     #[command(flatten)]
@@ -69,7 +87,7 @@ pub struct IndexConfig {
     pub appview_key_file: Option<PathBuf>,
     /// Build the vector search index (HNSW) in the background after this many new vectors
     /// (0: never; searches then scan unindexed segments exactly).
-    #[arg(long, env = "AGENTNET_INDEX_OPTIMIZE_EVERY", default_value_t = 20_000)]
+    #[arg(long, env = "AGENTNET_INDEX_OPTIMIZE_EVERY", default_value_t = DEFAULT_OPTIMIZE_EVERY)]
     pub optimize_every: usize,
     /// PLC directory for resolving `did:plc` accounts (their keys check the repos fetched
     /// for a `#sync` or a backfill).
@@ -87,7 +105,7 @@ pub struct IndexConfig {
     /// comma-separated).
     #[arg(
         long = "egress-allow",
-        env = "AGENTNET_EGRESS_ALLOW",
+        env = "AGENTNET_INDEX_EGRESS_ALLOW",
         value_delimiter = ','
     )]
     pub egress_allow: Vec<ipnet::IpNet>,
@@ -121,7 +139,7 @@ impl Config {
         if !(self.relay_url.starts_with("ws://") || self.relay_url.starts_with("wss://")) {
             return Err(Error::Config("--relay-url must be ws:// or wss://".into()));
         }
-        if self.batch == 0 {
+        if self.tuning.batch == 0 {
             return Err(Error::Config("--batch must be positive".into()));
         }
         self.index.validate()

@@ -15,7 +15,7 @@ pub use stats::Stats;
 
 use store::embed;
 
-pub use config::{Config, IndexConfig};
+pub use config::{Config, IndexConfig, Tuning, DEFAULT_OPTIMIZE_EVERY};
 
 /// Why the indexer stopped.
 #[derive(Debug, thiserror::Error)]
@@ -265,17 +265,17 @@ pub async fn run_with(
         tracing::warn!(old = ?sources, new = %config.relay_url, "following another relay than the one this index was built from (--force-upstream)");
     }
     tracing::info!(relay = %config.relay_url, "indexer following the relay");
-    let progress = (config.progress_secs > 0).then(|| {
+    let progress = (config.tuning.progress_secs > 0).then(|| {
         tokio::spawn(stats::log_progress(
             sinks.stats.clone(),
-            std::time::Duration::from_secs(config.progress_secs),
+            std::time::Duration::from_secs(config.tuning.progress_secs),
         ))
     });
     let result = pipeline::follow(
         &config.relay_url,
         sinks,
-        config.batch,
-        std::time::Duration::from_millis(config.batch_wait_ms),
+        config.tuning.batch,
+        std::time::Duration::from_millis(config.tuning.batch_wait_ms),
         stop_rx,
     )
     .await;

@@ -29,7 +29,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{Config, Tuning};
 use metrics::Metrics;
 use store::{Append, Store};
 use verify::{Inbound, Shard, ShardContext, Verified};
@@ -123,11 +123,13 @@ pub async fn run_serving(
                 egress: Some(egress.clone()),
             })
             .map_err(|e| Error::Config(e.to_string()))?,
-            NonZeroUsize::new(config.identity_cache)
+            NonZeroUsize::new(config.tuning.identity_cache)
                 .ok_or_else(|| Error::Config("identity cache must be > 0".into()))?,
-            Duration::from_secs(config.identity_ttl_secs),
+            Duration::from_secs(config.tuning.identity_ttl_secs),
         )
-        .with_negative_ttl(Duration::from_secs(config.identity_negative_ttl_secs)),
+        .with_negative_ttl(Duration::from_secs(
+            config.tuning.identity_negative_ttl_secs,
+        )),
     );
     let http_seed = egress
         .client(reqwest::Client::builder().timeout(Duration::from_secs(30)))
@@ -154,7 +156,7 @@ pub async fn run_serving(
             .map_err(|e| Error::Task(e.to_string()))??
     };
     let hosts = hosts::Hosts::new(hosts::Growth {
-        window: Duration::from_secs(config.host_accounts_growth_secs),
+        window: Duration::from_secs(config.tuning.host_accounts_growth_secs),
     });
     {
         let mut counts: HashMap<&str, (u64, u64)> = HashMap::new();
@@ -175,7 +177,7 @@ pub async fn run_serving(
     }
 
     // Verifier shards on their own threads, each owning its accounts' state.
-    let shards_n = match config.verifier_threads {
+    let shards_n = match config.tuning.verifier_threads {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2),
@@ -190,11 +192,11 @@ pub async fn run_serving(
         resolver: resolver.clone(),
         runtime: tokio::runtime::Handle::current(),
         dev: config.dev,
-        lenient: config.lenient,
+        lenient: config.tuning.lenient,
         metrics: metrics.clone(),
         http,
         repair: config.repair_config(),
-        lookups: Arc::new(tokio::sync::Semaphore::new(config.identity_lookups)),
+        lookups: Arc::new(tokio::sync::Semaphore::new(config.tuning.identity_lookups)),
     };
     let mut shard_txs = Vec::with_capacity(shards_n);
     let mut threads = Vec::with_capacity(shards_n);
@@ -212,15 +214,15 @@ pub async fn run_serving(
     }
     drop(seq_tx);
 
-    let (live, _) = broadcast::channel::<store::Logged>(config.live_buffer.max(16));
+    let (live, _) = broadcast::channel::<store::Logged>(config.tuning.live_buffer.max(16));
     let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
     {
         let (store, live, metrics) = (store.clone(), live.clone(), metrics.clone());
         let cancel = cancel.clone();
-        let linger = Duration::from_millis(config.group_commit_ms);
+        let linger = Duration::from_millis(config.tuning.group_commit_ms);
         tasks.spawn_blocking(move || sequencer(store, seq_rx, live, metrics, cancel, linger));
     }
-    let jetstream = jetstream::Hub::new(config.live_buffer);
+    let jetstream = jetstream::Hub::new(config.tuning.live_buffer);
     tasks.spawn(jetstream::run_hub(
         jetstream.clone(),
         live.subscribe(),
@@ -270,24 +272,24 @@ pub async fn run_serving(
         jetstream,
         metrics: metrics.clone(),
         subscribers: Arc::new(AtomicUsize::new(0)),
-        max_subscribers: config.max_subscribers,
+        max_subscribers: config.tuning.max_subscribers,
         new_hosts: host_tx,
-        admin_token: config.admin_token.clone(),
+        admin_token: config.tuning.admin_token.clone(),
         dev: config.dev,
-        send_timeout: Duration::from_secs(config.subscriber_send_timeout_secs.max(1)),
+        send_timeout: Duration::from_secs(config.tuning.subscriber_send_timeout_secs.max(1)),
         hosts,
         default_limits: config.default_limits(),
         resolver,
         crawl_limiter: Arc::new(governor::RateLimiter::direct(governor::Quota::per_minute(
-            std::num::NonZeroU32::new(config.crawl_requests_per_minute.max(1))
+            std::num::NonZeroU32::new(config.tuning.crawl_requests_per_minute.max(1))
                 .unwrap_or(std::num::NonZeroU32::MIN),
         ))),
-        max_hosts: config.max_hosts,
+        max_hosts: config.tuning.max_hosts,
         probe: egress
             .client(reqwest::Client::builder().timeout(Duration::from_secs(10)))
             .map_err(|e| Error::Config(e.to_string()))?,
-        ping_interval: Duration::from_secs(config.subscriber_ping_secs.max(1)),
-        dead_after: Duration::from_secs(config.subscriber_dead_secs.max(1)),
+        ping_interval: Duration::from_secs(config.tuning.subscriber_ping_secs.max(1)),
+        dead_after: Duration::from_secs(config.tuning.subscriber_dead_secs.max(1)),
     })
     .merge(routes);
     let server_cancel = cancel.clone();
@@ -394,7 +396,7 @@ async fn seed_from_relay(
 
 fn upstream_config(config: &Config, egress: atproto::net::Egress) -> upstream::UpstreamConfig {
     upstream::UpstreamConfig {
-        idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+        idle_timeout: Duration::from_secs(config.tuning.idle_timeout_secs),
         min_backoff: Duration::from_millis(500),
         max_backoff: Duration::from_secs(60),
         egress,
@@ -703,9 +705,13 @@ async fn retention(
     metrics: Metrics,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
-    let max_age_ms = config.retention_hours.saturating_mul(3_600_000);
-    metrics.retention_events.set(config.retention_events as f64);
-    metrics.retention_hours.set(config.retention_hours as f64);
+    let max_age_ms = config.tuning.retention_hours.saturating_mul(3_600_000);
+    metrics
+        .retention_events
+        .set(config.tuning.retention_events as f64);
+    metrics
+        .retention_hours
+        .set(config.tuning.retention_hours as f64);
     let dir = config.data_dir.clone();
     let measure = move |store: &Store| -> Result<(u64, u64), store::StoreError> {
         Ok((store.event_count()?, dir_bytes(&dir)))
@@ -720,10 +726,10 @@ async fn retention(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(config.retention_interval_secs.max(1))) => {}
+            _ = tokio::time::sleep(Duration::from_secs(config.tuning.retention_interval_secs.max(1))) => {}
         }
         let (s, measure) = (store.clone(), measure.clone());
-        let max = config.retention_events;
+        let max = config.tuning.retention_events;
         let pruned = tokio::task::spawn_blocking(move || {
             s.prune(max, max_age_ms, now_ms())?;
             measure(&s)

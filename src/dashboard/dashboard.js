@@ -213,7 +213,7 @@ function renderRelay(s) {
   set('relay-dead', int(total(s, 'relay', 'relay_dead_subscribers_total')));
   set('relay-log', int(total(s, 'relay', 'relay_log_events')));
   set('relay-log-bytes', bytes(total(s, 'relay', 'relay_log_bytes')));
-  set('relay-retention', compact(total(s, 'relay', 'relay_log_retention_events')) + ' events · ' +
+  set('relay-retention', compact(total(s, 'relay', 'relay_log_retention_events')) + ' · ' +
     int(total(s, 'relay', 'relay_log_retention_hours')) + ' h');
   set('relay-verify', secs(quantile('relay', 'relay_verify_seconds', {}, 0.99)));
   set('relay-fsync', secs(quantile('relay', 'relay_log_write_seconds', {}, 0.99)));
