@@ -28,5 +28,8 @@ export AGENTNET_CHDB_LIB
 export AGENTNET_MODEL_DIR="${AGENTNET_MODEL_DIR:-$PWD/../shared/models/all-minilm-l6-v2}"
 echo "== ClickHouse server (Debian package, once)"
 infra/clickhouse/setup.sh >/dev/null
+echo "== chromium and chromedriver for the dashboard test (Debian packages, once)"
+AGENTNET_CHROMEDRIVER="$(infra/chromium/setup.sh)"
+export AGENTNET_CHROMEDRIVER
 echo "== cargo test"
 cargo test --workspace
