@@ -65,7 +65,7 @@ enum Command {
     /// Answer coordination and recall queries over XRPC.
     Appview(agentnet_appview::Config),
     /// Run relay, indexer and appview in one process on embedded stores.
-    Up(agentnet::up::UpArgs),
+    Up(Box<agentnet::up::UpArgs>),
     /// Index whole repos from PDSes (every repo a host lists, or named accounts): each
     /// verified against its account's key, resumable where it stopped.
     Backfill(agentnet_indexer::backfill::BackfillConfig),
@@ -121,7 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(agentnet::up::run(args, shutdown_signal())),
+            .block_on(agentnet::up::run(*args, shutdown_signal())),
         Command::Indexer(config) => {
             serve(agentnet_indexer::run(config, shutdown_signal())).context("indexer")
         }

@@ -597,3 +597,48 @@ fn up_shows_a_live_status_line_on_a_terminal() {
     let outs: Vec<u64> = lines.iter().map(|l| number_before(l, " out (")).collect();
     assert!(outs.windows(2).all(|w| w[0] <= w[1]), "{outs:?}");
 }
+
+/// `agentnet relay` alone serves the relay's part of the dashboard: the page, and a live
+/// snapshot with the relay's metrics and no indexer or appview.
+#[test]
+fn the_relay_alone_serves_its_part_of_the_dashboard() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = std::env::temp_dir().join(format!("agentnet-relay-dashboard-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentnet"))
+        .args([
+            "relay",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env("AGENTNET_LOG", "warn")
+        .env_remove("AGENTNET_RELAY_HOSTS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run agentnet relay");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while get(port, "/_health").is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let page = get(port, "/");
+    let script = get(port, "/dashboard/dashboard.js");
+    let snapshot: serde_json::Value =
+        serde_json::from_str(&get(port, "/dashboard/snapshot")).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(page.contains("/dashboard/dashboard.js"), "{page}");
+    assert!(script.contains("EventSource"), "the script is not served");
+    assert!(snapshot["relay"]["relay_head_seq"].is_array(), "{snapshot}");
+    assert!(
+        snapshot["indexer"].is_null() && snapshot["appview"].is_null(),
+        "{snapshot}"
+    );
+}
