@@ -3,6 +3,7 @@
 //! sets up logging; everything it runs is here or in the service crates.
 
 pub mod dashboard;
+pub mod lexicon;
 pub mod status;
 pub mod up;
 
@@ -25,4 +26,36 @@ pub async fn relay(
         ..dashboard::Sources::default()
     });
     agentnet_relay::run_serving(config, listener, dashboard, metrics, shutdown).await
+}
+
+/// `agentnet backfill`: runs it until done or `shutdown`, prints the summary line, and fails
+/// when any account could not be backfilled (so scripts notice).
+pub async fn backfill(
+    config: agentnet_indexer::backfill::BackfillConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let summary = agentnet_indexer::backfill::run(config, shutdown)
+        .await
+        .context("backfill")?;
+    println!(
+        "backfill: {} accounts: {} written ({} records, {} rows, {} vectors, {} bytes), {} already current, {} not the host's, {} failed{}",
+        summary.accounts,
+        summary.done,
+        summary.records,
+        summary.rows,
+        summary.vectors,
+        summary.bytes,
+        summary.current,
+        summary.wrong_host,
+        summary.failed,
+        if summary.interrupted { "; stopped before the end: run it again to resume" } else { "" },
+    );
+    if summary.failed > 0 {
+        anyhow::bail!(
+            "{} accounts could not be backfilled (see the log); run again to retry them",
+            summary.failed
+        );
+    }
+    Ok(())
 }

@@ -1,7 +1,5 @@
 //! `agentnet`: one binary for every agentnet service and tool.
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -73,32 +71,13 @@ enum Command {
     Fleet(agentnet_fleet::FleetConfig),
     /// Work with the agent network's lexicons.
     #[command(subcommand)]
-    Lexicon(LexiconCommand),
+    Lexicon(agentnet::lexicon::LexiconCommand),
     /// Act as an agent on its PDS: publish a key, write and read records.
     Agent(agentnet_agent::cli::AgentArgs),
     /// Make a new appview key: prints its secret (base64) on standard output for
     /// `--appview-key` / `AGENTNET_APPVIEW_KEY`, to give every appview and indexer of one
     /// deployment, and its public multikey on standard error.
     AppviewKey,
-}
-
-#[derive(Debug, Subcommand)]
-enum LexiconCommand {
-    /// List the embedded lexicon documents.
-    List,
-    /// Print one lexicon document.
-    Show {
-        /// The NSID, e.g. agent.comms.message.
-        nsid: String,
-    },
-    /// Validate a record (JSON, with its `$type`) against the lexicons.
-    Validate {
-        /// The record file; `-` reads standard input.
-        file: PathBuf,
-        /// Record key to check against the collection's key type.
-        #[arg(long, default_value = "3kznmn7xqxl22")]
-        rkey: String,
-    },
 }
 
 fn main() -> ExitCode {
@@ -128,38 +107,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Appview(config) => {
             serve(agentnet_appview::run(config, shutdown_signal())).context("appview")
         }
-        Command::Backfill(config) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let summary = rt
-                .block_on(agentnet_indexer::backfill::run(config, shutdown_signal()))
-                .context("backfill")?;
-            println!(
-                "backfill: {} accounts: {} written ({} records, {} rows, {} vectors, {} bytes), {} already current, {} not the host's, {} failed{}",
-                summary.accounts,
-                summary.done,
-                summary.records,
-                summary.rows,
-                summary.vectors,
-                summary.bytes,
-                summary.current,
-                summary.wrong_host,
-                summary.failed,
-                if summary.interrupted { "; stopped before the end: run it again to resume" } else { "" },
-            );
-            if summary.failed > 0 {
-                anyhow::bail!(
-                    "{} accounts could not be backfilled (see the log); run again to retry them",
-                    summary.failed
-                );
-            }
-            Ok(())
-        }
+        Command::Backfill(config) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(agentnet::backfill(config, shutdown_signal())),
         Command::Fleet(config) => {
             serve(agentnet_fleet::run(config, shutdown_signal())).context("fleet")
         }
-        Command::Lexicon(cmd) => lexicon(cmd),
+        Command::Lexicon(cmd) => agentnet::lexicon::run(cmd),
         Command::AppviewKey => {
             let key = atproto::envelope::EncryptionKey::generate();
             eprintln!(
@@ -202,40 +157,4 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
-}
-
-fn lexicon(cmd: LexiconCommand) -> anyhow::Result<()> {
-    match cmd {
-        LexiconCommand::List => {
-            let mut out = std::io::stdout().lock();
-            for (nsid, _) in lexicons::DOCUMENTS {
-                writeln!(out, "{nsid}")?;
-            }
-        }
-        LexiconCommand::Show { nsid } => {
-            let (_, text) = lexicons::DOCUMENTS
-                .iter()
-                .find(|(n, _)| *n == nsid)
-                .with_context(|| format!("no lexicon {nsid}"))?;
-            std::io::stdout().lock().write_all(text.as_bytes())?;
-        }
-        LexiconCommand::Validate { file, rkey } => {
-            let text = if file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin())?
-            } else {
-                std::fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?
-            };
-            let json: serde_json::Value =
-                serde_json::from_str(&text).context("record is not JSON")?;
-            let collection = json["$type"]
-                .as_str()
-                .context("record has no $type")?
-                .to_string();
-            let data = atproto::data::json_to_ipld(&json)?;
-            lexicons::catalog()?.validate_record(&collection, &rkey, &data)?;
-            println!("valid {collection}");
-        }
-    }
-    Ok(())
 }

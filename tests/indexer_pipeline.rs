@@ -18,8 +18,11 @@ fn model_dir() -> std::path::PathBuf {
     std::env::var("AGENTNET_MODEL_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../shared/models/all-minilm-l6-v2")
+            std::path::PathBuf::from(
+                std::env::var("CARGO_MANIFEST_DIR")
+                    .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+            )
+            .join("../shared/models/all-minilm-l6-v2")
         })
 }
 

@@ -11,7 +11,11 @@ use store::server::ServerConfig;
 
 #[test]
 fn record_index_on_a_clickhouse_server() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .join("..");
     let server = clickhouse::ClickhouseServer::start(&root, "records-server");
     let config = ServerConfig {
         url: server.url.clone(),

@@ -80,9 +80,15 @@ fn check<T: Record>(full: &T, minimal: &T) {
 
 #[test]
 fn every_schema_file_is_embedded_and_named_for_its_id() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas");
+    // The directory cargo gives at run time: a shared build directory may hold a binary
+    // compiled in another checkout.
+    let root = std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .join("schemas");
     let mut on_disk = BTreeSet::new();
-    let mut stack = vec![std::path::PathBuf::from(root)];
+    let mut stack = vec![root.clone()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).expect("read dir") {
             let path = entry.expect("entry").path();
@@ -90,7 +96,7 @@ fn every_schema_file_is_embedded_and_named_for_its_id() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "json") {
                 let rel = path
-                    .strip_prefix(root)
+                    .strip_prefix(&root)
                     .expect("under root")
                     .with_extension("");
                 on_disk.insert(rel.to_string_lossy().replace('/', "."));

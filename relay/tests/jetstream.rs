@@ -14,7 +14,11 @@ fn jetstream_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("AGENTNET_JETSTREAM_DIR") {
         return PathBuf::from(dir);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/jetstream")
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .join("../../shared/jetstream")
 }
 
 fn read(name: &str) -> Vec<u8> {

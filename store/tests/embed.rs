@@ -11,7 +11,11 @@ fn model_dir() -> PathBuf {
     let dir = std::env::var("AGENTNET_MODEL_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models/all-minilm-l6-v2")
+            PathBuf::from(
+                std::env::var("CARGO_MANIFEST_DIR")
+                    .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+            )
+            .join("../../shared/models/all-minilm-l6-v2")
         });
     assert!(
         dir.join("reference_embeddings.json").is_file(),

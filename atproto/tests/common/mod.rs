@@ -10,7 +10,11 @@ pub fn interop_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("AGENTNET_INTEROP_DIR") {
         return PathBuf::from(dir);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/interop/atproto-interop-tests")
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .join("../../shared/interop/atproto-interop-tests")
 }
 
 pub fn fixture_path(rel: &str) -> PathBuf {
