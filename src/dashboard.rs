@@ -18,6 +18,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
 /// One service's metrics as Prometheus text, read in process when the page asks.
@@ -46,6 +47,9 @@ pub const MAX_WATCHERS: usize = 256;
 /// so a hundred open pages cost one snapshot a second, not a hundred).
 struct Shared {
     sources: Sources,
+    /// Turns true when the server is shutting down: every live stream ends, so an open
+    /// page does not hold the graceful shutdown open.
+    closing: tokio::sync::watch::Receiver<bool>,
     latest: Mutex<Option<(Instant, Arc<str>)>>,
     watchers: Arc<tokio::sync::Semaphore>,
 }
@@ -55,10 +59,11 @@ const SCRIPT: &str = include_str!("dashboard/dashboard.js");
 const STYLE: &str = include_str!("dashboard/dashboard.css");
 
 /// The dashboard's routes: the page at `/`, its assets under `/dashboard/`, and the live
-/// stream at `/dashboard/live`.
-pub fn routes(sources: Sources) -> Router {
+/// stream at `/dashboard/live`, which ends when `closing` turns true (or its sender goes).
+pub fn routes(sources: Sources, closing: tokio::sync::watch::Receiver<bool>) -> Router {
     let shared = Arc::new(Shared {
         sources,
+        closing,
         latest: Mutex::new(None),
         watchers: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
     });
@@ -104,6 +109,10 @@ async fn live(State(shared): State<Arc<Shared>>) -> Response {
     };
     let mut ticks = tokio::time::interval(INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closing = shared.closing.clone();
+    let closed = async move {
+        let _ = closing.wait_for(|c| *c).await;
+    };
     let stream = futures::stream::unfold(
         (shared, ticks, permit),
         |(shared, mut ticks, permit)| async move {
@@ -111,7 +120,8 @@ async fn live(State(shared): State<Arc<Shared>>) -> Response {
             let event = Event::default().event("stats").data(&*shared.snapshot());
             Some((Ok::<_, Infallible>(event), (shared, ticks, permit)))
         },
-    );
+    )
+    .take_until(closed);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

@@ -18,13 +18,21 @@ pub async fn relay(
         .await
         .map_err(|e| agentnet_relay::Error::Serve(format!("{}: {e}", config.listen)))?;
     let metrics = agentnet_relay::metrics::Metrics::new();
-    let dashboard = dashboard::routes(dashboard::Sources {
-        relay: Some(std::sync::Arc::new({
-            let m = metrics.clone();
-            move || m.render()
-        })),
-        ..dashboard::Sources::default()
-    });
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let dashboard = dashboard::routes(
+        dashboard::Sources {
+            relay: Some(std::sync::Arc::new({
+                let m = metrics.clone();
+                move || m.render()
+            })),
+            ..dashboard::Sources::default()
+        },
+        closing_rx,
+    );
+    let shutdown = async move {
+        shutdown.await;
+        let _ = closing.send(true);
+    };
     agentnet_relay::run_serving(config, listener, dashboard, metrics, shutdown).await
 }
 

@@ -233,20 +233,23 @@ pub async fn run_on(
     let appview_metrics = appview.metrics();
     let appview_route = agentnet_appview::metrics_route(&appview);
     let relay_metrics = agentnet_relay::metrics::Metrics::new();
-    let dashboard = dashboard::routes(dashboard::Sources {
-        relay: Some(Arc::new({
-            let m = relay_metrics.clone();
-            move || m.render()
-        })),
-        indexer: Some(Arc::new({
-            let stats = stats.clone();
-            move || stats.prometheus()
-        })),
-        appview: Some(Arc::new({
-            let m = appview_metrics.clone();
-            move || m.render()
-        })),
-    });
+    let dashboard = dashboard::routes(
+        dashboard::Sources {
+            relay: Some(Arc::new({
+                let m = relay_metrics.clone();
+                move || m.render()
+            })),
+            indexer: Some(Arc::new({
+                let stats = stats.clone();
+                move || stats.prometheus()
+            })),
+            appview: Some(Arc::new({
+                let m = appview_metrics.clone();
+                move || m.render()
+            })),
+        },
+        stop_rx.clone(),
+    );
     let routes = agentnet_appview::router_beside_dashboard(appview)
         .route(
             "/metrics/indexer",

@@ -631,9 +631,38 @@ fn the_relay_alone_serves_its_part_of_the_dashboard() {
     let script = get(port, "/dashboard/dashboard.js");
     let snapshot: serde_json::Value =
         serde_json::from_str(&get(port, "/dashboard/snapshot")).unwrap_or_default();
-    let _ = child.kill();
-    let _ = child.wait();
+    // A page watching the live stream must not hold the relay's shutdown open.
+    let mut watching =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the relay");
+    let _ = write!(watching, "GET /dashboard/live HTTP/1.1\r\nhost: x\r\n\r\n");
+    let mut first = [0u8; 64];
+    let _ = std::io::Read::read(&mut watching, &mut first);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let exited = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    drop(watching);
     let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the relay did not stop cleanly on SIGTERM with a dashboard open: {exited:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&first).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
     assert!(page.contains("/dashboard/dashboard.js"), "{page}");
     assert!(script.contains("EventSource"), "the script is not served");
     assert!(snapshot["relay"]["relay_head_seq"].is_array(), "{snapshot}");

@@ -458,12 +458,16 @@ async fn the_dashboard_shows_live_numbers_and_takes_an_operators_action() {
         std::fs::write(&path, &shot).expect("write AGENTNET_DASHBOARD_SCREENSHOT");
     }
 
-    page.end().await;
-    drop(driver);
+    // The node stops while the page is still open: its live stream must not hold the
+    // shutdown.
     let _ = stop.send(());
-    node.await
+    tokio::time::timeout(Duration::from_secs(30), node)
+        .await
+        .expect("agentnet up stopped with a dashboard open")
         .expect("join agentnet up")
         .expect("agentnet up ran cleanly");
+    page.end().await;
+    drop(driver);
     let _ = std::fs::remove_dir_all(&data);
     let _ = std::fs::remove_dir_all(&profile);
 }
