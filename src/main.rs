@@ -95,24 +95,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Relay(config) => {
-            serve(agentnet::relay(config, shutdown_signal())).context("relay")
+            block_on(agentnet::relay(config, shutdown_signal())).context("relay")
         }
-        Command::Up(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(agentnet::up::run(*args, shutdown_signal())),
+        Command::Up(args) => block_on(agentnet::up::run(*args, shutdown_signal())),
         Command::Indexer(config) => {
-            serve(agentnet_indexer::run(config, shutdown_signal())).context("indexer")
+            block_on(agentnet_indexer::run(config, shutdown_signal())).context("indexer")
         }
         Command::Appview(config) => {
-            serve(agentnet_appview::run(config, shutdown_signal())).context("appview")
+            block_on(agentnet_appview::run(config, shutdown_signal())).context("appview")
         }
-        Command::Backfill(config) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(agentnet::backfill(config, shutdown_signal())),
+        Command::Backfill(config) => block_on(agentnet::backfill(config, shutdown_signal())),
         Command::Fleet(config) => {
-            serve(agentnet_fleet::run(config, shutdown_signal())).context("fleet")
+            block_on(agentnet_fleet::run(config, shutdown_signal())).context("fleet")
         }
         Command::Lexicon(cmd) => agentnet::lexicon::run(cmd),
         Command::AppviewKey => {
@@ -124,21 +118,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.to_base64());
             Ok(())
         }
-        Command::Agent(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(agentnet_agent::cli::run(args)),
+        Command::Agent(args) => block_on(agentnet_agent::cli::run(args)),
     }
 }
 
-fn serve<E: std::error::Error + Send + Sync + 'static>(
+/// Runs a command's future to its end on a multi-threaded runtime.
+fn block_on<E: Into<anyhow::Error>>(
     fut: impl std::future::Future<Output = Result<(), E>>,
 ) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    rt.block_on(fut)?;
-    Ok(())
+        .build()?
+        .block_on(fut)
+        .map_err(Into::into)
 }
 
 /// Resolves on SIGINT or SIGTERM (what service managers send).

@@ -30,31 +30,37 @@ pub struct Sample {
 /// The value of `series` in a Prometheus text exposition; with `{…}` labels left out, the
 /// sum over every labelled series of that name.
 pub fn series(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            let base = key.split('{').next()?;
-            (base == name).then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
+    total(&crate::dashboard::parse(text), name)
+}
+
+/// The sum of every series named `name` in an exposition the dashboard's parser read.
+fn total(parsed: &serde_json::Map<String, serde_json::Value>, name: &str) -> f64 {
+    parsed
+        .get(name)
+        .and_then(|v| v.as_array())
+        .map(|series| series.iter().filter_map(|s| s["v"].as_f64()).sum())
+        .unwrap_or(0.0)
 }
 
 impl Sample {
     /// A sample from the relay's and the appview's expositions and the indexer's counters.
     pub fn take(relay: &str, indexer: &agentnet_indexer::stats::Snapshot, appview: &str) -> Self {
         let now_ms = atproto::syntax::now_millis();
+        let (relay, appview) = (
+            crate::dashboard::parse(relay),
+            crate::dashboard::parse(appview),
+        );
         Sample {
             at: Instant::now(),
-            events_in: series(relay, "relay_events_in_total"),
-            events_out: series(relay, "relay_events_out_total"),
-            dropped: series(relay, "relay_events_dropped_total"),
-            subscribers: series(relay, "relay_subscribers"),
+            events_in: total(&relay, "relay_events_in_total"),
+            events_out: total(&relay, "relay_events_out_total"),
+            dropped: total(&relay, "relay_events_dropped_total"),
+            subscribers: total(&relay, "relay_subscribers"),
             rows: indexer.rows,
             vectors: indexer.vectors,
             lag_secs: (indexer.last_event_ms > 0)
                 .then(|| (now_ms - indexer.last_event_ms).max(0) as f64 / 1000.0),
-            requests: series(appview, "appview_requests_total"),
+            requests: total(&appview, "appview_requests_total"),
         }
     }
 }

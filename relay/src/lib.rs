@@ -672,27 +672,18 @@ fn append_until_written(
     }
 }
 
-/// Bytes of the files under `dir` (the log's segments and state), two levels deep; what
-/// cannot be read counts as nothing.
-fn dir_bytes(dir: &std::path::Path) -> u64 {
+/// Bytes of the files under `dir`, `depth` levels of folders down (the log's segments and
+/// state); what cannot be read counts as nothing.
+fn dir_bytes(dir: &std::path::Path, depth: u32) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     entries
         .flatten()
         .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => std::fs::read_dir(e.path())
-                .map(|inner| {
-                    inner
-                        .flatten()
-                        .filter_map(|f| f.metadata().ok())
-                        .filter(|m| m.is_file())
-                        .map(|m| m.len())
-                        .sum()
-                })
-                .unwrap_or(0),
-            Ok(m) => m.len(),
-            Err(_) => 0,
+            Ok(m) if m.is_dir() && depth > 0 => dir_bytes(&e.path(), depth - 1),
+            Ok(m) if m.is_file() => m.len(),
+            _ => 0,
         })
         .sum()
 }
@@ -712,38 +703,34 @@ async fn retention(
     metrics
         .retention_hours
         .set(config.tuning.retention_hours as f64);
-    let dir = config.data_dir.clone();
-    let measure = move |store: &Store| -> Result<(u64, u64), store::StoreError> {
-        Ok((store.event_count()?, dir_bytes(&dir)))
-    };
-    {
-        let (s, measured) = (store.clone(), measure.clone());
-        if let Ok(Ok((count, bytes))) = tokio::task::spawn_blocking(move || measured(&s)).await {
-            metrics.log_events.set(count as f64);
-            metrics.log_bytes.set(bytes as f64);
-        }
-    }
+    // The first pass only measures; each later one prunes first.
+    let mut prune = false;
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(config.tuning.retention_interval_secs.max(1))) => {}
-        }
-        let (s, measure) = (store.clone(), measure.clone());
+        let (s, dir) = (store.clone(), config.data_dir.clone());
         let max = config.tuning.retention_events;
-        let pruned = tokio::task::spawn_blocking(move || {
-            s.prune(max, max_age_ms, now_ms())?;
-            measure(&s)
+        let pass = tokio::task::spawn_blocking(move || {
+            if prune {
+                s.prune(max, max_age_ms, now_ms())?;
+            }
+            Ok::<_, store::StoreError>((s.event_count()?, dir_bytes(&dir, 1)))
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))?;
         // A store that refuses (a full disk) is the sequencer's to wait out; pruning tries
         // again next time.
-        match pruned {
+        match pass {
             Ok((count, bytes)) => {
                 metrics.log_events.set(count as f64);
                 metrics.log_bytes.set(bytes as f64);
             }
-            Err(error) => tracing::warn!(%error, "retention could not prune the log this time"),
+            Err(error) => {
+                tracing::warn!(%error, "retention could not prune or measure the log this time")
+            }
+        }
+        prune = true;
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(config.tuning.retention_interval_secs.max(1))) => {}
         }
     }
 }
