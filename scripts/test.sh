@@ -11,6 +11,11 @@ if [ ! -d "$AGENTNET_INTEROP_DIR" ]; then
   echo "  (clone with ../shared beside the checkout, or set AGENTNET_INTEROP_DIR)" >&2
   exit 1
 fi
+# The Kafka broker takes a while to build the first time: it builds beside the lints.
+tansu_out="$(mktemp)"
+tansu_err="$(mktemp)"
+infra/tansu/setup.sh >"$tansu_out" 2>"$tansu_err" &
+tansu_pid=$!
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -31,5 +36,14 @@ infra/clickhouse/setup.sh >/dev/null
 echo "== chromium and chromedriver for the dashboard test (Debian packages, once)"
 AGENTNET_CHROMEDRIVER="$(infra/chromium/setup.sh)"
 export AGENTNET_CHROMEDRIVER
+echo "== tansu Kafka broker (built from its crate, once)"
+if ! wait "$tansu_pid"; then
+  tail -n 40 "$tansu_err" >&2
+  echo "scripts/test.sh: building the tansu broker failed (infra/tansu/setup.sh)" >&2
+  exit 1
+fi
+AGENTNET_TANSU="$(cat "$tansu_out")"
+export AGENTNET_TANSU
+rm -f "$tansu_out" "$tansu_err"
 echo "== cargo test"
 cargo test --workspace

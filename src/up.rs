@@ -138,6 +138,7 @@ pub async fn run_on(
         },
         metrics_listen: None,
         tuning: args.indexer.clone(),
+        kafka: agentnet_indexer::kafka::KafkaConfig::off(),
         force_upstream: false,
     };
 

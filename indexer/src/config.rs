@@ -22,6 +22,10 @@ pub struct Config {
     /// How the indexer batches and reports (`agentnet up` takes the same).
     #[command(flatten)]
     pub tuning: Tuning,
+    /// Reading the relay's stream from Kafka, in a consumer group, instead of its
+    /// WebSocket firehose.
+    #[command(flatten)]
+    pub kafka: crate::kafka::KafkaConfig,
     /// Follow `--relay-url` although the index was built from another relay (its cursor
     /// means nothing there: the new relay is read from its start).
     #[arg(long, env = "AGENTNET_INDEXER_FORCE_UPSTREAM", default_value_t = false)]

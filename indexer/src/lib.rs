@@ -8,6 +8,7 @@
 pub mod backfill;
 mod config;
 pub mod extract;
+pub mod kafka;
 pub mod pipeline;
 pub mod stats;
 
@@ -254,31 +255,35 @@ pub async fn run_with(
             .map_err(|e| Error::Sink(e.to_string()))?
             .map_err(|e| Error::Sink(e.to_string()))?
     };
-    if !sources.is_empty() && !sources.contains(&config.relay_url) {
+    let source = if config.kafka.enabled() {
+        config.kafka.source()
+    } else {
+        config.relay_url.clone()
+    };
+    if !sources.is_empty() && !sources.contains(&source) {
         if !config.force_upstream {
             return Err(Error::Upstream(format!(
-                "this index was built from {} and --relay-url is {}: pass --force-upstream to follow the new relay from its start",
+                "this index was built from {} and the source now is {source}: pass --force-upstream to follow the new one from its start",
                 sources.join(", "),
-                config.relay_url
             )));
         }
-        tracing::warn!(old = ?sources, new = %config.relay_url, "following another relay than the one this index was built from (--force-upstream)");
+        tracing::warn!(old = ?sources, new = %source, "following another relay than the one this index was built from (--force-upstream)");
     }
-    tracing::info!(relay = %config.relay_url, "indexer following the relay");
+    if !config.kafka.enabled() {
+        tracing::info!(relay = %config.relay_url, "indexer following the relay");
+    }
     let progress = (config.tuning.progress_secs > 0).then(|| {
         tokio::spawn(stats::log_progress(
             sinks.stats.clone(),
             std::time::Duration::from_secs(config.tuning.progress_secs),
         ))
     });
-    let result = pipeline::follow(
-        &config.relay_url,
-        sinks,
-        config.tuning.batch,
-        std::time::Duration::from_millis(config.tuning.batch_wait_ms),
-        stop_rx,
-    )
-    .await;
+    let wait = std::time::Duration::from_millis(config.tuning.batch_wait_ms);
+    let result = if config.kafka.enabled() {
+        kafka::follow(&config.kafka, sinks, config.tuning.batch, wait, stop_rx).await
+    } else {
+        pipeline::follow(&config.relay_url, sinks, config.tuning.batch, wait, stop_rx).await
+    };
     watcher.abort();
     if let Some(progress) = progress {
         progress.abort();

@@ -562,7 +562,7 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// down, a full disk) is tried again with backoff, in order, until it is written: it is
 /// never skipped, and nothing after it is written first. Only a failure of the vector
 /// index build (which no retry of this batch can fix) ends the indexer.
-async fn flush<T: SqlTransport + 'static>(
+pub(crate) async fn flush<T: SqlTransport + 'static>(
     mut sinks: Sinks<T>,
     frames: Vec<Frame>,
     source: &str,

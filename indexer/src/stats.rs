@@ -42,6 +42,9 @@ struct Registered {
     error_frames: Counter,
     synced: Counter,
     sync_failed: Counter,
+    kafka_duplicates: Counter,
+    kafka_commit_failures: Counter,
+    kafka_partitions: Gauge,
     skipped: [Counter; 4],
     last_seq: Gauge,
     lag_seconds: Gauge,
@@ -111,6 +114,9 @@ impl Registered {
             error_frames: counter("indexer_error_frames_total", "Sessions the relay refused with an error frame (FutureCursor, ...)."),
             synced: counter("indexer_syncs_total", "Accounts reconciled from their repo after a #sync."),
             sync_failed: counter("indexer_sync_failures_total", "#sync events whose repo could not be fetched or read (the account is left as it was)."),
+            kafka_duplicates: counter("indexer_kafka_duplicates_total", "Events read from Kafka again (the relay produced them twice) and dropped by seq."),
+            kafka_commit_failures: counter("indexer_kafka_commit_failures_total", "Offset commits the group refused (a rebalance moved the partitions); their batch is read again."),
+            kafka_partitions: gauge("indexer_kafka_partitions", "Kafka partitions the consumer group gave this indexer."),
             skipped,
             last_seq: gauge("indexer_last_seq", "The relay sequence number indexed last."),
             lag_seconds: gauge("indexer_lag_seconds", "How far behind the relay the index is: now less when the newest indexed event was emitted."),
@@ -197,6 +203,21 @@ impl Stats {
     /// A `#sync` whose repo could not be fetched or read.
     pub fn sync_failed(&self) {
         self.0.registered.sync_failed.increment(1);
+    }
+
+    /// An event read from Kafka that was indexed already (dropped by its seq).
+    pub fn duplicate(&self) {
+        self.0.registered.kafka_duplicates.increment(1);
+    }
+
+    /// The Kafka partitions this member holds now.
+    pub fn partitions(&self, n: usize) {
+        self.0.registered.kafka_partitions.set(n as f64);
+    }
+
+    /// A Kafka offset commit the group refused.
+    pub fn commit_failed(&self) {
+        self.0.registered.kafka_commit_failures.increment(1);
     }
 
     /// The relay refused a session with an error frame.

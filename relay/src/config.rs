@@ -212,6 +212,9 @@ pub struct Tuning {
         default_value_t = 30
     )]
     pub identity_negative_ttl_secs: u64,
+    /// Publishing every sequenced event to Kafka (off unless brokers are named).
+    #[command(flatten)]
+    pub kafka: crate::kafka::KafkaConfig,
 }
 
 impl Config {
@@ -254,6 +257,7 @@ impl Config {
                 "buffer, subscriber and cache sizes must be positive".into(),
             ));
         }
+        self.tuning.kafka.validate()?;
         for host in &self.hosts {
             if !(host.starts_with("http://") || host.starts_with("https://")) {
                 return Err(Error::Config(format!(

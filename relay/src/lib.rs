@@ -12,6 +12,7 @@ mod config;
 pub mod eventlog;
 pub mod hosts;
 pub mod jetstream;
+pub mod kafka;
 pub mod metrics;
 mod server;
 pub mod store;
@@ -228,6 +229,15 @@ pub async fn run_serving(
         live.subscribe(),
         cancel.clone(),
     ));
+    if config.tuning.kafka.enabled() {
+        tasks.spawn(kafka::publish(
+            store.clone(),
+            config.tuning.kafka.clone(),
+            metrics.clone(),
+            live.subscribe(),
+            cancel.clone(),
+        ));
+    }
     tasks.spawn(retention(
         store.clone(),
         config.clone(),

@@ -171,6 +171,17 @@ pub struct Metrics {
     pub dead_subscribers: Counter,
     /// Events retained in the log.
     pub log_events: Gauge,
+    /// The highest seq up to which Kafka acknowledged every event.
+    pub kafka_acked_seq: Gauge,
+    /// Events in the log that Kafka has not acknowledged yet.
+    pub kafka_lag_events: Gauge,
+    /// Events produced to Kafka (again after a failed delivery, too).
+    pub kafka_produced: Counter,
+    /// Deliveries Kafka failed (each makes the publisher produce again from its last
+    /// acknowledged event).
+    pub kafka_delivery_failures: Counter,
+    /// Events pruned from the log before Kafka acknowledged them.
+    pub kafka_skipped: Counter,
     /// Bytes the log and the relay's state take on disk.
     pub log_bytes: Gauge,
     /// The retention policy: most events kept…
@@ -244,6 +255,11 @@ impl Metrics {
             dead_subscribers: counter("relay_dead_subscribers_total"),
             log_events: gauge("relay_log_events"),
             log_bytes: gauge("relay_log_bytes"),
+            kafka_acked_seq: gauge("relay_kafka_acked_seq"),
+            kafka_lag_events: gauge("relay_kafka_lag_events"),
+            kafka_produced: counter("relay_kafka_produced_total"),
+            kafka_delivery_failures: counter("relay_kafka_delivery_failures_total"),
+            kafka_skipped: counter("relay_kafka_skipped_total"),
             retention_events: gauge("relay_log_retention_events"),
             retention_hours: gauge("relay_log_retention_hours"),
             upstream_connects: counter("relay_upstream_connects_total"),

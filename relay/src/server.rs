@@ -197,36 +197,16 @@ impl Filters {
     /// (`#identity`, `#account`, `#sync`) pass the collection filter; all events pass
     /// only for wanted DIDs.
     fn wants(&self, frame: &[u8]) -> bool {
-        #[derive(Deserialize)]
-        struct Op {
-            path: String,
-        }
-        #[derive(Deserialize)]
-        struct Peek {
-            repo: Option<String>,
-            did: Option<String>,
-            ops: Option<Vec<Op>>,
-        }
-        let Ok((header, body)) = atproto::frame::split_frame(frame) else {
-            return false;
-        };
-        if header.op != 1 {
-            return true;
-        }
-        let Ok(peek) = atproto::data::from_cbor::<Peek>(body) else {
+        let Some(routing) = crate::kafka::Routing::of(frame) else {
+            // Not a message, or a body the relay cannot peek into: sent as it is.
             return true;
         };
-        if let Some(did) = peek.repo.as_ref().or(peek.did.as_ref()) {
+        if let Some(did) = &routing.did {
             if !self.wants_did(did) {
                 return false;
             }
         }
-        match &peek.ops {
-            Some(ops) => ops
-                .iter()
-                .any(|op| self.wants_collection(op.path.split('/').next().unwrap_or_default())),
-            None => true,
-        }
+        routing.kind != "#commit" || routing.collections.iter().any(|c| self.wants_collection(c))
     }
 }
 

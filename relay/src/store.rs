@@ -575,6 +575,23 @@ impl Store {
         Ok(())
     }
 
+    /// The highest `seq` up to which Kafka acknowledged every event for `topic` (0: none).
+    pub fn kafka_acked(&self, topic: &str) -> Result<u64, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let acked = meta.get(kafka_key(topic).as_str())?.map(|v| v.value());
+        Ok(acked.unwrap_or(0))
+    }
+
+    /// Stores the point up to which Kafka acknowledged every event for `topic`.
+    pub fn set_kafka_acked(&self, topic: &str, seq: u64) -> Result<(), StoreError> {
+        let txn = self.db()?.begin_write()?;
+        txn.open_table(META)?
+            .insert(kafka_key(topic).as_str(), seq)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Up to `max` events with `seq > after`, in order.
     pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<Logged>, StoreError> {
         let (last, start, from) = {
@@ -1064,6 +1081,11 @@ impl Timeline {
             None => 0,
         }
     }
+}
+
+/// The meta key of a Kafka topic's acknowledged point.
+fn kafka_key(topic: &str) -> String {
+    format!("kafka_acked:{topic}")
 }
 
 fn seq_bounds(

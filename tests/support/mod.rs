@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod clickhouse;
+pub mod tansu;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;

@@ -1,0 +1,352 @@
+//! The scale-out path as an operator runs it: the relay publishes its verified stream to a
+//! Kafka-protocol broker (tansu, on loopback), and two `agentnet indexer` processes in one
+//! consumer group share its partitions, writing to one ClickHouse server. Every record is
+//! indexed exactly once, through one indexer leaving mid-stream (its partitions move to the
+//! other and resume from the committed offsets) and a `kill -9` of the relay (it produces
+//! again from the last point Kafka acknowledged; the indexers drop what they saw).
+
+mod inproc;
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use atproto::frame::Frame;
+use inproc::{relay_args, tempdir, FleetHandle};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use support::clickhouse::ClickhouseServer;
+use support::tansu::Tansu;
+
+const TOPIC: &str = "agentnet.test";
+const PARTITIONS: i32 = 4;
+
+/// A child process killed (SIGKILL) when dropped or asked to.
+struct Proc(Child);
+
+impl Proc {
+    /// SIGTERM, as a service manager stops it, and waits for it to end.
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+
+    /// SIGKILL, and waits for it to end.
+    fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn agentnet(args: &[String], log: &str) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_agentnet"))
+            .args(args)
+            .env("AGENTNET_LOG", log)
+            .env_remove("AGENTNET_MODEL_DIR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting agentnet"),
+    )
+}
+
+async fn create_topic(brokers: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("kafka admin client");
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topic");
+    for result in created {
+        result.expect("topic created");
+    }
+}
+
+/// The relay as a process, publishing to the broker.
+fn relay(port: u16, data: &std::path::Path, fleet: &FleetHandle, brokers: &str) -> Proc {
+    let mut args = vec![
+        "relay".to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    args.extend(relay_args(data, &fleet.fleet));
+    args.extend(
+        [
+            "--kafka-brokers",
+            brokers,
+            "--kafka-topic",
+            TOPIC,
+            "--kafka-linger-ms",
+            "1",
+        ]
+        .map(String::from),
+    );
+    agentnet(&args, "warn")
+}
+
+/// An indexer in the group, writing to the ClickHouse server.
+fn indexer(
+    data: &std::path::Path,
+    metrics_port: u16,
+    relay_port: u16,
+    brokers: &str,
+    clickhouse: &str,
+    key: &str,
+) -> Proc {
+    let args = [
+        "indexer",
+        "--relay-url",
+        &format!("ws://127.0.0.1:{relay_port}"),
+        "--kafka-brokers",
+        brokers,
+        "--kafka-topic",
+        TOPIC,
+        "--kafka-group",
+        "indexers",
+        "--kafka-session-timeout-ms",
+        "6000",
+        "--batch",
+        "16",
+        "--batch-wait-ms",
+        "50",
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "--clickhouse-url",
+        clickhouse,
+        "--appview-key",
+        key,
+        "--dev",
+        "--metrics-listen",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]
+    .map(String::from);
+    agentnet(
+        &args,
+        &std::env::var("KAFKA_TEST_LOG").unwrap_or("warn".into()),
+    )
+}
+
+/// Every record the fleet created on the accounts it hosts, as AT-URIs (its one account
+/// hosted elsewhere, by its DID document, is refused by the relay).
+async fn created(fleet: &FleetHandle, accounts: usize) -> BTreeSet<String> {
+    let foreign = fleet.fleet.dids().await[accounts].clone();
+    fleet
+        .fleet
+        .frames()
+        .iter()
+        .filter_map(|f| match atproto::frame::decode_frame(f) {
+            Ok(Frame::Commit(c)) if c.repo != foreign => Some(c),
+            _ => None,
+        })
+        .flat_map(|c| {
+            c.ops
+                .iter()
+                .filter(|op| op.action == "create")
+                .map(|op| format!("at://{}/{}", c.repo, op.path))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// What the index holds: every visible row's URI, with how many rows name it.
+async fn indexed(clickhouse: &str) -> HashMap<String, usize> {
+    let config = store::server::ServerConfig {
+        url: clickhouse.to_string(),
+        user: String::new(),
+        password: String::new(),
+        database: String::new(),
+    };
+    tokio::task::spawn_blocking(move || {
+        let records = store::open_server_records(&config).expect("the index opens");
+        let mut rows: HashMap<String, usize> = HashMap::new();
+        for (uri, _) in records.all_visible().expect("rows") {
+            *rows.entry(uri).or_default() += 1;
+        }
+        rows
+    })
+    .await
+    .expect("read the index")
+}
+
+/// Writes `n` records round the fleet's accounts.
+async fn write(fleet: &FleetHandle, accounts: usize, n: usize) {
+    for i in 0..n {
+        fleet.fleet.write_one(i % accounts).await.expect("write");
+    }
+}
+
+/// Waits until the index holds every record in `expected`.
+async fn until_indexed(clickhouse: &str, expected: &BTreeSet<String>, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let have = indexed(clickhouse).await;
+        if expected.iter().all(|u| have.contains_key(u)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {} records indexed",
+            expected.iter().filter(|u| have.contains_key(*u)).count(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
+    let clickhouse = tokio::task::spawn_blocking(|| {
+        ClickhouseServer::start(&support::root(), "kafka-clickhouse")
+    })
+    .await
+    .expect("clickhouse");
+    let broker = tokio::task::spawn_blocking(|| Tansu::start("kafka-tansu"))
+        .await
+        .expect("tansu");
+    create_topic(&broker.brokers).await;
+
+    let accounts = 8;
+    let fleet = FleetHandle::start(accounts, false).await;
+    let data = tempdir("kafka");
+    let relay_port = support::free_port();
+    let mut relay_proc = relay(relay_port, &data.join("relay"), &fleet, &broker.brokers);
+    let key = atproto::envelope::EncryptionKey::generate().to_base64();
+    let ports = (support::free_port(), support::free_port());
+    let mut first = indexer(
+        &data.join("indexer-1"),
+        ports.0,
+        relay_port,
+        &broker.brokers,
+        &clickhouse.url,
+        &key,
+    );
+    let _second = indexer(
+        &data.join("indexer-2"),
+        ports.1,
+        relay_port,
+        &broker.brokers,
+        &clickhouse.url,
+        &key,
+    );
+    inproc::wait_for("the relay to subscribe", async || {
+        fleet.fleet.subscribers() >= 1
+    })
+    .await;
+
+    // Round one: both indexers share the partitions once the group has given each some.
+    let metric = |port: u16, name: &'static str| async move {
+        inproc::http_get(port, "/metrics")
+            .await
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    inproc::wait_for("both indexers to hold partitions", async || {
+        metric(ports.0, "indexer_kafka_partitions").await >= 1.0
+            && metric(ports.1, "indexer_kafka_partitions").await >= 1.0
+    })
+    .await;
+    fleet.fleet.genesis().await.expect("genesis");
+    write(&fleet, accounts, accounts * 3).await;
+    until_indexed(
+        &clickhouse.url,
+        &created(&fleet, accounts).await,
+        "round one",
+    )
+    .await;
+    let (a, b) = (
+        metric(ports.0, "indexer_rows_total").await,
+        metric(ports.1, "indexer_rows_total").await,
+    );
+    assert!(
+        a > 0.0 && b > 0.0,
+        "both members of the group index a share ({a} and {b} rows)"
+    );
+
+    // One indexer stopped mid-stream (SIGTERM: it leaves the group): the other takes its
+    // partitions from their committed offsets. (A SIGKILLed member's partitions are not
+    // given to the others by the tansu broker these tests run, README "Kafka"; a Kafka
+    // broker does, after the session timeout.)
+    write(&fleet, accounts, accounts * 2).await;
+    first.terminate();
+    write(&fleet, accounts, accounts * 2).await;
+    until_indexed(
+        &clickhouse.url,
+        &created(&fleet, accounts).await,
+        "after one indexer left",
+    )
+    .await;
+
+    // The relay killed mid-stream and started again: it produces again from the last
+    // point Kafka acknowledged, and crawls on from its host cursor.
+    write(&fleet, accounts, accounts).await;
+    relay_proc.kill9();
+    write(&fleet, accounts, accounts).await;
+    relay_proc = relay(relay_port, &data.join("relay"), &fleet, &broker.brokers);
+    inproc::wait_for("the relay to subscribe again", async || {
+        fleet.fleet.subscribers() >= 1
+    })
+    .await;
+    write(&fleet, accounts, accounts * 2).await;
+    let expected = created(&fleet, accounts).await;
+    until_indexed(&clickhouse.url, &expected, "after killing the relay").await;
+
+    // Kafka acknowledged everything the relay logged.
+    let relay_metric = |name: &'static str| async move {
+        inproc::http_get(relay_port, "/metrics")
+            .await
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(-1.0)
+    };
+    inproc::wait_for("Kafka to acknowledge the whole log", async || {
+        let head = relay_metric("relay_head_seq").await;
+        head > 0.0 && relay_metric("relay_kafka_acked_seq").await == head
+    })
+    .await;
+
+    let have = indexed(&clickhouse.url).await;
+    let extra: Vec<_> = have.keys().filter(|u| !expected.contains(*u)).collect();
+    assert!(
+        extra.is_empty(),
+        "rows for records never written: {extra:?}"
+    );
+    let twice: Vec<_> = have.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "records indexed more than once: {twice:?}"
+    );
+    assert_eq!(have.len(), expected.len());
+    drop(relay_proc);
+    let _ = std::fs::remove_dir_all(&data);
+}
