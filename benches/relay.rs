@@ -343,40 +343,12 @@ async fn main() {
     let checks = checks_only_rate(&fleet).await;
     let stop_fleet = serve_fleet(&fleet, addr).await;
     let data = std::env::temp_dir().join(format!("agentnet-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    {
-        // Seed the host as already known at cursor 1 so the relay replays the pre-generated
-        // stream (a new host would be taken live). Only the first #identity is skipped.
-        let store = agentnet_relay::store::Store::open(&data).expect("store");
-        store.put_host(fleet.url(), "active").expect("host");
-        seed_cursor(&store, fleet.url());
-    }
-    let relay = RelayProc::start(&data, &fleet, &[]);
-    let start = Instant::now();
     // Events the relay publishes: every event but the skipped first one and the foreign
     // account's refused #identity, #account and commit.
     let expected = (emitted - 4) as f64;
-    // Cold: from process start, including first-time DID resolution of every account.
-    // Warm: the commits after every account's genesis, identities cached.
-    let genesis = (3 * accounts - 1) as f64;
-    wait_until("genesis", Duration::from_secs(600), async || {
-        relay.events_out().await >= genesis
-    })
-    .await;
-    let (cpu0, _) = relay.usage();
-    let warm_start = Instant::now();
-    let warm_from = relay.events_out().await;
-    wait_until(
-        "the relay to publish every event",
-        Duration::from_secs(600),
-        async || relay.events_out().await >= expected,
-    )
-    .await;
-    let warm_secs = warm_start.elapsed().as_secs_f64();
-    let cold_secs = start.elapsed().as_secs_f64();
-    let (cpu1, _) = relay.usage();
-    let cold_rate = (commits + accounts) as f64 / cold_secs;
-    let warm_rate = (expected - warm_from) / warm_secs;
+    let (relay, run) = verified_run(&data, &fleet, accounts, expected, &[]).await;
+    let cold_rate = (commits + accounts) as f64 / run.cold_secs;
+    let (warm_rate, warm_secs, warm_from) = (run.warm_rate(expected), run.warm_secs, run.warm_from);
     // The raw rate again, with the relay idle: a shared machine's speed drifts within a run,
     // and the ratio is taken against the mean of the two.
     let raw_after = raw_verify_rate(2.0);
@@ -388,6 +360,7 @@ async fn main() {
         "every check, no transport or log (all cores, in process): {checks:.0} commits/s = {:.0} % of raw verify",
         100.0 * checks / raw
     );
+    let cold_secs = run.cold_secs;
     println!(
         "end to end, cold: {} commits (+{} announcements, {accounts} DIDs resolved) in {cold_secs:.2}s = {cold_rate:.0} commits/s = {:.0} % of raw verify",
         commits + accounts,
@@ -398,8 +371,12 @@ async fn main() {
         "end to end, warm: {:.0} commits in {warm_secs:.2}s = {warm_rate:.0} commits/s = {:.0} % of raw verify; relay CPU {:.2} cores",
         expected - warm_from,
         100.0 * warm_rate / raw,
-        (cpu1 - cpu0) / warm_secs
+        run.cores
     );
+
+    // 2b. The same commits through a relay that also publishes to Kafka (a tansu broker on
+    // loopback), between two more runs without, each in a fresh log.
+    kafka_ratio(&fleet, accounts, expected, warm_rate).await;
 
     // 3. Replay speed.
     let (mut ws, _) = tokio_tungstenite::connect_async(format!(
@@ -666,6 +643,155 @@ async fn fanout(stream: Stream, subscribers: usize, rate: usize, fanout_secs: us
     drop(relay);
     let _ = stop_fleet.send(());
     let _ = std::fs::remove_dir_all(live_data);
+}
+
+/// One verified run: a fresh relay replaying the fleet's pre-generated stream.
+struct Run {
+    /// From process start to the last event published.
+    cold_secs: f64,
+    /// From the end of genesis to the last event published.
+    warm_secs: f64,
+    /// Events published when the warm part began.
+    warm_from: f64,
+    /// Relay CPU over the warm part, in cores.
+    cores: f64,
+}
+
+impl Run {
+    fn warm_rate(&self, expected: f64) -> f64 {
+        (expected - self.warm_from) / self.warm_secs
+    }
+}
+
+/// Starts a relay with `extra` flags on a fresh log in `data`, seeded so that it replays the
+/// fleet's pre-generated stream, and times it to `expected` events: cold from process
+/// start (every DID resolved for the first time), warm after every account's genesis.
+async fn verified_run(
+    data: &std::path::Path,
+    fleet: &Fleet,
+    accounts: usize,
+    expected: f64,
+    extra: &[&str],
+) -> (RelayProc, Run) {
+    let _ = std::fs::remove_dir_all(data);
+    {
+        // Seed the host as already known at cursor 1 so the relay replays the pre-generated
+        // stream (a new host would be taken live). Only the first #identity is skipped.
+        let store = agentnet_relay::store::Store::open(data).expect("store");
+        store.put_host(fleet.url(), "active").expect("host");
+        seed_cursor(&store, fleet.url());
+    }
+    let relay = RelayProc::start(data, fleet, extra);
+    let start = Instant::now();
+    let genesis = (3 * accounts - 1) as f64;
+    wait_until("genesis", Duration::from_secs(600), async || {
+        relay.events_out().await >= genesis
+    })
+    .await;
+    let (cpu0, _) = relay.usage();
+    let warm_start = Instant::now();
+    let warm_from = relay.events_out().await;
+    wait_until(
+        "the relay to publish every event",
+        Duration::from_secs(600),
+        async || relay.events_out().await >= expected,
+    )
+    .await;
+    let warm_secs = warm_start.elapsed().as_secs_f64();
+    let (cpu1, _) = relay.usage();
+    let run = Run {
+        cold_secs: start.elapsed().as_secs_f64(),
+        warm_secs,
+        warm_from,
+        cores: (cpu1 - cpu0) / warm_secs,
+    };
+    (relay, run)
+}
+
+/// Verified commits/s with Kafka publishing on, as a ratio of runs without it in the same
+/// session (the first run's and one more after), and how long Kafka took to acknowledge
+/// the whole log. Skipped, saying so, when no tansu broker is built
+/// (`infra/tansu/setup.sh`).
+async fn kafka_ratio(fleet: &Fleet, accounts: usize, expected: f64, without_first: f64) {
+    let bin = std::env::var("AGENTNET_TANSU").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/agentnet/tansu-0.6.0/bin/tansu",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    if !std::path::Path::new(&bin).exists() {
+        println!("kafka: skipped (no tansu broker at {bin}; infra/tansu/setup.sh builds it)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("agentnet-bench-tansu-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tansu dir");
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let mut broker = Command::new(&bin)
+        .args(["broker", "--listener-url", &format!("tcp://{brokers}")])
+        .args(["--advertised-listener-url", &format!("tcp://{brokers}")])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .current_dir(&dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start tansu");
+    wait_until("tansu to listen", Duration::from_secs(30), async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::config::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create()
+                .expect("kafka admin client");
+        for created in admin
+            .create_topics(
+                &[NewTopic::new("bench", 4, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await
+            .expect("create the topic")
+        {
+            created.expect("topic created");
+        }
+    }
+    let data = std::env::temp_dir().join(format!("agentnet-bench-kafka-{}", std::process::id()));
+    let flags = ["--kafka-brokers", &brokers, "--kafka-topic", "bench"];
+    let (relay, with) = verified_run(&data, fleet, accounts, expected, &flags).await;
+    let acked_from = Instant::now();
+    wait_until(
+        "Kafka to acknowledge the whole log",
+        Duration::from_secs(600),
+        async || {
+            let head = metric(relay.port, "relay_head_seq").await;
+            head > 0.0 && metric(relay.port, "relay_kafka_acked_seq").await >= head
+        },
+    )
+    .await;
+    let behind_secs = acked_from.elapsed().as_secs_f64();
+    let lag = metric(relay.port, "relay_kafka_lag_events").await;
+    relay.stop();
+    let (relay, again) = verified_run(&data, fleet, accounts, expected, &[]).await;
+    relay.stop();
+    let _ = broker.kill();
+    let _ = broker.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&data);
+    let without = (without_first + again.warm_rate(expected)) / 2.0;
+    let rate = with.warm_rate(expected);
+    println!(
+        "kafka: warm {rate:.0} commits/s publishing to Kafka vs {without:.0}/s without (mean of {without_first:.0} and {:.0}) = {:.0} %; relay CPU {:.2} cores vs {:.2}; Kafka had every event {behind_secs:.2}s after the last was published (lag then {lag:.0})",
+        again.warm_rate(expected),
+        100.0 * rate / without,
+        with.cores,
+        again.cores,
+    );
 }
 
 /// Stores `url` as a host already read up to its event 1.

@@ -62,13 +62,17 @@ fn agentnet(args: &[String], log: &str) -> Proc {
 }
 
 async fn create_topic(brokers: &str) {
+    create_topic_named(brokers, TOPIC).await
+}
+
+async fn create_topic_named(brokers: &str, topic: &str) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .expect("kafka admin client");
     let created = admin
         .create_topics(
-            &[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(1))],
+            &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await
@@ -348,5 +352,71 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
     );
     assert_eq!(have.len(), expected.len());
     drop(relay_proc);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// A broker that is not there holds nothing up: the relay verifies and serves its firehose
+/// all along, counts what Kafka has not acknowledged, and once the broker is back it
+/// catches up from its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_broker_holds_up_nothing_and_the_relay_catches_up() {
+    let accounts = 4;
+    let fleet = FleetHandle::start(accounts, false).await;
+    let port = support::free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let (relay, data) = inproc::start_relay(
+        &[&fleet],
+        "kafka-outage",
+        &[
+            "--kafka-brokers",
+            &brokers,
+            "--kafka-topic",
+            "agentnet.outage",
+            "--kafka-delivery-timeout-ms",
+            "2000",
+        ],
+    )
+    .await;
+    fleet.fleet.genesis().await.expect("genesis");
+    write(&fleet, accounts, accounts * 3).await;
+    inproc::published(&relay, (accounts * 6) as f64).await;
+    let head = relay.metric("relay_head_seq").await;
+    assert!(relay.metric("relay_kafka_acked_seq").await < head);
+    inproc::wait_for("the lag to show", async || {
+        relay.metric("relay_kafka_lag_events").await > 0.0
+    })
+    .await;
+
+    // Deliveries time out (and are produced again, from the last acknowledged event).
+    inproc::wait_for("a delivery to fail", async || {
+        relay.metric("relay_kafka_delivery_failures_total").await > 0.0
+    })
+    .await;
+    assert!(relay.metric("relay_events_out_total").await >= (accounts * 6) as f64);
+
+    // The broker comes back: the relay catches up from its log.
+    let broker = tokio::task::spawn_blocking(move || Tansu::start_on("kafka-outage-tansu", port))
+        .await
+        .expect("tansu");
+    create_topic_named(&broker.brokers, "agentnet.outage").await;
+    write(&fleet, accounts, accounts).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let head = relay.metric("relay_head_seq").await;
+        if relay.metric("relay_kafka_acked_seq").await >= head && head > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay did not catch Kafka up: acked {} of {head}",
+            relay.metric("relay_kafka_acked_seq").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    inproc::wait_for("the lag to clear", async || {
+        relay.metric("relay_kafka_lag_events").await == 0.0
+    })
+    .await;
+    relay.stop().await;
     let _ = std::fs::remove_dir_all(&data);
 }

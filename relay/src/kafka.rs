@@ -182,7 +182,7 @@ pub(crate) async fn publish(
     mut woken: broadcast::Receiver<Logged>,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
-    let producer = config.producer()?;
+    let mut producer = config.producer()?;
     let topic = config.topic.clone();
     let acked = {
         let (s, t) = (store.clone(), topic.clone());
@@ -245,22 +245,42 @@ pub(crate) async fn publish(
                 );
             }
         }
+        let mut refused = None;
         for event in &events {
-            let delivery = produce(&producer, &topic, event, &cancel).await?;
-            let Some(delivery) = delivery else { break };
-            metrics.kafka_produced.increment(1);
-            session.read = event.seq;
-            session.in_flight.push_back((event.seq, delivery));
+            match produce(&producer, &topic, event, &cancel).await {
+                Ok(Some(delivery)) => {
+                    metrics.kafka_produced.increment(1);
+                    session.read = event.seq;
+                    session.in_flight.push_back((event.seq, delivery));
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    refused = Some(error);
+                    break;
+                }
+            }
         }
-        // Settle what has landed, in order; wait when there is nothing new to read.
+        // Settle what has landed, in order; wait when there is nothing new to read. An
+        // event the producer refused outright (an unknown topic, a broker it cannot reach)
+        // is handled like a failed delivery: never fatal to the relay.
         let idle = events.is_empty();
-        match session.settle(idle, &mut woken, &cancel, &metrics).await {
-            Ok(()) => retry = RETRY_MIN,
+        let acked_before = session.acked;
+        let settled = match refused {
+            Some(error) => Err(error),
+            None => session.settle(idle, &mut woken, &cancel, &metrics).await,
+        };
+        match settled {
+            // Backing off ends once Kafka acknowledges again.
+            Ok(()) if session.acked > acked_before => retry = RETRY_MIN,
+            Ok(()) => {}
             Err(error) => {
                 metrics.kafka_delivery_failures.increment(1);
                 tracing::warn!(%error, acked = session.acked, retry_in = ?retry, "kafka delivery failed; producing again from the last acknowledged event");
                 session.in_flight.clear();
                 session.read = session.acked;
+                // A fresh producer: an idempotent one can be left unusable by an error
+                // (librdkafka's fatal errors), and starting over costs little.
+                producer = config.producer()?;
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(retry) => {}
@@ -287,13 +307,14 @@ pub(crate) async fn publish(
     Ok(())
 }
 
-/// Produces one event; `None` when stopping while the producer's queue was full.
+/// Produces one event; `None` when stopping while the producer's queue was full, an error
+/// when the producer refused it.
 async fn produce(
     producer: &FutureProducer,
     topic: &str,
     event: &Logged,
     cancel: &CancellationToken,
-) -> Result<Option<DeliveryFuture>, Error> {
+) -> Result<Option<DeliveryFuture>, String> {
     let routing = Routing::of(&event.frame);
     let seq = event.seq.to_string();
     let (kind, did, collections) = match &routing {
@@ -334,11 +355,7 @@ async fn produce(
                     _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                 }
             }
-            Err((error, _)) => {
-                return Err(Error::Task(format!(
-                    "kafka producer refused an event: {error}"
-                )))
-            }
+            Err((error, _)) => return Err(format!("the producer refused an event: {error}")),
         }
     }
 }

@@ -23,6 +23,11 @@ impl Drop for Tansu {
 impl Tansu {
     /// Starts a broker in a fresh directory named after `name` and waits for its port.
     pub fn start(name: &str) -> Tansu {
+        Self::start_on(name, super::free_port())
+    }
+
+    /// Like [`Tansu::start`], on `port`.
+    pub fn start_on(name: &str, port: u16) -> Tansu {
         let bin = std::env::var("AGENTNET_TANSU").unwrap_or_else(|_| {
             let home = std::env::var("HOME").unwrap_or_default();
             format!("{home}/.cache/agentnet/tansu-0.6.0/bin/tansu")
@@ -35,7 +40,6 @@ impl Tansu {
         let dir = std::env::temp_dir().join(format!("agentnet-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("tansu dir");
-        let port = super::free_port();
         let brokers = format!("127.0.0.1:{port}");
         let child = Command::new(&bin)
             .arg("broker")
