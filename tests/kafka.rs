@@ -188,6 +188,22 @@ async fn indexed(clickhouse: &str) -> HashMap<String, usize> {
     .expect("read the index")
 }
 
+/// A series' value from a service's `/metrics` on `port` (0 when absent or unreachable).
+async fn metric(port: u16, name: &str) -> f64 {
+    inproc::http_get(port, "/metrics")
+        .await
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
 /// Writes `n` records round the fleet's accounts.
 async fn write(fleet: &FleetHandle, accounts: usize, n: usize) {
     for i in 0..n {
@@ -254,20 +270,6 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
     .await;
 
     // Round one: both indexers share the partitions once the group has given each some.
-    let metric = |port: u16, name: &'static str| async move {
-        inproc::http_get(port, "/metrics")
-            .await
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    };
     inproc::wait_for("both indexers to hold partitions", async || {
         metric(ports.0, "indexer_kafka_partitions").await >= 1.0
             && metric(ports.1, "indexer_kafka_partitions").await >= 1.0
@@ -319,23 +321,9 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
     until_indexed(&clickhouse.url, &expected, "after killing the relay").await;
 
     // Kafka acknowledged everything the relay logged.
-    let relay_metric = |name: &'static str| async move {
-        inproc::http_get(relay_port, "/metrics")
-            .await
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or(-1.0)
-    };
     inproc::wait_for("Kafka to acknowledge the whole log", async || {
-        let head = relay_metric("relay_head_seq").await;
-        head > 0.0 && relay_metric("relay_kafka_acked_seq").await == head
+        let head = metric(relay_port, "relay_head_seq").await;
+        head > 0.0 && metric(relay_port, "relay_kafka_acked_seq").await == head
     })
     .await;
 
