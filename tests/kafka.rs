@@ -2,8 +2,10 @@
 //! Kafka-protocol broker (tansu, on loopback), and two `agentnet indexer` processes in one
 //! consumer group share its partitions, writing to one ClickHouse server. Every record is
 //! indexed exactly once, through one indexer leaving mid-stream (its partitions move to the
-//! other and resume from the committed offsets) and a `kill -9` of the relay (it produces
-//! again from the last point Kafka acknowledged; the indexers drop what they saw).
+//! other and resume from the committed offsets), a `kill -9` of an indexer (started again,
+//! it consumes again what it wrote and had not committed; the rows are the same rows) and a
+//! `kill -9` of the relay (it produces again from the last point Kafka acknowledged; the
+//! indexers drop what they saw).
 
 mod inproc;
 mod support;
@@ -256,14 +258,17 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
         &clickhouse.url,
         &key,
     );
-    let _second = indexer(
-        &data.join("indexer-2"),
-        ports.1,
-        relay_port,
-        &broker.brokers,
-        &clickhouse.url,
-        &key,
-    );
+    let second_at = |port| {
+        indexer(
+            &data.join("indexer-2"),
+            port,
+            relay_port,
+            &broker.brokers,
+            &clickhouse.url,
+            &key,
+        )
+    };
+    let mut second = second_at(ports.1);
     inproc::wait_for("the relay to subscribe", async || {
         fleet.fleet.subscribers() >= 1
     })
@@ -293,9 +298,7 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
     );
 
     // One indexer stopped mid-stream (SIGTERM: it leaves the group): the other takes its
-    // partitions from their committed offsets. (A SIGKILLed member's partitions are not
-    // given to the others by the tansu broker these tests run, README "Kafka"; a Kafka
-    // broker does, after the session timeout.)
+    // partitions from their committed offsets.
     write(&fleet, accounts, accounts * 2).await;
     first.terminate();
     write(&fleet, accounts, accounts * 2).await;
@@ -303,6 +306,41 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
         &clickhouse.url,
         &created(&fleet, accounts).await,
         "after one indexer left",
+    )
+    .await;
+
+    // It comes back and the group shares the partitions again.
+    let ports = (support::free_port(), ports.1);
+    let _first = indexer(
+        &data.join("indexer-1"),
+        ports.0,
+        relay_port,
+        &broker.brokers,
+        &clickhouse.url,
+        &key,
+    );
+    inproc::wait_for("the returning indexer to hold partitions", async || {
+        metric(ports.0, "indexer_kafka_partitions").await >= 1.0
+    })
+    .await;
+
+    // The other indexer killed mid-stream (SIGKILL: whatever it wrote and had not
+    // committed is consumed again) and started again on its data directory: the rows it
+    // writes twice are the same rows (by URI and rev), so nothing shows twice or is lost.
+    write(&fleet, accounts, accounts * 2).await;
+    second.kill9();
+    write(&fleet, accounts, accounts * 2).await;
+    let ports = (ports.0, support::free_port());
+    second = second_at(ports.1);
+    inproc::wait_for("the restarted indexer to hold partitions", async || {
+        metric(ports.1, "indexer_kafka_partitions").await >= 1.0
+    })
+    .await;
+    write(&fleet, accounts, accounts).await;
+    until_indexed(
+        &clickhouse.url,
+        &created(&fleet, accounts).await,
+        "after one indexer was killed and started again",
     )
     .await;
 
@@ -339,7 +377,7 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
         "records indexed more than once: {twice:?}"
     );
     assert_eq!(have.len(), expected.len());
-    drop(relay_proc);
+    drop((relay_proc, second));
     let _ = std::fs::remove_dir_all(&data);
 }
 
