@@ -206,6 +206,20 @@ async fn metric(port: u16, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The `indexer_kafka_consumer_lag_events` series an indexer serves: (partition, lag).
+async fn partition_lags(port: u16) -> Vec<(i32, f64)> {
+    inproc::http_get(port, "/metrics")
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("indexer_kafka_consumer_lag_events{partition=\"")?;
+            let (partition, value) = rest.split_once("\"} ")?;
+            Some((partition.parse().ok()?, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// Writes `n` records round the fleet's accounts.
 async fn write(fleet: &FleetHandle, accounts: usize, n: usize) {
     for i in 0..n {
@@ -296,6 +310,15 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
         a > 0.0 && b > 0.0,
         "both members of the group index a share ({a} and {b} rows)"
     );
+    // Each member reports the lag of the partitions it holds; together they cover the
+    // topic, and with everything indexed and committed it is 0 everywhere.
+    inproc::wait_for("every partition's lag reported as 0", async || {
+        let mut lags = partition_lags(ports.0).await;
+        lags.extend(partition_lags(ports.1).await);
+        let partitions: BTreeSet<i32> = lags.iter().map(|(p, _)| *p).collect();
+        partitions.len() == PARTITIONS as usize && lags.iter().all(|(_, lag)| *lag == 0.0)
+    })
+    .await;
 
     // One indexer stopped mid-stream (SIGTERM: it leaves the group): the other takes its
     // partitions from their committed offsets.

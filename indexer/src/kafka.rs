@@ -8,18 +8,20 @@
 //! the relay produced twice (after its own crash or a broker outage) are dropped by their
 //! `seq`.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atproto::frame::{decode_frame, Frame};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use store::records::SqlTransport;
 
 use crate::pipeline::{flush, Sinks};
+use crate::stats::Stats;
 use crate::Error;
 
 /// Where the indexer reads the relay's stream from Kafka. Off unless brokers are named
@@ -81,7 +83,12 @@ impl KafkaConfig {
         format!("kafka:{}", self.topic)
     }
 
-    fn consumer(&self) -> Result<StreamConsumer, Error> {
+    fn consumer(&self, stats: Stats) -> Result<StreamConsumer<LagContext>, Error> {
+        let context = LagContext {
+            topic: self.topic.clone(),
+            stats,
+            reported: Mutex::default(),
+        };
         ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.group)
@@ -93,10 +100,68 @@ impl KafkaConfig {
                 "heartbeat.interval.ms",
                 (self.session_timeout_ms / 3).max(100).to_string(),
             )
-            .create()
+            .set("statistics.interval.ms", LAG_EVERY.as_millis().to_string())
+            .create_with_context(context)
             .map_err(|e| Error::Config(format!("kafka consumer: {e}")))
     }
 }
+
+/// How often librdkafka reports the member's partitions (and so its lag per partition).
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// At most this many partitions get a lag series of their own (the label set stays bounded
+/// whatever the topic).
+const MAX_LAG_PARTITIONS: usize = 1024;
+
+/// The consumer's context: turns librdkafka's statistics into the per-partition lag gauge.
+struct LagContext {
+    topic: String,
+    stats: Stats,
+    /// Partitions given a lag so far, set to 0 once this member no longer holds them (the
+    /// member that does reports theirs).
+    reported: Mutex<BTreeSet<i32>>,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        let held: HashMap<i32, i64> = statistics
+            .topics
+            .get(&self.topic)
+            .map(|topic| {
+                topic
+                    .partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && p.desired && p.hi_offset >= 0)
+                    .map(|p| {
+                        // From the last committed offset, or from the start of the
+                        // partition when the group never committed one (librdkafka says
+                        // -1 then, even for an empty partition).
+                        let from = if p.committed_offset >= 0 {
+                            p.committed_offset
+                        } else {
+                            p.lo_offset.max(0)
+                        };
+                        (p.partition, p.hi_offset - from)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        for &partition in reported.iter() {
+            if !held.contains_key(&partition) {
+                self.stats.partition_lag(partition, 0);
+            }
+        }
+        for (&partition, &lag) in &held {
+            if reported.len() < MAX_LAG_PARTITIONS || reported.contains(&partition) {
+                self.stats.partition_lag(partition, lag);
+                reported.insert(partition);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
 
 /// How often the member's partition assignment is read for its metric.
 const ASSIGNMENT_EVERY: Duration = Duration::from_secs(1);
@@ -120,7 +185,7 @@ pub async fn follow<T: SqlTransport + 'static>(
     wait: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Sinks<T>, Error> {
-    let consumer = Arc::new(config.consumer()?);
+    let consumer = Arc::new(config.consumer(sinks.stats.clone())?);
     consumer
         .subscribe(&[config.topic.as_str()])
         .map_err(|e| Error::Config(format!("kafka subscribe: {e}")))?;
@@ -214,7 +279,7 @@ pub async fn follow<T: SqlTransport + 'static>(
 /// partitions moved in a rebalance) is logged: their new owner reads that batch again,
 /// which writes nothing new.
 async fn commit<T: SqlTransport + 'static>(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<StreamConsumer<LagContext>>,
     topic: &str,
     offsets: &HashMap<i32, i64>,
     sinks: &Sinks<T>,

@@ -11,12 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::extract::Skipped;
 
 /// Skip reasons, as `Skipped::reason` names them (a bounded label set).
 pub const SKIP_REASONS: [&str; 4] = ["not_agent", "private", "undecodable", "invalid"];
+
+/// The per-partition Kafka lag gauge (labelled by partition number: bounded by the topic).
+const KAFKA_LAG: &str = "indexer_kafka_consumer_lag_events";
 
 /// Totals read back for progress lines.
 #[derive(Debug, Default)]
@@ -34,6 +37,8 @@ struct Totals {
 /// The registered metrics.
 struct Registered {
     handle: PrometheusHandle,
+    /// Kept to register the per-partition lag gauges as partitions appear.
+    recorder: PrometheusRecorder,
     batches: Counter,
     rows: Counter,
     vectors: Counter,
@@ -101,6 +106,11 @@ impl Registered {
             recorder.register_histogram(&Key::from_name(name), &meta)
         };
         describe("indexer_skipped_total", "Ops not indexed, by reason.");
+        recorder.describe_gauge(
+            KeyName::from_const_str(KAFKA_LAG),
+            None,
+            SharedString::const_str("Events in a Kafka partition this indexer holds that are not yet indexed and committed (0 for a partition it does not hold)."),
+        );
         let skipped = SKIP_REASONS.map(|reason| {
             let key = Key::from_parts("indexer_skipped_total", vec![Label::new("reason", reason)]);
             recorder.register_counter(&key, &meta)
@@ -123,6 +133,7 @@ impl Registered {
             embed_seconds: histogram("indexer_embed_seconds", "Time of one embedding call, seconds."),
             embed_texts: histogram("indexer_embed_batch_texts", "Texts embedded per call."),
             handle: recorder.handle(),
+            recorder,
         }
     }
 }
@@ -213,6 +224,20 @@ impl Stats {
     /// The Kafka partitions this member holds now.
     pub fn partitions(&self, n: usize) {
         self.0.registered.kafka_partitions.set(n as f64);
+    }
+
+    /// A Kafka partition's events not yet indexed and committed by this member.
+    pub fn partition_lag(&self, partition: i32, events: i64) {
+        let key = Key::from_parts(
+            KAFKA_LAG,
+            vec![Label::new("partition", partition.to_string())],
+        );
+        let meta = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+        let registered = &self.0.registered;
+        registered
+            .recorder
+            .register_gauge(&key, &meta)
+            .set(events.max(0) as f64);
     }
 
     /// A Kafka offset commit the group refused.
