@@ -36,6 +36,9 @@ infra/clickhouse/setup.sh >/dev/null
 echo "== chromium and chromedriver for the dashboard test (Debian packages, once)"
 AGENTNET_CHROMEDRIVER="$(infra/chromium/setup.sh)"
 export AGENTNET_CHROMEDRIVER
+echo "== Docker Compose, to check infra/compose.yaml (Debian package, once; no engine)"
+AGENTNET_COMPOSE="$(infra/compose/setup.sh)"
+export AGENTNET_COMPOSE
 echo "== tansu Kafka broker (built from its crate, once)"
 if ! wait "$tansu_pid"; then
   tail -n 40 "$tansu_err" >&2
