@@ -63,6 +63,10 @@ pub enum Change {
     },
 }
 
+/// How many rounds of candidates one page of an inbox or task list looks at before it
+/// answers a short page (with a cursor to go on from).
+const SUBJECT_ROUNDS: usize = 8;
+
 /// Schema versions in order, each applied once and recorded in `schema_versions`.
 pub const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../sql/001_records.sql")),
@@ -70,6 +74,12 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
     (3, include_str!("../sql/003_links.sql")),
     (4, include_str!("../sql/004_accounts.sql")),
     (5, include_str!("../sql/005_backfill.sql")),
+    (6, include_str!("../sql/006_subjects.sql")),
+    (7, include_str!("../sql/007_subjects_view.sql")),
+    (8, include_str!("../sql/008_subjects_fill.sql")),
+    (9, include_str!("../sql/009_refs.sql")),
+    (10, include_str!("../sql/010_refs_view.sql")),
+    (11, include_str!("../sql/011_refs_fill.sql")),
 ];
 
 /// Where applied schema versions are recorded.
@@ -94,6 +104,17 @@ const RESPONSE_NSID: &str = "agent.comms.response";
 pub const MAX_LIMIT: usize = 100;
 /// Most agents one `agents` call returns.
 pub const MAX_AGENTS: usize = 500;
+
+/// The records in `did`'s repo, as a range of the table's key (`uri`): the same rows as
+/// `author = did`, found without reading the others.
+fn in_repo(did: &str) -> String {
+    // Every URI in the repo starts `at://{did}/`; '0' is the character after '/'.
+    format!(
+        "uri > {} AND uri < {}",
+        sql_str(&format!("at://{did}/")),
+        sql_str(&format!("at://{did}0"))
+    )
+}
 
 fn collection_in(collections: &[&str]) -> String {
     let list: Vec<String> = collections.iter().map(|c| sql_str(c)).collect();
@@ -567,6 +588,75 @@ impl<T: SqlTransport> RecordStore<T> {
         Ok(Listing { rows, cursor })
     }
 
+    /// Like [`Self::list`], for records addressed to `subject` in `collections` (every
+    /// condition in `conditions` is still checked on the record): candidates come newest
+    /// first from `record_subjects`, ordered by subject, and only their rows are read from
+    /// `records`, so the cost follows the subject's records, not the table. Candidates
+    /// whose record no longer qualifies (edited, deleted, not visible to this caller) are
+    /// passed over in further rounds; after [`SUBJECT_ROUNDS`] a short page comes back
+    /// with a cursor after the last candidate looked at.
+    fn list_by_subject(
+        &self,
+        mut conditions: Vec<String>,
+        subject: &str,
+        collections: &[&str],
+        since: Option<&str>,
+        page: &Page,
+    ) -> Result<Listing, RecordError> {
+        #[derive(Deserialize)]
+        struct Candidate {
+            created_at: String,
+            uri: String,
+        }
+        conditions.push(format!("has(subjects, {})", sql_str(subject)));
+        conditions.push(collection_in(collections));
+        let mut narrow = vec![
+            format!("subject = {}", sql_str(subject)),
+            collection_in(collections),
+        ];
+        if let Some(s) = since {
+            let since = format!("created_at > {}", sql_str(s));
+            conditions.push(since.clone());
+            narrow.push(since);
+        }
+        let limit = page.limit();
+        let batch = (limit * 2).max(32);
+        let mut after = page.after()?;
+        let mut cursor = None;
+        let mut rows: Vec<RecordRow> = Vec::with_capacity(limit);
+        for _ in 0..SUBJECT_ROUNDS {
+            let mut these = narrow.clone();
+            these.extend(after.clone());
+            let candidates: Vec<Candidate> = self.json_rows(&format!(
+                "SELECT created_at, uri FROM record_subjects WHERE {} \
+                 ORDER BY created_at DESC, uri LIMIT {batch}",
+                these.join(" AND ")
+            ))?;
+            if !candidates.is_empty() {
+                let uris: Vec<String> = candidates.iter().map(|c| sql_str(&c.uri)).collect();
+                let mut these = conditions.clone();
+                these.push(format!("uri IN ({})", uris.join(", ")));
+                these.extend(after.clone());
+                rows.extend(self.select(&these, limit - rows.len())?);
+            }
+            if rows.len() >= limit {
+                let cursor = rows.last().map(|r| format!("{}|{}", r.created_at, r.uri));
+                return Ok(Listing { rows, cursor });
+            }
+            let Some(last) = candidates.last().filter(|_| candidates.len() == batch) else {
+                // No more candidates: the last page.
+                return Ok(Listing { rows, cursor: None });
+            };
+            let resume = Page {
+                limit,
+                cursor: Some(format!("{}|{}", last.created_at, last.uri)),
+            };
+            after = resume.after()?;
+            cursor = resume.cursor;
+        }
+        Ok(Listing { rows, cursor })
+    }
+
     /// Messages, requests and handoffs addressed to `recipient` that `caller` may see,
     /// newest first; `since` (a `createdAt`) bounds how far back.
     pub fn inbox(
@@ -576,15 +666,13 @@ impl<T: SqlTransport> RecordStore<T> {
         since: Option<&str>,
         page: &Page,
     ) -> Result<Listing, RecordError> {
-        let mut conditions = vec![
-            visible_to(caller),
-            format!("has(subjects, {})", sql_str(recipient)),
-            collection_in(INBOX_COLLECTIONS),
-        ];
-        if let Some(s) = since {
-            conditions.push(format!("created_at > {}", sql_str(s)));
-        }
-        self.list(conditions, page)
+        self.list_by_subject(
+            vec![visible_to(caller)],
+            recipient,
+            INBOX_COLLECTIONS,
+            since,
+            page,
+        )
     }
 
     /// One record, if `caller` may see it.
@@ -652,14 +740,19 @@ impl<T: SqlTransport> RecordStore<T> {
         status: Option<&str>,
         page: &Page,
     ) -> Result<(Vec<Task>, Option<String>), RecordError> {
-        let mut conditions = vec![visible_to(caller), collection_in(&["agent.comms.request"])];
-        if let Some(a) = assignee {
-            conditions.push(format!("has(subjects, {})", sql_str(a)));
-        }
+        const REQUESTS: &[&str] = &["agent.comms.request"];
+        let mut conditions = vec![visible_to(caller)];
         if let Some(s) = sender {
             conditions.push(format!("author = {}", sql_str(s)));
+            conditions.push(in_repo(s));
         }
-        let listing = self.list(conditions, page)?;
+        let listing = match assignee {
+            Some(a) => self.list_by_subject(conditions, a, REQUESTS, None, page)?,
+            None => {
+                conditions.push(collection_in(REQUESTS));
+                self.list(conditions, page)?
+            }
+        };
         let uris: Vec<String> = listing.rows.iter().map(|r| sql_str(&r.uri)).collect();
         let responses = if uris.is_empty() {
             Vec::new()
@@ -669,6 +762,11 @@ impl<T: SqlTransport> RecordStore<T> {
                     visible_to(caller),
                     collection_in(&["agent.comms.response"]),
                     format!("hasAny(refs, [{}])", uris.join(", ")),
+                    // Found by what they point at, not by merging the whole table.
+                    format!(
+                        "uri IN (SELECT uri FROM record_refs WHERE ref IN ({}))",
+                        uris.join(", ")
+                    ),
                 ],
                 MAX_LIMIT,
             )?
@@ -721,14 +819,19 @@ impl<T: SqlTransport> RecordStore<T> {
         from: Option<&str>,
         page: &Page,
     ) -> Result<Listing, RecordError> {
-        let mut conditions = vec![visible_to(caller), collection_in(&["agent.comms.handoff"])];
-        if let Some(t) = to {
-            conditions.push(format!("has(subjects, {})", sql_str(t)));
-        }
+        const HANDOFFS: &[&str] = &["agent.comms.handoff"];
+        let mut conditions = vec![visible_to(caller)];
         if let Some(f) = from {
             conditions.push(format!("author = {}", sql_str(f)));
+            conditions.push(in_repo(f));
         }
-        self.list(conditions, page)
+        match to {
+            Some(t) => self.list_by_subject(conditions, t, HANDOFFS, None, page),
+            None => {
+                conditions.push(collection_in(HANDOFFS));
+                self.list(conditions, page)
+            }
+        }
     }
 
     /// Broadcasts that `caller` may see, newest first, optionally by topic, by an

@@ -8,7 +8,7 @@ use atproto::commit::{RepoWriter, Write};
 use atproto::crypto::{Algorithm, Keypair};
 use atproto::envelope::{EncryptionKey, Recipient};
 use serde_json::json;
-use store::records::{Change, Page, RecordStore, SqlTransport};
+use store::records::{Change, Page, RecordRow, RecordStore, SqlTransport, Visibility};
 
 use super::{cbor, sealed_record};
 
@@ -20,8 +20,12 @@ const SECRET: &str = "private: the escrow code is 4242";
 
 /// Runs every check against `store` (empty on entry).
 pub fn run<T: SqlTransport>(store: &RecordStore<T>) {
-    assert_eq!(store.applied().expect("versions"), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        store.applied().expect("versions"),
+        (1..=11).collect::<Vec<u32>>()
+    );
     backfill_progress(store);
+    narrowed_by_subject(store);
     let mut repo = RepoWriter::new(
         "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa",
         Keypair::generate(Algorithm::K256),
@@ -260,6 +264,151 @@ pub fn run<T: SqlTransport>(store: &RecordStore<T>) {
 
 /// A backfill's per-account progress: the newest rev written for each account wins,
 /// whatever order the rows arrive in.
+/// A message from `author` to `to` (shared: sealed for both), created at second `at`.
+fn addressed(author: &str, rkey: &str, to: &str, shared: bool, at: u32, rev: &str) -> RecordRow {
+    let created_at = format!("2026-10-01T00:{:02}:{:02}.000Z", at / 60, at % 60);
+    let collection = "agent.comms.message";
+    RecordRow {
+        uri: format!(
+            "at://{author}/{}/{rkey}",
+            if shared {
+                "agent.envelope.sealed"
+            } else {
+                collection
+            }
+        ),
+        cid: "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy".into(),
+        author: author.into(),
+        collection: collection.into(),
+        rkey: rkey.into(),
+        rev: rev.into(),
+        created_at: created_at.clone(),
+        visibility: if shared {
+            Visibility::Shared
+        } else {
+            Visibility::Public
+        },
+        recipients: if shared {
+            vec![author.into(), to.into()]
+        } else {
+            vec![]
+        },
+        record: Some(
+            json!({"$type": collection, "sender": author, "recipient": to,
+            "content": {"kind": "text", "text": "hi"}, "createdAt": created_at}),
+        ),
+        sealed: shared.then(|| json!({"ciphertext": "…"})),
+        text: Some("hi".into()),
+        indexed_ms: 0,
+    }
+}
+
+/// Inboxes find their records through the subject index, and still answer by the records
+/// themselves: a record readdressed or deleted leaves its inbox, and a caller who may see
+/// few of a subject's records pages through the rest in short pages without losing one.
+/// Runs on its own accounts, before the rest of the suite, and leaves nothing behind.
+fn narrowed_by_subject<T: SqlTransport>(store: &RecordStore<T>) {
+    let (x, y, z, w) = (
+        "did:plc:xxxxxxxxxxxxxxxxxxxxxxxx",
+        "did:plc:yyyyyyyyyyyyyyyyyyyyyyyy",
+        "did:plc:zzzzzzzzzzzzzzzzzzzzzzzz",
+        "did:plc:wwwwwwwwwwwwwwwwwwwwwwww",
+    );
+    let inbox = |caller: &str, of: &str, page: &Page| {
+        store.inbox(Some(caller), of, None, page).expect("inbox")
+    };
+    let upsert = |rows: Vec<RecordRow>| {
+        let changes: Vec<Change> = rows
+            .into_iter()
+            .map(|r| Change::Upsert(Box::new(r)))
+            .collect();
+        store.apply(&changes, 1).expect("write");
+    };
+    // Readdressed: first to Y, then (a newer rev) to W.
+    upsert(vec![addressed(
+        x,
+        "3m2aaaaaaaaa2",
+        y,
+        false,
+        1,
+        "3m2aaaaaaaaa2",
+    )]);
+    assert_eq!(inbox(y, y, &Page::first(10)).rows.len(), 1);
+    upsert(vec![addressed(
+        x,
+        "3m2aaaaaaaaa2",
+        w,
+        false,
+        1,
+        "3m2aaaaaaaaa3",
+    )]);
+    assert!(
+        inbox(y, y, &Page::first(10)).rows.is_empty(),
+        "a readdressed record leaves the old inbox"
+    );
+    assert_eq!(
+        inbox(w, w, &Page::first(10)).rows.len(),
+        1,
+        "and joins the new one"
+    );
+    store
+        .apply(
+            &[Change::Delete {
+                uri: format!("at://{x}/agent.comms.message/3m2aaaaaaaaa2"),
+                rev: "3m2aaaaaaaaa4".into(),
+            }],
+            1,
+        )
+        .expect("delete");
+    assert!(
+        inbox(w, w, &Page::first(10)).rows.is_empty(),
+        "a deleted record leaves it"
+    );
+
+    // Z's inbox: 3 public messages, older than 400 shared ones only X and Z may read.
+    let mut rows: Vec<RecordRow> = (0..3)
+        .map(|i| addressed(x, &format!("3m2bbbbbbbbb{i}"), z, false, i, "3m2bbbbbbbbb2"))
+        .collect();
+    rows.extend((0..400).map(|i| {
+        let rkey = format!("3m2cccccc{i:04}");
+        addressed(x, &rkey, z, true, 10 + i, &rkey)
+    }));
+    upsert(rows);
+    assert_eq!(inbox(z, z, &Page::first(100)).rows.len(), 100);
+    // Y sees only the public three: the first answer may be short, with a cursor to go on
+    // from, and paging to the end yields each of the three once, newest first.
+    let mut seen = Vec::new();
+    let mut page = Page::first(2);
+    let mut answers = 0;
+    loop {
+        let listing = inbox(y, z, &page);
+        assert!(listing
+            .rows
+            .iter()
+            .all(|r| r.visibility == Visibility::Public));
+        seen.extend(listing.rows.into_iter().map(|r| r.rkey));
+        answers += 1;
+        assert!(answers < 50, "paging ends");
+        match listing.cursor {
+            Some(c) => page.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        vec!["3m2bbbbbbbbb2", "3m2bbbbbbbbb1", "3m2bbbbbbbbb0"]
+    );
+    assert!(
+        answers > 2,
+        "the shared records took short pages ({answers} answers)"
+    );
+    // Leave nothing for the rest of the suite.
+    for did in [x, y, z, w] {
+        store.purge_author(did).expect("purge");
+    }
+    assert!(inbox(z, z, &Page::first(10)).rows.is_empty());
+}
+
 fn backfill_progress<T: SqlTransport>(store: &RecordStore<T>) {
     assert!(store.backfilled().expect("progress").is_empty());
     store.save_backfilled(B, "3l3bbbbbbbbb2", 4).expect("save");
