@@ -63,6 +63,10 @@ pub enum Change {
     },
 }
 
+/// At most this many records pointing at one page of requests are looked at for their
+/// status (of them, the newest [`MAX_LIMIT`] responses count, as before this bound).
+const MAX_REFS: usize = 1_000;
+
 /// How many rounds of candidates one page of an inbox or task list looks at before it
 /// answers a short page (with a cursor to go on from).
 const SUBJECT_ROUNDS: usize = 8;
@@ -80,6 +84,14 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
     (9, include_str!("../sql/009_refs.sql")),
     (10, include_str!("../sql/010_refs_view.sql")),
     (11, include_str!("../sql/011_refs_fill.sql")),
+    (12, include_str!("../sql/012_records_fine.sql")),
+    (13, include_str!("../sql/013_records_copy.sql")),
+    (14, include_str!("../sql/014_records_swap.sql")),
+    (15, include_str!("../sql/015_subjects_view_drop.sql")),
+    (16, include_str!("../sql/016_subjects_view.sql")),
+    (17, include_str!("../sql/017_refs_view_drop.sql")),
+    (18, include_str!("../sql/018_refs_view.sql")),
+    (19, include_str!("../sql/019_records_coarse_drop.sql")),
 ];
 
 /// Where applied schema versions are recorded.
@@ -578,6 +590,29 @@ impl<T: SqlTransport> RecordStore<T> {
         Ok(rows.into_iter().map(Row::into_record).collect())
     }
 
+    /// Like [`Self::select`], among the records with these URIs (SQL-quoted): the newest
+    /// version of each is picked from those rows alone (`LIMIT 1 BY uri`) rather than by
+    /// merging the table (`FINAL`), so the cost follows the number of URIs.
+    fn select_uris(
+        &self,
+        uris: &[String],
+        conditions: &[String],
+        limit: usize,
+    ) -> Result<Vec<RecordRow>, RecordError> {
+        if uris.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<Row> = self.json_rows(&format!(
+            "SELECT {COLUMNS} FROM (SELECT * FROM records WHERE uri IN ({}) \
+             ORDER BY ver DESC LIMIT 1 BY uri) \
+             WHERE deleted = 0 AND {} ORDER BY created_at DESC, uri LIMIT {}",
+            uris.join(", "),
+            conditions.join(" AND "),
+            limit.clamp(1, MAX_LIMIT)
+        ))?;
+        Ok(rows.into_iter().map(Row::into_record).collect())
+    }
+
     /// Newest first, one page, with the cursor for the next.
     fn list(&self, mut conditions: Vec<String>, page: &Page) -> Result<Listing, RecordError> {
         conditions.extend(page.after()?);
@@ -620,7 +655,9 @@ impl<T: SqlTransport> RecordStore<T> {
             narrow.push(since);
         }
         let limit = page.limit();
-        let batch = (limit * 2).max(32);
+        // Most candidates qualify when agents read their own inbox: a little more than a
+        // page, since each candidate read costs a granule of every column.
+        let batch = (limit + limit / 4).max(16);
         let mut after = page.after()?;
         let mut cursor = None;
         let mut rows: Vec<RecordRow> = Vec::with_capacity(limit);
@@ -635,9 +672,8 @@ impl<T: SqlTransport> RecordStore<T> {
             if !candidates.is_empty() {
                 let uris: Vec<String> = candidates.iter().map(|c| sql_str(&c.uri)).collect();
                 let mut these = conditions.clone();
-                these.push(format!("uri IN ({})", uris.join(", ")));
                 these.extend(after.clone());
-                rows.extend(self.select(&these, limit - rows.len())?);
+                rows.extend(self.select_uris(&uris, &these, limit - rows.len())?);
             }
             if rows.len() >= limit {
                 let cursor = rows.last().map(|r| format!("{}|{}", r.created_at, r.uri));
@@ -678,7 +714,7 @@ impl<T: SqlTransport> RecordStore<T> {
     /// One record, if `caller` may see it.
     pub fn get(&self, caller: Option<&str>, uri: &str) -> Result<Option<RecordRow>, RecordError> {
         Ok(self
-            .select(&[visible_to(caller), format!("uri = {}", sql_str(uri))], 1)?
+            .select_uris(&[sql_str(uri)], &[visible_to(caller)], 1)?
             .into_iter()
             .next())
     }
@@ -694,10 +730,7 @@ impl<T: SqlTransport> RecordStore<T> {
             return Ok(Vec::new());
         }
         let list: Vec<String> = uris.iter().map(|u| sql_str(u)).collect();
-        self.select(
-            &[visible_to(caller), format!("uri IN ({})", list.join(", "))],
-            uris.len(),
-        )
+        self.select_uris(&list, &[visible_to(caller)], uris.len())
     }
 
     /// The conversation around `uri`, oldest first: the record, what it points at, what
@@ -757,16 +790,23 @@ impl<T: SqlTransport> RecordStore<T> {
         let responses = if uris.is_empty() {
             Vec::new()
         } else {
-            self.select(
+            // Found by what they point at (`record_refs`), then read by URI.
+            #[derive(Deserialize)]
+            struct Pointing {
+                uri: String,
+            }
+            let pointing: Vec<Pointing> = self.json_rows(&format!(
+                "SELECT DISTINCT uri FROM record_refs WHERE ref IN ({}) LIMIT {}",
+                uris.join(", "),
+                MAX_REFS
+            ))?;
+            let pointing: Vec<String> = pointing.iter().map(|p| sql_str(&p.uri)).collect();
+            self.select_uris(
+                &pointing,
                 &[
                     visible_to(caller),
                     collection_in(&["agent.comms.response"]),
                     format!("hasAny(refs, [{}])", uris.join(", ")),
-                    // Found by what they point at, not by merging the whole table.
-                    format!(
-                        "uri IN (SELECT uri FROM record_refs WHERE ref IN ({}))",
-                        uris.join(", ")
-                    ),
                 ],
                 MAX_LIMIT,
             )?

@@ -22,7 +22,7 @@ const SECRET: &str = "private: the escrow code is 4242";
 pub fn run<T: SqlTransport>(store: &RecordStore<T>) {
     assert_eq!(
         store.applied().expect("versions"),
-        (1..=11).collect::<Vec<u32>>()
+        (1..=19).collect::<Vec<u32>>()
     );
     backfill_progress(store);
     narrowed_by_subject(store);
