@@ -21,6 +21,11 @@
 //!    emitting a commit to a subscriber receiving it (p50/p99, from probe subscribers),
 //!    relay CPU and memory; then the firehose and the JSON stream at the same load.
 //! 5. Memory per idle account: relay RSS after taking on the accounts, per account.
+//!
+//! Phase 2b, with a tansu broker built (`infra/tansu/setup.sh`): the relay publishing to
+//! Kafka against runs without; then, with AGENTNET_BENCH_INDEXERS=1, the topic it filled
+//! indexed by one `agentnet indexer` and by two in one consumer group (int8 embeddings;
+//! needs AGENTNET_CHDB_LIB, ORT_DYLIB_PATH and the model).
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -776,6 +781,7 @@ async fn kafka_ratio(fleet: &Fleet, accounts: usize, expected: f64, without_firs
     .await;
     let behind_secs = acked_from.elapsed().as_secs_f64();
     let lag = metric(relay.port, "relay_kafka_lag_events").await;
+    indexers_in_a_group(&brokers, relay.port).await;
     relay.stop();
     let (relay, again) = verified_run(&data, fleet, accounts, expected, &[]).await;
     relay.stop();
@@ -792,6 +798,136 @@ async fn kafka_ratio(fleet: &Fleet, accounts: usize, expected: f64, without_firs
         with.cores,
         again.cores,
     );
+}
+
+/// The topic the relay filled, indexed by one `agentnet indexer` process and then by two in
+/// one consumer group (each run a new group, so each reads the whole topic), with
+/// embeddings, each process on its own embedded stores: records/s from the first row
+/// written to the last, and the two-member run against the one-member run. Skipped,
+/// saying so, without chDB, ONNX Runtime or the model.
+async fn indexers_in_a_group(brokers: &str, relay_port: u16) {
+    if std::env::var("AGENTNET_BENCH_INDEXERS").as_deref() != Ok("1") {
+        println!("indexers: skipped (AGENTNET_BENCH_INDEXERS=1 runs them; BENCHMARKS.md says what tansu on two cores limits)");
+        return;
+    }
+    let (Ok(chdb), Ok(_)) = (
+        std::env::var("AGENTNET_CHDB_LIB"),
+        std::env::var("ORT_DYLIB_PATH"),
+    ) else {
+        println!("indexers: skipped (set AGENTNET_CHDB_LIB and ORT_DYLIB_PATH)");
+        return;
+    };
+    let model = std::env::var("AGENTNET_MODEL_DIR")
+        .unwrap_or_else(|_| "../shared/models/all-minilm-l6-v2".into());
+    let key = atproto::envelope::EncryptionKey::generate().to_base64();
+    let mut rows_one = 0.0;
+    let mut rate_one = f64::NAN;
+    for members in [1, 2] {
+        let group = format!("bench-{members}");
+        let mut procs = Vec::new();
+        let mut ports = Vec::new();
+        for m in 0..members {
+            let port = free_port();
+            let data = std::env::temp_dir().join(format!(
+                "agentnet-bench-indexer-{}-{members}-{m}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&data);
+            let child = Command::new(env!("CARGO_BIN_EXE_agentnet"))
+                .args(["indexer", "--dev", "--relay-url"])
+                .arg(format!("ws://127.0.0.1:{relay_port}"))
+                .args(["--kafka-brokers", brokers, "--kafka-topic", "bench"])
+                .args([
+                    "--kafka-group",
+                    &group,
+                    // The broker shares the two cores with the embedding: a longer
+                    // session than the tests' keeps the member in its group.
+                    "--kafka-session-timeout-ms",
+                    "30000",
+                ])
+                .args(["--batch", "256", "--chdb-lib", &chdb, "--model-dir", &model])
+                .args(["--appview-key", &key, "--metrics-listen"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--data-dir")
+                .arg(&data)
+                .env("AGENTNET_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start an indexer");
+            procs.push((child, data));
+            ports.push(port);
+        }
+        // Rows written by the group, polled; the run ends when every partition is indexed
+        // and committed (lag 0 on all four) and the rows stop changing.
+        let rows = async || {
+            let mut sum = 0.0;
+            for &p in &ports {
+                sum += metric(p, "indexer_rows_total").await.max(0.0);
+            }
+            sum
+        };
+        let (mut first, mut last, mut seen) = (None, Instant::now(), 0.0);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut finished = true;
+        loop {
+            let now = rows().await;
+            if now > seen {
+                first.get_or_insert_with(Instant::now);
+                last = Instant::now();
+                seen = now;
+            }
+            let mut lags = Vec::new();
+            for &p in &ports {
+                lags.extend(partition_lags(p).await);
+            }
+            let settled = last.elapsed() > Duration::from_secs(6);
+            if seen > 0.0 && settled && lags.len() >= 4 && lags.iter().all(|l| *l == 0.0) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                finished = false;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let secs = first.map_or(f64::NAN, |f| last.duration_since(f).as_secs_f64());
+        let rate = seen / secs;
+        for (mut child, data) in procs {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(data);
+        }
+        if !finished {
+            println!("indexers: {members} members: not done in 5 minutes ({seen:.0} rows)");
+            return;
+        }
+        if members == 1 {
+            (rows_one, rate_one) = (seen, rate);
+            println!("indexers: 1 member, int8 embeddings: {seen:.0} rows in {secs:.2}s = {rate:.0} records/s");
+        } else {
+            println!(
+                "indexers: {members} members in one group: {seen:.0} rows (one member wrote {rows_one:.0}) in {secs:.2}s = {rate:.0} records/s = {:.2}x one member",
+                rate / rate_one
+            );
+        }
+    }
+}
+
+/// The `indexer_kafka_consumer_lag_events` values an indexer serves, one per partition.
+async fn partition_lags(port: u16) -> Vec<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return Vec::new();
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf).await;
+    buf.lines()
+        .filter(|l| l.starts_with("indexer_kafka_consumer_lag_events{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse().ok())
+        .collect()
 }
 
 /// Stores `url` as a host already read up to its event 1.

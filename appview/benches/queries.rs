@@ -6,6 +6,14 @@
 //! own inbox and tasks, so the caller-as-recipient branch of the visibility rule is what is
 //! timed. A cold pass and a warm pass, each on callers not asked before.
 //!
+//! Then recall (`agent.memory.recall`) through HTTP as agents ask it: the query embedded
+//! (int8 model), the caller's filter in the vector search (qdrant-edge, HNSW built), the
+//! hits' records read with the caller's rule, JSON. `AGENTNET_BENCH_VECTORS` points (default
+//! 100,000), one per record of the index above: the model's embeddings of 20,000 distinct
+//! sentences and, beyond those, blends of two. Distinct query sentences and callers in the
+//! cold and the warm pass. Needs ORT_DYLIB_PATH and the model (AGENTNET_MODEL_DIR);
+//! skipped, saying so, without them.
+//!
 //! ```sh
 //! AGENTNET_CHDB_LIB=$(infra/chdb/setup.sh) cargo bench -p agentnet-appview --bench queries
 //! # another size, or a ClickHouse server instead of embedded chDB:
@@ -14,13 +22,17 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../../indexer/benches/common/sentences.rs"]
+mod sentences;
 
 use std::time::{Duration, Instant};
 
 use agentnet_appview::Limits;
 use atproto::crypto::{Algorithm, Keypair};
 use serde_json::{json, Value};
+use store::embed::{Embedder, Precision};
 use store::records::{Change, RecordRow, Visibility};
+use store::vectors::{EdgeStore, VectorPoint, VectorStore};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -196,8 +208,16 @@ async fn pass(
     [out.remove(0), out.remove(0)]
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = runtime.block_on(run());
+    // The appviews' server tasks hold the stores: end them before removing their files.
+    drop(runtime);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Both parts; returns the directory the stores used.
+async fn run() -> std::path::PathBuf {
     let total = env_usize("AGENTNET_BENCH_RECORDS", 200_000);
     let agents_n = env_usize("AGENTNET_BENCH_AGENTS", 2_000);
     let per_pass = env_usize("AGENTNET_BENCH_CALLERS", 100);
@@ -274,5 +294,129 @@ async fn main() {
             println!("| {name} | {query} | {p50:.1} | {p99:.1} | {found:.1} |");
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    recall(&records, &keys, &plc_url, &dir, &http, total).await;
+    dir
+}
+
+/// The recall part (see the top of the file).
+async fn recall(
+    records: &store::Records,
+    keys: &[(String, Keypair)],
+    plc_url: &str,
+    dir: &std::path::Path,
+    http: &reqwest::Client,
+    total: usize,
+) {
+    let model = std::path::PathBuf::from(
+        std::env::var("AGENTNET_MODEL_DIR")
+            .unwrap_or_else(|_| "../shared/models/all-minilm-l6-v2".into()),
+    );
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() || !model.join("tokenizer.json").exists() {
+        println!("recall: skipped (set ORT_DYLIB_PATH and AGENTNET_MODEL_DIR)");
+        return;
+    }
+    let n = env_usize("AGENTNET_BENCH_VECTORS", 100_000).min(total);
+    let per_pass = env_usize("AGENTNET_BENCH_QUERIES", 100);
+    let agents: Vec<String> = keys.iter().map(|(d, _)| d.clone()).collect();
+    let mut embedder = Embedder::load(&model, Precision::Int8, None).expect("model");
+    let started = Instant::now();
+    let texts: Vec<String> = (0..n.min(20_000))
+        .map(|i| sentences::varied_sentence(i * 7 + 3))
+        .collect();
+    let base = embedder.embed(&texts, 256).expect("embed");
+    let dimensions = base[0].len();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut pick = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let edge = EdgeStore::open(&dir.join("vectors"), dimensions).expect("qdrant-edge");
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let points: Vec<VectorPoint> = chunk
+            .iter()
+            .map(|&i| {
+                let row = record(i, &agents);
+                let vector = if i < base.len() {
+                    base[i].clone()
+                } else {
+                    let (x, y) = (&base[pick(base.len())], &base[pick(base.len())]);
+                    let w = 0.3 + 0.4 * (pick(1000) as f32 / 1000.0);
+                    let v: Vec<f32> = x
+                        .iter()
+                        .zip(y)
+                        .map(|(a, b)| w * a + (1.0 - w) * b)
+                        .collect();
+                    let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-6);
+                    v.into_iter().map(|a| a / norm).collect()
+                };
+                VectorPoint {
+                    created_ms: atproto::syntax::datetime_to_millis(&row.created_at).unwrap_or(0),
+                    uri: row.uri,
+                    author: row.author,
+                    collection: row.collection,
+                    visibility: match row.visibility {
+                        Visibility::Public => "public",
+                        Visibility::Shared => "shared",
+                    }
+                    .into(),
+                    recipients: row.recipients,
+                    vector,
+                }
+            })
+            .collect();
+        edge.upsert(&points).expect("upsert");
+    }
+    let filled = started.elapsed().as_secs_f64();
+    let t = Instant::now();
+    edge.optimize().expect("optimize");
+    println!(
+        "recall: {n} vectors ({} sentence embeddings) written in {filled:.1} s, HNSW built in {:.1} s",
+        base.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let vectors: store::Vectors = std::sync::Arc::new(edge);
+    let (batcher, _thread) = store::embed::Batcher::start(embedder, agentnet_appview::QUERY_BATCH);
+    let limits = Limits {
+        per_ip: 1_000_000,
+        per_did: 1_000_000,
+        issuer_lookups: 1_000_000,
+        ..Limits::default()
+    };
+    let port =
+        common::appview_with_recall(records, Some((batcher, vectors)), plc_url, limits).await;
+    println!("| pass | recall p50 ms | p99 ms | hits per answer |");
+    println!("| --- | ---: | ---: | ---: |");
+    // Callers after those the inbox passes used; query sentences not in the corpus.
+    let first_caller = 2 * env_usize("AGENTNET_BENCH_CALLERS", 100);
+    for (pass, name) in ["cold", "warm"].iter().enumerate() {
+        let mut times = Vec::new();
+        let mut hits = 0usize;
+        for k in 0..per_pass {
+            let q = pass * per_pass + k;
+            let (did, key) = &keys[(first_caller + q) % keys.len()];
+            let token = common::token(did, key, "agent.memory.recall");
+            let text = sentences::varied_sentence(200_000 + q * 131);
+            let started = Instant::now();
+            let answer = http
+                .get(format!("http://127.0.0.1:{port}/xrpc/agent.memory.recall"))
+                .query(&[("q", text.as_str()), ("limit", "10")])
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("recall");
+            assert!(answer.status().is_success(), "recall: {}", answer.status());
+            let body: Value = answer.json().await.expect("json");
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+            hits += body["results"].as_array().map_or(0, Vec::len);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} |",
+            quantile(&times, 0.5),
+            quantile(&times, 0.99),
+            hits as f64 / per_pass as f64
+        );
+    }
 }

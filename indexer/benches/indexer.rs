@@ -9,11 +9,18 @@
 //!    `optimize()` vs. the exact store.
 //! 4. Inbox query latency on embedded ClickHouse at the indexed size.
 //!
+//! With AGENTNET_BENCH_CLICKHOUSE_URL (an empty ClickHouse server), section 2 also indexes
+//! the same commits into the server and reports its records/s against chDB's.
+//!
 //! Needs AGENTNET_CHDB_LIB, ORT_DYLIB_PATH and the model (AGENTNET_MODEL_DIR or
 //! ../shared/models/all-minilm-l6-v2). `cargo bench -p agentnet-indexer --bench indexer`;
 //! sizes via AGENTNET_BENCH_COMMITS (default 2000) and AGENTNET_BENCH_VECTORS (100000).
 
 use std::time::{Duration, Instant};
+
+#[path = "common/sentences.rs"]
+mod sentences;
+use sentences::varied_sentence;
 
 use agentnet_indexer::extract::Extractor;
 use agentnet_indexer::pipeline::Sinks;
@@ -181,6 +188,7 @@ fn index_and_inbox() {
         optimize: Default::default(),
         repos: None,
     };
+    let mut chdb_rate = f64::NAN;
     for (label, precision) in [
         ("no embeddings", None),
         ("int8", Some(Precision::Int8)),
@@ -200,10 +208,43 @@ fn index_and_inbox() {
                 .index(chunk, label, ((i + 1) * 256) as u64, 0)
                 .expect("index");
         }
+        let rate = commits as f64 / t.elapsed().as_secs_f64();
         println!(
-            "indexing, {label}: {commits} commits in {:.2}s = {:.0} records/s",
+            "indexing, {label}: {commits} commits in {:.2}s = {rate:.0} records/s",
             t.elapsed().as_secs_f64(),
-            commits as f64 / t.elapsed().as_secs_f64()
+        );
+        if precision.is_none() {
+            chdb_rate = rate;
+        }
+    }
+
+    // The same commits, without embeddings, into a ClickHouse server (an empty database),
+    // against the chDB pass above.
+    if let Ok(url) = std::env::var("AGENTNET_BENCH_CLICKHOUSE_URL") {
+        let config = store::server::ServerConfig {
+            url: url.clone(),
+            user: String::new(),
+            password: String::new(),
+            database: String::new(),
+        };
+        let mut server = Sinks {
+            extractor: Extractor::new(lexicons::catalog().expect("catalog"), None),
+            records: store::open_server_records(&config).expect("ClickHouse server"),
+            vectors: None,
+            stats: agentnet_indexer::Stats::new(),
+            optimize: Default::default(),
+            repos: None,
+        };
+        let t = Instant::now();
+        for (i, chunk) in frames.chunks(256).enumerate() {
+            server
+                .index(chunk, "server", ((i + 1) * 256) as u64, 0)
+                .expect("index");
+        }
+        let rate = commits as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "indexing, no embeddings, ClickHouse server {url}: {rate:.0} records/s = {:.0} % of embedded chDB's {chdb_rate:.0}",
+            100.0 * rate / chdb_rate
         );
     }
 
@@ -229,113 +270,6 @@ fn index_and_inbox() {
 
     drop(sinks);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Varied work sentences (240,000 distinct), so embeddings spread like a real corpus.
-fn varied_sentence(i: usize) -> String {
-    const WHO: &[&str] = &[
-        "the billing team",
-        "our relay",
-        "the search index",
-        "a customer",
-        "the on-call agent",
-        "the auditor",
-        "the research group",
-        "the mobile app",
-        "the data pipeline",
-        "finance",
-        "the support desk",
-        "the security scanner",
-        "the planner",
-        "the vendor",
-        "legal",
-        "the cache layer",
-        "the deploy bot",
-        "the analytics job",
-        "the model trainer",
-        "ops",
-    ];
-    const DID: &[&str] = &[
-        "reported",
-        "fixed",
-        "delayed",
-        "rotated",
-        "reviewed",
-        "migrated",
-        "rejected",
-        "approved",
-        "summarised",
-        "benchmarked",
-        "escalated",
-        "archived",
-        "rebuilt",
-        "paused",
-        "drafted",
-        "measured",
-        "cancelled",
-        "scheduled",
-        "duplicated",
-        "restored",
-    ];
-    const WHAT: &[&str] = &[
-        "the invoices",
-        "the credentials",
-        "the latency spike",
-        "the quarterly roadmap",
-        "the refund queue",
-        "the embeddings",
-        "the contract renewal",
-        "the disk alerts",
-        "the password reset flow",
-        "the staging database",
-        "the backup job",
-        "the API tokens",
-        "the onboarding guide",
-        "the pricing page",
-        "the error budget",
-        "the audit log",
-        "the release notes",
-        "the memory leak",
-        "the test suite",
-        "the ledger export",
-        "the translation files",
-        "the cluster upgrade",
-        "the SLA report",
-        "the feature flags",
-        "the load balancer",
-        "the retention policy",
-        "the churn analysis",
-        "the shipping labels",
-        "the survey results",
-        "the incident timeline",
-    ];
-    const WHEN: &[&str] = &[
-        "this morning",
-        "before Friday",
-        "after the outage",
-        "for the Berlin office",
-        "during the migration",
-        "ahead of the audit",
-        "for the enterprise tier",
-        "yesterday",
-        "next sprint",
-        "at the customer's request",
-        "without telling anyone",
-        "twice",
-        "in the new region",
-        "for the board meeting",
-        "under the new policy",
-        "again",
-        "in production",
-        "on the test cluster",
-        "for the launch",
-        "as a precaution",
-    ];
-    let (a, r) = (i % WHO.len(), i / WHO.len());
-    let (b, r) = (r % DID.len(), r / DID.len());
-    let (c, r) = (r % WHAT.len(), r / WHAT.len());
-    let d = r % WHEN.len();
-    format!("{} {} {} {}.", WHO[a], DID[b], WHAT[c], WHEN[d])
 }
 
 /// Recall latency and quality at N vectors: qdrant-edge (HNSW, after optimize) against an

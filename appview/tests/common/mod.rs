@@ -52,12 +52,22 @@ pub async fn plc(accounts: Vec<(String, &Keypair)>) -> (String, Arc<AtomicUsize>
 
 /// An appview on loopback over `records`.
 pub async fn appview(records: &store::Records, plc_url: &str, limits: Limits) -> u16 {
+    appview_with_recall(records, None, plc_url, limits).await
+}
+
+/// An appview on loopback over `records`, answering recall with `recall`.
+pub async fn appview_with_recall(
+    records: &store::Records,
+    recall: Option<(store::embed::Batcher, store::Vectors)>,
+    plc_url: &str,
+    limits: Limits,
+) -> u16 {
     let app = Appview::new(Parts {
         did: APPVIEW.into(),
         public_url: "http://127.0.0.1".into(),
         key: atproto::envelope::EncryptionKey::generate().public(),
         records: records.clone(),
-        recall: None,
+        recall,
         plc_url: plc_url.into(),
         dev: true,
         limits,
