@@ -211,16 +211,24 @@ impl Drop for RelayProc {
     }
 }
 
-async fn metric(port: u16, series: &str) -> f64 {
+/// A service's `/metrics` text on `port`, or `None` when it does not answer.
+async fn metrics_text(port: u16) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return -1.0;
-    };
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
     let _ = s
         .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .await;
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf).await;
+    Some(buf)
+}
+
+async fn metric(port: u16, series: &str) -> f64 {
+    let Some(buf) = metrics_text(port).await else {
+        return -1.0;
+    };
     buf.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|r| r.trim().parse().ok()))
         .unwrap_or(0.0)
@@ -915,15 +923,7 @@ async fn indexers_in_a_group(brokers: &str, relay_port: u16) {
 
 /// The `indexer_kafka_consumer_lag_events` values an indexer serves, one per partition.
 async fn partition_lags(port: u16) -> Vec<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return Vec::new();
-    };
-    let _ = s
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await;
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf).await;
+    let buf = metrics_text(port).await.unwrap_or_default();
     buf.lines()
         .filter(|l| l.starts_with("indexer_kafka_consumer_lag_events{"))
         .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse().ok())

@@ -264,17 +264,10 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
     let mut relay_proc = relay(relay_port, &data.join("relay"), &fleet, &broker.brokers);
     let key = atproto::envelope::EncryptionKey::generate().to_base64();
     let ports = (support::free_port(), support::free_port());
-    let mut first = indexer(
-        &data.join("indexer-1"),
-        ports.0,
-        relay_port,
-        &broker.brokers,
-        &clickhouse.url,
-        &key,
-    );
-    let second_at = |port| {
+    // Each indexer on its own data directory, on a metrics port of the test's choosing.
+    let member = |n: usize, port: u16| {
         indexer(
-            &data.join("indexer-2"),
+            &data.join(format!("indexer-{n}")),
             port,
             relay_port,
             &broker.brokers,
@@ -282,7 +275,8 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
             &key,
         )
     };
-    let mut second = second_at(ports.1);
+    let mut first = member(1, ports.0);
+    let mut second = member(2, ports.1);
     inproc::wait_for("the relay to subscribe", async || {
         fleet.fleet.subscribers() >= 1
     })
@@ -334,14 +328,7 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
 
     // It comes back and the group shares the partitions again.
     let ports = (support::free_port(), ports.1);
-    let _first = indexer(
-        &data.join("indexer-1"),
-        ports.0,
-        relay_port,
-        &broker.brokers,
-        &clickhouse.url,
-        &key,
-    );
+    let _first = member(1, ports.0);
     inproc::wait_for("the returning indexer to hold partitions", async || {
         metric(ports.0, "indexer_kafka_partitions").await >= 1.0
     })
@@ -354,7 +341,7 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
     second.kill9();
     write(&fleet, accounts, accounts * 2).await;
     let ports = (ports.0, support::free_port());
-    second = second_at(ports.1);
+    second = member(2, ports.1);
     inproc::wait_for("the restarted indexer to hold partitions", async || {
         metric(ports.1, "indexer_kafka_partitions").await >= 1.0
     })
