@@ -11,7 +11,6 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use atproto::frame::Frame;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -181,24 +180,7 @@ async fn a_killed_backfill_resumes_without_losing_or_refetching() {
             .await
             .expect("write");
     }
-    let dids = fleet.fleet.dids().await;
-    let foreign = dids[accounts].clone();
-    let expected: BTreeSet<String> = fleet
-        .fleet
-        .frames()
-        .iter()
-        .filter_map(|f| match atproto::frame::decode_frame(f) {
-            Ok(Frame::Commit(c)) if c.repo != foreign => Some(c),
-            _ => None,
-        })
-        .flat_map(|c| {
-            c.ops
-                .iter()
-                .filter(|op| op.action == "create")
-                .map(|op| format!("at://{}/{}", c.repo, op.path))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let expected = fleet.created(accounts).await;
     assert!(expected.len() >= accounts * 3, "{}", expected.len());
     let (fleet_url, plc) = (fleet.fleet.url().to_string(), fleet.fleet.plc_url());
 

@@ -14,7 +14,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use atproto::frame::Frame;
 use inproc::{relay_args, tempdir, FleetHandle};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -148,28 +147,6 @@ fn indexer(
     )
 }
 
-/// Every record the fleet created on the accounts it hosts, as AT-URIs (its one account
-/// hosted elsewhere, by its DID document, is refused by the relay).
-async fn created(fleet: &FleetHandle, accounts: usize) -> BTreeSet<String> {
-    let foreign = fleet.fleet.dids().await[accounts].clone();
-    fleet
-        .fleet
-        .frames()
-        .iter()
-        .filter_map(|f| match atproto::frame::decode_frame(f) {
-            Ok(Frame::Commit(c)) if c.repo != foreign => Some(c),
-            _ => None,
-        })
-        .flat_map(|c| {
-            c.ops
-                .iter()
-                .filter(|op| op.action == "create")
-                .map(|op| format!("at://{}/{}", c.repo, op.path))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// What the index holds: every visible row's URI, with how many rows name it.
 async fn indexed(clickhouse: &str) -> HashMap<String, usize> {
     let config = store::server::ServerConfig {
@@ -290,12 +267,7 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
     .await;
     fleet.fleet.genesis().await.expect("genesis");
     write(&fleet, accounts, accounts * 3).await;
-    until_indexed(
-        &clickhouse.url,
-        &created(&fleet, accounts).await,
-        "round one",
-    )
-    .await;
+    until_indexed(&clickhouse.url, &fleet.created(accounts).await, "round one").await;
     let (a, b) = (
         metric(ports.0, "indexer_rows_total").await,
         metric(ports.1, "indexer_rows_total").await,
@@ -321,7 +293,7 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
     write(&fleet, accounts, accounts * 2).await;
     until_indexed(
         &clickhouse.url,
-        &created(&fleet, accounts).await,
+        &fleet.created(accounts).await,
         "after one indexer left",
     )
     .await;
@@ -349,7 +321,7 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
     write(&fleet, accounts, accounts).await;
     until_indexed(
         &clickhouse.url,
-        &created(&fleet, accounts).await,
+        &fleet.created(accounts).await,
         "after one indexer was killed and started again",
     )
     .await;
@@ -365,7 +337,7 @@ async fn two_indexers_in_a_group_index_every_record_once_through_kills() {
     })
     .await;
     write(&fleet, accounts, accounts * 2).await;
-    let expected = created(&fleet, accounts).await;
+    let expected = fleet.created(accounts).await;
     until_indexed(&clickhouse.url, &expected, "after killing the relay").await;
 
     // Kafka acknowledged everything the relay logged.

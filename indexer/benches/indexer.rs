@@ -143,6 +143,18 @@ fn main() {
     }
 }
 
+/// Sinks writing rows to `records` and nothing else (vectors are set per pass).
+fn records_only<T: store::records::SqlTransport>(records: RecordStore<T>) -> Sinks<T> {
+    Sinks {
+        extractor: Extractor::new(lexicons::catalog().expect("catalog"), None),
+        records,
+        vectors: None,
+        stats: agentnet_indexer::Stats::new(),
+        optimize: Default::default(),
+        repos: None,
+    }
+}
+
 /// Indexing throughput without and with embeddings, then inbox latency at that size.
 fn index_and_inbox() {
     let commits = env_or("AGENTNET_BENCH_COMMITS", 2000);
@@ -180,14 +192,7 @@ fn index_and_inbox() {
     let dir = std::env::temp_dir().join(format!("agentnet-index-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let db = Chdb::open(std::path::Path::new(&lib), &dir.join("clickhouse")).expect("chdb");
-    let mut sinks = Sinks {
-        extractor: Extractor::new(lexicons::catalog().expect("catalog"), None),
-        records: RecordStore::open(db).expect("schema"),
-        vectors: None,
-        stats: agentnet_indexer::Stats::new(),
-        optimize: Default::default(),
-        repos: None,
-    };
+    let mut sinks = records_only(RecordStore::open(db).expect("schema"));
     let mut chdb_rate = f64::NAN;
     for (label, precision) in [
         ("no embeddings", None),
@@ -227,14 +232,8 @@ fn index_and_inbox() {
             password: String::new(),
             database: String::new(),
         };
-        let mut server = Sinks {
-            extractor: Extractor::new(lexicons::catalog().expect("catalog"), None),
-            records: store::open_server_records(&config).expect("ClickHouse server"),
-            vectors: None,
-            stats: agentnet_indexer::Stats::new(),
-            optimize: Default::default(),
-            repos: None,
-        };
+        let mut server =
+            records_only(store::open_server_records(&config).expect("ClickHouse server"));
         let t = Instant::now();
         for (i, chunk) in frames.chunks(256).enumerate() {
             server

@@ -581,8 +581,19 @@ impl<T: SqlTransport> RecordStore<T> {
     }
 
     fn select(&self, conditions: &[String], limit: usize) -> Result<Vec<RecordRow>, RecordError> {
+        self.select_from("records FINAL", conditions, limit)
+    }
+
+    /// The live rows of `source` (a table or subquery with the records' columns) matching
+    /// `conditions`, newest first.
+    fn select_from(
+        &self,
+        source: &str,
+        conditions: &[String],
+        limit: usize,
+    ) -> Result<Vec<RecordRow>, RecordError> {
         let rows: Vec<Row> = self.json_rows(&format!(
-            "SELECT {COLUMNS} FROM records FINAL WHERE deleted = 0 AND {} \
+            "SELECT {COLUMNS} FROM {source} WHERE deleted = 0 AND {} \
              ORDER BY created_at DESC, uri LIMIT {}",
             conditions.join(" AND "),
             limit.clamp(1, MAX_LIMIT)
@@ -602,15 +613,11 @@ impl<T: SqlTransport> RecordStore<T> {
         if uris.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<Row> = self.json_rows(&format!(
-            "SELECT {COLUMNS} FROM (SELECT * FROM records WHERE uri IN ({}) \
-             ORDER BY ver DESC LIMIT 1 BY uri) \
-             WHERE deleted = 0 AND {} ORDER BY created_at DESC, uri LIMIT {}",
-            uris.join(", "),
-            conditions.join(" AND "),
-            limit.clamp(1, MAX_LIMIT)
-        ))?;
-        Ok(rows.into_iter().map(Row::into_record).collect())
+        let newest = format!(
+            "(SELECT * FROM records WHERE uri IN ({}) ORDER BY ver DESC LIMIT 1 BY uri)",
+            uris.join(", ")
+        );
+        self.select_from(&newest, conditions, limit)
     }
 
     /// Newest first, one page, with the cursor for the next.

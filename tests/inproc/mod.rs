@@ -67,6 +67,28 @@ impl FleetHandle {
             t.await.expect("join fleet").expect("fleet served cleanly");
         }
     }
+
+    /// Every record the fleet created on the first `accounts` accounts, which it hosts, as
+    /// AT-URIs (the account after them is hosted elsewhere by its DID document, and the
+    /// relay refuses its events).
+    pub async fn created(&self, accounts: usize) -> std::collections::BTreeSet<String> {
+        let foreign = self.fleet.dids().await[accounts].clone();
+        self.fleet
+            .frames()
+            .iter()
+            .filter_map(|f| match atproto::frame::decode_frame(f) {
+                Ok(atproto::frame::Frame::Commit(c)) if c.repo != foreign => Some(c),
+                _ => None,
+            })
+            .flat_map(|c| {
+                c.ops
+                    .iter()
+                    .filter(|op| op.action == "create")
+                    .map(|op| format!("at://{}/{}", c.repo, op.path))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
 }
 
 pub struct RelayHandle {
